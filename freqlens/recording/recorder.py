@@ -1,0 +1,175 @@
+"""The recorder: model outputs on fixed probe sets, over training, on disk."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+
+from torch import nn
+
+from freqlens.models import embedding_inputs, embedding_module, predict_proba
+from freqlens.recording.probes import ProbeSet
+from freqlens.recording.schedule import Schedule
+from freqlens.recording.storage import Trajectory, TrajectoryWriter, load_trajectory
+
+
+class Recorder:
+    """Records softmax outputs on probe sets while a model trains.
+
+    At :meth:`start` it computes each probe set's kernel inputs (the
+    embedding-layer outputs of the model as it is before training) and records
+    step 0; then :meth:`step` is called once per optimisation step and records
+    when the schedule says so. Every snapshot goes to disk at once, atomically
+    (see :mod:`freqlens.recording.storage`), so a crash loses nothing already
+    recorded. Use it from a plain PyTorch loop::
+
+        with Recorder("run/trajectory", probes, schedule=Schedule.log(60)) as recorder:
+            recorder.start(model, total_steps=len(loader) * epochs)
+            for step, batch in enumerate(batches, start=1):
+                ...  # forward, backward, optimizer.step()
+                recorder.step(step)
+
+    or in a Hugging Face ``Trainer`` via :meth:`callback`.
+
+    Args:
+        directory: where the trajectory is written.
+        probes: the probe sets (``ProbeSet`` objects, or a mapping name -> set).
+        schedule: when to record (default: 60 log-spaced snapshots).
+        batch_size: probe examples per forward pass.
+        embedding_layer: the module whose output gives the kernel inputs
+            (default: :func:`freqlens.models.embedding_module`).
+        overwrite: replace a trajectory already in ``directory``.
+        metadata: extra JSON-serialisable fields for meta.json.
+
+    Attributes:
+        seconds: wall time spent recording (kernel inputs and snapshots).
+        recorded_steps: the steps recorded so far.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        probes: Sequence[ProbeSet] | Mapping[str, ProbeSet],
+        *,
+        schedule: Schedule | str = Schedule.log(60),
+        batch_size: int = 128,
+        embedding_layer: nn.Module | None = None,
+        overwrite: bool = False,
+        metadata: Mapping | None = None,
+    ) -> None:
+        sets = list(probes.values()) if isinstance(probes, Mapping) else list(probes)
+        if not sets or not all(isinstance(p, ProbeSet) for p in sets):
+            raise ValueError(f"Expected `probes` to be a non-empty list of ProbeSet but got {probes!r}.")
+        names = [p.name for p in sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Expected probe set names to be unique but got {names}.")
+        self.probes = {p.name: p for p in sets}
+        self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
+        self.batch_size = batch_size
+        self.embedding_layer = embedding_layer
+        self.directory = os.fspath(directory)
+        self._writer = TrajectoryWriter(directory, overwrite=overwrite)
+        self._metadata = dict(metadata or {})
+        self._model: nn.Module | None = None
+        self._due: set[int] | None = None
+        self._total: int | None = None
+        self.seconds = 0.0
+        self.recorded_steps: list[int] = []
+        self.closed = False
+
+    # ----------------------------------------------------------------- control
+    def start(self, model: nn.Module, total_steps: int | None = None, **scalars: float) -> None:
+        """Compute the kernel inputs from ``model`` as it is now and record step 0.
+
+        Args:
+            model: the model about to be trained.
+            total_steps: the run's number of optimisation steps (needed by the
+                log-spaced schedule).
+            **scalars: numbers stored with the step-0 snapshot.
+        """
+        if self._model is not None:
+            raise RuntimeError("Recorder.start() was called twice; use one Recorder per run.")
+        if self.closed:
+            raise RuntimeError("Recorder is closed; use a new Recorder for a new run.")
+        self._model = model
+        self._total = total_steps
+        if self.schedule.kind != "every" or total_steps is not None:
+            self._due = set(self.schedule.steps(total_steps))
+        began = time.perf_counter()
+        layer = self.embedding_layer or embedding_module(model)
+        for probe in self.probes.values():
+            inputs = embedding_inputs(model, probe.encodings, module=layer, batch_size=self.batch_size)
+            self._writer.write_probe(
+                probe.name,
+                inputs=inputs,
+                labels=probe.labels.numpy(),
+                poison=probe.poison,
+                texts=probe.texts,
+                role=probe.role,
+            )
+        self._writer.update_meta(
+            schedule=str(self.schedule),
+            total_steps=total_steps,
+            model=type(model).__name__,
+            embedding_layer=type(layer).__name__,
+            **self._metadata,
+        )
+        self.seconds += time.perf_counter() - began
+        self.record(0, **scalars)
+
+    def due(self, step: int) -> bool:
+        """Whether the schedule records ``step``."""
+        if self._due is not None:
+            return step in self._due
+        return self.schedule.due(step)
+
+    def step(self, step: int, **scalars: float) -> bool:
+        """Call once per optimisation step; records if the schedule says so.
+
+        Returns:
+            Whether a snapshot was recorded.
+        """
+        if self._model is None:
+            raise RuntimeError("Call Recorder.start(model) before Recorder.step().")
+        if step in self.recorded_steps or not self.due(step):
+            return False
+        self.record(step, **scalars)
+        return True
+
+    def record(self, step: int, **scalars: float) -> None:
+        """Record a snapshot at ``step`` now, whatever the schedule."""
+        if self._model is None or self.closed:
+            raise RuntimeError("Recorder.record() needs a started, unclosed recorder.")
+        began = time.perf_counter()
+        outputs = {
+            name: predict_proba(self._model, probe.encodings, batch_size=self.batch_size)
+            for name, probe in self.probes.items()
+        }
+        self._writer.write_snapshot(step, outputs, **scalars)
+        self.recorded_steps.append(int(step))
+        self.seconds += time.perf_counter() - began
+
+    def close(self, status: str = "complete") -> None:
+        """Mark the trajectory finished; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self._writer.close(status, recording_seconds=round(self.seconds, 3), snapshots=len(self.recorded_steps))
+        self._model = None
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close("complete" if kind is None else "failed")
+
+    def trajectory(self) -> Trajectory:
+        """Load what has been recorded so far."""
+        return load_trajectory(self.directory)
+
+    def callback(self):
+        """A ``transformers.TrainerCallback`` that drives this recorder."""
+        from freqlens.recording.callback import RecorderCallback
+
+        return RecorderCallback(self)

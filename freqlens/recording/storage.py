@@ -1,0 +1,271 @@
+"""Trajectories on disk: written as they are recorded, atomically, without pickle.
+
+Layout of a trajectory directory::
+
+    meta.json                  format, version, status, probe sets, schedule, model, ...
+    probes/<name>.npz          inputs (N, D) float32, labels (N,) int64, poison (N,) bool
+    probes/<name>.json         texts of the probe set (optional)
+    snapshots/step-000000042.npz
+                               one array per probe set: softmax outputs (N, C) float32,
+                               plus ``__step__`` and optional scalars (``__epoch__``, ...)
+
+Every file is written to a temporary name in its directory, flushed to disk
+and renamed into place, so a process killed at any moment leaves either the
+whole file or none of it: every snapshot finished before the kill is kept,
+and :func:`load_trajectory` reads them back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "freqlens.trajectory"
+VERSION = 1
+_SCALAR_PREFIX = "__"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via ``write(file)`` to a temporary file, fsync, and rename to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError:  # some file systems refuse fsync on a directory
+        pass
+
+
+def write_json(path: Path, data: Mapping) -> None:
+    """Atomically write ``data`` as indented JSON."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default).encode()
+    _atomic_write(Path(path), lambda f: f.write(text))
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Atomically write arrays to an uncompressed ``.npz`` file."""
+    _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serialisable")
+
+
+class TrajectoryWriter:
+    """Writes one trajectory directory, file by file, as the recording goes.
+
+    Args:
+        directory: where to write; created if missing. A directory that
+            already holds a trajectory is refused unless ``overwrite``.
+        overwrite: replace an existing trajectory's snapshots.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
+        self.directory = Path(directory)
+        meta = self.directory / "meta.json"
+        if meta.exists() and not overwrite:
+            raise FileExistsError(
+                f"Expected `directory` to hold no trajectory yet but {meta} exists; "
+                "pass overwrite=True to replace it."
+            )
+        if overwrite:
+            for old in (self.directory / "snapshots").glob("step-*.npz"):
+                old.unlink()
+        (self.directory / "snapshots").mkdir(parents=True, exist_ok=True)
+        (self.directory / "probes").mkdir(parents=True, exist_ok=True)
+        self.meta: dict = {
+            "format": FORMAT,
+            "version": VERSION,
+            "status": "recording",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "probe_sets": {},
+        }
+
+    def update_meta(self, **fields) -> None:
+        """Merge ``fields`` into meta.json and write it."""
+        self.meta.update(fields)
+        write_json(self.directory / "meta.json", self.meta)
+
+    def write_probe(
+        self,
+        name: str,
+        *,
+        inputs: np.ndarray,
+        labels: np.ndarray,
+        poison: np.ndarray | None = None,
+        texts: list[str] | None = None,
+        role: str | None = None,
+    ) -> None:
+        """Write one probe set's kernel inputs, labels and texts."""
+        arrays = {
+            "inputs": np.asarray(inputs, dtype=np.float32),
+            "labels": np.asarray(labels, dtype=np.int64),
+            "poison": np.zeros(len(labels), bool) if poison is None else np.asarray(poison, bool),
+        }
+        write_npz(self.directory / "probes" / f"{name}.npz", arrays)
+        if texts is not None:
+            write_json(self.directory / "probes" / f"{name}.json", {"texts": list(texts)})
+        self.meta["probe_sets"][name] = {
+            "n": int(arrays["inputs"].shape[0]),
+            "dim": int(arrays["inputs"].shape[1]),
+            "role": role or name,
+        }
+        self.update_meta()
+
+    def write_snapshot(self, step: int, outputs: Mapping[str, np.ndarray], **scalars: float) -> Path:
+        """Write the outputs of every probe set at ``step``; returns the file."""
+        arrays = {name: np.asarray(values, dtype=np.float32) for name, values in outputs.items()}
+        arrays[f"{_SCALAR_PREFIX}step__"] = np.asarray(step, dtype=np.int64)
+        for key, value in scalars.items():
+            if value is not None:
+                arrays[f"{_SCALAR_PREFIX}{key}__"] = np.asarray(value, dtype=np.float64)
+        path = self.directory / "snapshots" / f"step-{int(step):09d}.npz"
+        write_npz(path, arrays)
+        return path
+
+    def close(self, status: str = "complete", **fields) -> None:
+        """Mark the trajectory finished (or ``"failed"``) in meta.json."""
+        self.update_meta(status=status, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
+
+
+@dataclass
+class Trajectory:
+    """A recorded trajectory: probe sets and their outputs over training steps.
+
+    Attributes:
+        steps: recorded optimisation steps, shape (T,), increasing.
+        inputs: per probe set, the kernel inputs (N, D).
+        labels: per probe set, the target labels (N,).
+        outputs: per probe set, softmax outputs (T, N, C).
+        poison: per probe set, a poison flag per example (N,).
+        texts: per probe set, the texts, where recorded.
+        scalars: per scalar name (``"epoch"``, ``"loss"``, ...), values (T,),
+            NaN where a snapshot did not record it.
+        meta: the contents of meta.json.
+        directory: where it was loaded from, if anywhere.
+    """
+
+    steps: np.ndarray
+    inputs: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    poison: dict[str, np.ndarray] = field(default_factory=dict)
+    texts: dict[str, list[str]] = field(default_factory=dict)
+    scalars: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    directory: Path | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """Probe-set names, in recording order."""
+        return list(self.inputs)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the recording was closed normally (False after a crash or kill)."""
+        return self.meta.get("status") == "complete"
+
+    @property
+    def num_classes(self) -> int:
+        return int(next(iter(self.outputs.values())).shape[2])
+
+    def __repr__(self) -> str:
+        sets = ", ".join(f"{k}: {v.shape[0]}" for k, v in self.inputs.items())
+        return (
+            f"Trajectory(steps={len(self.steps)} from {self.steps[:1].tolist()} to "
+            f"{self.steps[-1:].tolist()}, probe sets {{{sets}}}, status={self.meta.get('status')!r})"
+        )
+
+
+def load_trajectory(directory: str | os.PathLike) -> Trajectory:
+    """Read a trajectory directory back, complete or cut short by a crash.
+
+    Args:
+        directory: a directory written by :class:`TrajectoryWriter` (e.g. by a
+            :class:`~freqlens.Recorder`).
+
+    Returns:
+        A :class:`Trajectory` with every snapshot that was finished.
+
+    Raises:
+        FileNotFoundError: no meta.json in ``directory``.
+        ValueError: not a freqlens trajectory, a newer format version, or no
+            snapshot at all.
+    """
+    root = Path(directory)
+    meta_path = root / "meta.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"Expected `directory` to hold a freqlens trajectory but {meta_path} does not exist.")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"Expected {meta_path} to have format {FORMAT!r} but got {meta.get('format')!r}.")
+    if int(meta.get("version", 0)) > VERSION:
+        raise ValueError(
+            f"Expected a trajectory of format version <= {VERSION} but {meta_path} has version "
+            f"{meta['version']}: upgrade freqlens to read it."
+        )
+    inputs, labels, poison, texts = {}, {}, {}, {}
+    for name in meta.get("probe_sets", {}):
+        with np.load(root / "probes" / f"{name}.npz", allow_pickle=False) as data:
+            inputs[name], labels[name], poison[name] = data["inputs"], data["labels"], data["poison"]
+        text_path = root / "probes" / f"{name}.json"
+        if text_path.exists():
+            texts[name] = json.loads(text_path.read_text())["texts"]
+    steps, per_set, scalar_rows = [], {name: [] for name in inputs}, []
+    for path in sorted((root / "snapshots").glob("step-*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                row = {key: data[key] for key in data.files}
+        except (OSError, ValueError) as error:  # not expected: writes are atomic
+            warnings.warn(f"Skipping unreadable snapshot {path}: {error}", RuntimeWarning, stacklevel=2)
+            continue
+        if not all(name in row for name in inputs):
+            warnings.warn(f"Skipping snapshot {path}: it lacks a probe set", RuntimeWarning, stacklevel=2)
+            continue
+        steps.append(int(row[f"{_SCALAR_PREFIX}step__"]))
+        for name in inputs:
+            per_set[name].append(row[name])
+        scalar_rows.append(
+            {k[2:-2]: float(v) for k, v in row.items() if k.startswith(_SCALAR_PREFIX) and k != "__step__"}
+        )
+    if not steps:
+        raise ValueError(f"Expected at least one snapshot in {root / 'snapshots'} but found none.")
+    keys = sorted({k for row in scalar_rows for k in row})
+    scalars = {k: np.array([row.get(k, np.nan) for row in scalar_rows]) for k in keys}
+    return Trajectory(
+        steps=np.asarray(steps, dtype=np.int64),
+        inputs=inputs,
+        labels=labels,
+        outputs={name: np.stack(values) for name, values in per_set.items()},
+        poison=poison,
+        texts=texts,
+        scalars=scalars,
+        meta=meta,
+        directory=root,
+    )

@@ -1,0 +1,43 @@
+"""Frequency-domain convergence of a mapping over a probe set.
+
+The filtering method (Xu et al., arXiv 1901.06523; Wu et al., ACL 2024,
+arXiv 2402.12026): Gaussian low-pass filters built from the probe inputs split
+model outputs and targets into low- and high-frequency parts, and the relative
+error of each part, recorded over training, shows which frequencies a model
+has learned and when. See ``METHOD.md`` and the module docstrings.
+
+Pure functions take arrays (numpy or torch); :class:`FilterBank` is the
+stateful form that builds the kernels once for many snapshots.
+"""
+
+from freqlens.spectral.convergence import convergence_steps
+from freqlens.spectral.filters import (
+    DISTANCES,
+    REDUCTIONS,
+    DegenerateTargetWarning,
+    FilterBank,
+    band_errors,
+    joint_relative_errors,
+    pairwise_distances,
+    relative_errors,
+)
+from freqlens.spectral.projection import principal_projection, projection_spectrum
+from freqlens.spectral.widths import WidthCheck, WidthWarning, check_widths, suggest_widths
+
+__all__ = [
+    "DISTANCES",
+    "REDUCTIONS",
+    "DegenerateTargetWarning",
+    "FilterBank",
+    "WidthCheck",
+    "WidthWarning",
+    "band_errors",
+    "check_widths",
+    "convergence_steps",
+    "joint_relative_errors",
+    "pairwise_distances",
+    "principal_projection",
+    "projection_spectrum",
+    "relative_errors",
+    "suggest_widths",
+]
