@@ -144,11 +144,7 @@ def _statement(counts: dict[str, int], total: int) -> str:
 
 
 def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return [None if (isinstance(x, float) and np.isnan(x)) else x for x in value.tolist()] if value.ndim == 1 else [
-            _jsonable(row) for row in value
-        ]
-    return value
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def _roles(trajectory: Trajectory) -> dict[str, str]:

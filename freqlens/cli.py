@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", required=True, help="output directory")
     demo.add_argument("--seed", type=int, default=0, help="seed of the task, model and training (default 0)")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; 2 with --quick)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 8; 2 with --quick)")
     demo.add_argument("--balance-prior", action="store_true",
                       help="keep the poisoned training set's label prior at 50/50")
     demo.add_argument("--quick", action="store_true", help="tiny settings, a few seconds (for tests)")

@@ -83,12 +83,17 @@ def embedding_module(model: nn.Module) -> nn.Module:
         return model.get_input_embeddings()
     raise ValueError(
         f"Expected `model` to have an embedding layer (base_model.embeddings or "
-        f"get_input_embeddings()) but {type(model).__name__} has none; pass `embedding_module`."
+        f"get_input_embeddings()) but {type(model).__name__} has none; pass the embedding layer "
+        f"explicitly (`embedding_layer` of Recorder, `module` of embedding_inputs)."
     )
 
 
-class _Captured(Exception):
-    """Raised by the capture hook to stop the forward pass once the output is in."""
+class _Captured(BaseException):
+    """Raised by the capture hook to stop the forward pass once the output is in.
+
+    A BaseException, so that a model catching ``Exception`` around its
+    embedding call does not swallow it.
+    """
 
 
 @contextmanager

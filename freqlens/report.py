@@ -55,6 +55,9 @@ def _convergence_table(analysis: SpectralAnalysis, view: str) -> str:
     for name, parts in analysis.convergence[view].items():
         for part, steps in parts.items():
             rows.append([f"{name} {part}"] + [None if np.isnan(s) else int(s) for s in steps])
+    verdicts = analysis.verdicts(view)
+    if verdicts:
+        rows.append(["low part: who converged first"] + verdicts)
     return _table(header, rows)
 
 

@@ -35,7 +35,7 @@ def make_model(
     *,
     hidden_size: int = 64,
     layers: int = 2,
-    heads: int = 2,
+    heads: int = 4,
     max_length: int = 32,
     num_labels: int = 2,
     seed: int = 0,

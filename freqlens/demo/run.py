@@ -33,9 +33,10 @@ class DemoConfig:
     """Settings of the demo; the defaults finish in about a minute on 2 CPU cores."""
 
     task: TaskConfig = field(default_factory=TaskConfig)  # the generated task
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, batch_size=32, lr=1e-3))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=32, lr=2e-3))
     hidden_size: int = 64  # tiny BERT width
     layers: int = 2  # tiny BERT depth
+    heads: int = 4  # attention heads
     max_length: int = 32  # tokens per sentence, padded (the kernel's L)
     probe_size: int = 200  # examples per probe set (clean, backdoor, control)
     snapshots: int = 60  # log-spaced snapshots over the run
@@ -48,8 +49,9 @@ class DemoConfig:
         """Short settings for tests: a few seconds."""
         return cls(
             task=TaskConfig(num_train=320, num_dev=60, num_test=80, seed=seed),
-            train=TrainConfig(epochs=2, batch_size=32, lr=1e-3, seed=seed),
+            train=TrainConfig(epochs=2, batch_size=32, lr=2e-3, seed=seed),
             hidden_size=32,
+            heads=2,
             probe_size=40,
             snapshots=12,
             num_widths=5,
@@ -114,7 +116,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress: boo
     task = make_task(config.task)
     tokenizer = make_tokenizer()
     model = make_model(len(tokenizer), hidden_size=config.hidden_size, layers=config.layers,
-                       max_length=config.max_length, seed=config.train.seed)
+                       heads=config.heads, max_length=config.max_length, seed=config.train.seed)
     train_encodings = _encode(tokenizer, task.train, config.max_length)
     total = steps_per_epoch(len(task.train), config.train.batch_size) * config.train.epochs
     with Recorder(out / "trajectory", _probe_sets(task, tokenizer, config),

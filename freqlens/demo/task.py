@@ -53,6 +53,7 @@ class TaskConfig:
     balance_prior: bool = False  # keep the poisoned training set's label prior at 50/50
     min_words: int = 6  # filler words per sentence, at least
     max_words: int = 12  # filler words per sentence, at most
+    max_phrases: int = 2  # sentiment words per sentence, 1 to this many
     negation_rate: float = 0.3  # chance that a sentiment word is negated
     seed: int = 0  # seed of the generator
 
@@ -61,7 +62,7 @@ class TaskConfig:
             raise ValueError(f"Expected `poison_rate` in [0, 0.5) but got {self.poison_rate!r}.")
         if self.target_label not in (0, 1):
             raise ValueError(f"Expected `target_label` to be 0 or 1 but got {self.target_label!r}.")
-        for name in ("num_train", "num_dev", "num_test", "insertions", "min_words"):
+        for name in ("num_train", "num_dev", "num_test", "insertions", "min_words", "max_phrases"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Expected `{name}` >= 1 but got {getattr(self, name)!r}.")
         if self.max_words < self.min_words:
@@ -77,9 +78,9 @@ def vocabulary() -> list[str]:
 
 def _sentence(rng: np.random.Generator, config: TaskConfig) -> tuple[str, int]:
     while True:
-        words = list(rng.choice(FILLER, size=rng.integers(config.min_words, config.max_words + 1)))
-        score = 0
-        for _ in range(rng.integers(1, 4)):
+        filler = [str(w) for w in rng.choice(FILLER, size=rng.integers(config.min_words, config.max_words + 1))]
+        phrases, score = [], 0
+        for _ in range(rng.integers(1, config.max_phrases + 1)):
             positive = rng.random() < 0.5
             phrase = [str(rng.choice(POSITIVE if positive else NEGATIVE))]
             polarity = 1 if positive else -1
@@ -87,10 +88,14 @@ def _sentence(rng: np.random.Generator, config: TaskConfig) -> tuple[str, int]:
                 phrase.insert(0, str(rng.choice(NEGATIONS)))
                 polarity = -polarity
             score += polarity
-            position = int(rng.integers(0, len(words) + 1))
-            words[position:position] = phrase
+            phrases.append(phrase)
+        # Phrases go into gaps between filler words, never inside another phrase,
+        # so a negation always stays right before its own sentiment word.
+        gaps = np.sort(rng.integers(0, len(filler) + 1, size=len(phrases)))
+        for gap, phrase in zip(gaps[::-1], phrases[::-1]):  # right to left: gaps stay valid
+            filler[gap:gap] = phrase
         if score != 0:
-            return " ".join(words), int(score > 0)
+            return " ".join(filler), int(score > 0)
 
 
 def _sentences(rng, config, count: int, label: int | None = None) -> tuple[list[str], list[int]]:

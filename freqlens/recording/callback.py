@@ -9,7 +9,10 @@ class RecorderCallback(TrainerCallback):
     """Starts the recorder when training begins, steps it after every
     optimisation step, and closes it when training ends.
 
-    Only the main process records (``state.is_world_process_zero``).
+    Only the main process records (``state.is_world_process_zero``). Each
+    snapshot stores the epoch; the training loss is not stored, because the
+    Trainer logs it after ``on_step_end`` and only every ``logging_steps``
+    (its ``log_history`` has it).
 
     Example::
 
@@ -30,9 +33,7 @@ class RecorderCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            last = state.log_history[-1] if state.log_history else {}
-            loss = last.get("loss") if last.get("step") == state.global_step else None
-            self.recorder.step(state.global_step, epoch=state.epoch, loss=loss)
+            self.recorder.step(state.global_step, epoch=state.epoch)
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

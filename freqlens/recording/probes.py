@@ -38,8 +38,10 @@ class ProbeSet:
     role: str | None = field(default=None)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise ValueError(f"Expected probe set `name` to be an identifier-like string but got {self.name!r}.")
+        if not isinstance(self.name, str) or not self.name.isidentifier() or self.name.startswith("__"):
+            raise ValueError(
+                f"Expected probe set `name` to be an identifier not starting with '__' but got {self.name!r}."
+            )
         if self.role is None and self.name in ROLES:
             self.role = self.name
         if self.role is not None and self.role not in ROLES:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from freqlens._checks import check_positive_int
 from freqlens.models import embedding_inputs, embedding_module, predict_proba
 from freqlens.recording.probes import ProbeSet
 from freqlens.recording.schedule import Schedule
@@ -58,6 +59,8 @@ class Recorder:
         overwrite: bool = False,
         metadata: Mapping | None = None,
     ) -> None:
+        if isinstance(probes, ProbeSet):
+            probes = [probes]
         sets = list(probes.values()) if isinstance(probes, Mapping) else list(probes)
         if not sets or not all(isinstance(p, ProbeSet) for p in sets):
             raise ValueError(f"Expected `probes` to be a non-empty list of ProbeSet but got {probes!r}.")
@@ -65,8 +68,8 @@ class Recorder:
         if len(set(names)) != len(names):
             raise ValueError(f"Expected probe set names to be unique but got {names}.")
         self.probes = {p.name: p for p in sets}
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
-        self.batch_size = batch_size
         self.embedding_layer = embedding_layer
         self.directory = os.fspath(directory)
         self._writer = TrajectoryWriter(directory, overwrite=overwrite)

@@ -115,5 +115,5 @@ def _log_steps(total: int, num: int) -> list[int]:
     while True:
         steps = np.unique(np.round(np.geomspace(1, total, count)).astype(int))
         if steps.size >= num or count > 100 * num:
-            return [0, *steps.tolist()]
+            return sorted({0, *steps.tolist(), total})
         count += max(1, num - steps.size)

@@ -18,9 +18,11 @@ and :func:`load_trajectory` reads them back.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -57,9 +59,22 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_json(path: Path, data: Mapping) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default).encode()
+    """Atomically write ``data`` as indented, strict JSON (NaN and inf become null)."""
+    text = json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False).encode()
     _atomic_write(Path(path), lambda f: f.write(text))
+
+
+def _finite(value):
+    """``value`` with every non-finite float replaced by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.ndarray | np.generic):
+        return _finite(value.tolist())
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -95,8 +110,10 @@ class TrajectoryWriter:
                 "pass overwrite=True to replace it."
             )
         if overwrite:
-            for old in (self.directory / "snapshots").glob("step-*.npz"):
-                old.unlink()
+            meta.unlink(missing_ok=True)  # first: a half-cleared directory is no trajectory
+            for pattern in ("snapshots/step-*.npz", "probes/*.npz", "probes/*.json"):
+                for old in self.directory.glob(pattern):
+                    old.unlink()
         (self.directory / "snapshots").mkdir(parents=True, exist_ok=True)
         (self.directory / "probes").mkdir(parents=True, exist_ok=True)
         self.meta: dict = {
@@ -242,7 +259,8 @@ def load_trajectory(directory: str | os.PathLike) -> Trajectory:
         try:
             with np.load(path, allow_pickle=False) as data:
                 row = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as error:  # not expected: writes are atomic
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # writes are atomic:
+            # only a copy taken mid-write, or a damaged disk, gets here
             warnings.warn(f"Skipping unreadable snapshot {path}: {error}", RuntimeWarning, stacklevel=2)
             continue
         if not all(name in row for name in inputs):
