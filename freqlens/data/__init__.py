@@ -1,5 +1,5 @@
 """Datasets for backdoor experiments."""
 
-from freqlens.data.splits import EVAL_SPLITS, PoisonedDataset, Split
+from freqlens.data.splits import PoisonedDataset, Split
 
-__all__ = ["EVAL_SPLITS", "PoisonedDataset", "Split"]
+__all__ = ["PoisonedDataset", "Split"]

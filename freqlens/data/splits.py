@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-#: The evaluation splits, in the OpenBackdoor naming (``-`` in file names).
-EVAL_SPLITS = ("dev_clean", "dev_poison", "test_clean", "test_poison")
 
 
 @dataclass
@@ -42,17 +38,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.texts)
-
-    def subset(self, index: Sequence[int] | np.ndarray) -> Split:
-        """The examples at ``index``, in that order."""
-        index = np.asarray(index, dtype=np.int64)
-        return Split(
-            [self.texts[i] for i in index], self.labels[index], self.poison[index], self.true_labels[index]
-        )
-
-    def head(self, n: int | None) -> Split:
-        """The first ``n`` examples (all if ``n`` is None)."""
-        return self if n is None or n >= len(self) else self.subset(np.arange(n))
 
 
 @dataclass

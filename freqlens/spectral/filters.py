@@ -485,9 +485,11 @@ def joint_relative_errors(
                 f"Expected `{name}` to have the probe sets {sorted(names)} of `inputs` "
                 f"but got {sorted(mapping)}."
             )
-    bank = FilterBank(np.concatenate([as_matrix(inputs[s], f"inputs[{s!r}]") for s in names]),
-                      widths, distance=distance)
-    stacked_outputs, stacked_targets, subsets = _stack_sets(names, inputs, outputs, targets)
+    matrices = [as_matrix(inputs[s], f"inputs[{s!r}]") for s in names]
+    bank = FilterBank(np.concatenate(matrices), widths, distance=distance)
+    stacked_outputs, stacked_targets, subsets = _stack_sets(
+        names, [m.shape[0] for m in matrices], outputs, targets
+    )
     return {
         name: bank.relative_errors(
             stacked_outputs, stacked_targets, reduction=reduction, subset=subsets[name]
@@ -496,9 +498,8 @@ def joint_relative_errors(
     }
 
 
-def _stack_sets(names, inputs, outputs, targets):
+def _stack_sets(names, sizes, outputs, targets):
     """Concatenate per-set outputs and targets along N; return row ranges per set."""
-    sizes = [as_matrix(inputs[s], f"inputs[{s!r}]").shape[0] for s in names]
     out = [as_outputs(outputs[s], n, f"outputs[{s!r}]") for s, n in zip(names, sizes)]
     steps = {o.shape[0] for o in out}
     if len(steps) != 1:

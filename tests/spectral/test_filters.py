@@ -32,9 +32,10 @@ SCALES = {"unit": (0.0, 1.0), "offset100": (100.0, 0.01)}
 
 
 def problem_cases():
-    for (distance, reduction), seed, scale in itertools.product(COMBOS, SEEDS, SCALES):
-        yield pytest.param(distance, reduction, seed, scale,
-                           id=f"{distance}-{reduction}-seed{seed}-{scale}")
+    return [
+        pytest.param(distance, reduction, seed, scale, id=f"{distance}-{reduction}-seed{seed}-{scale}")
+        for (distance, reduction), seed, scale in itertools.product(COMBOS, SEEDS, SCALES)
+    ]
 
 
 def _problem(seed, scale, distance, **kwargs):
