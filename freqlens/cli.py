@@ -19,15 +19,35 @@ def _demo(args: argparse.Namespace) -> int:
     if args.balance_prior:
         config = replace(config, task=replace(config.task, balance_prior=True))
     results = run_demo(args.out, config, progress=not args.no_progress, overwrite=args.overwrite)
-    summary = results["analysis"]["summary"]
-    print(f"clean accuracy       {results['clean_accuracy']:.3f}")
-    print(f"attack success rate  {results['attack_success_rate']:.3f}")
-    print(f"false-trigger rate   {results.get('false_trigger_rate', float('nan')):.3f}")
-    for view, info in summary.items():
-        print(f"{view:>8} view: {info['statement']}")
-    print(f"wrote {args.out}/report.html, heatmap.png, results.json "
-          f"({results['timings']['total_seconds']:.0f} s)")
+    _print_summary(results, args.out)
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from freqlens.config import ExperimentConfig
+    from freqlens.experiment import run_experiment
+
+    config = ExperimentConfig.from_toml(args.config, overrides=args.set)
+    results = run_experiment(config, args.out, progress=not args.no_progress, overwrite=args.overwrite)
+    _print_summary(results, args.out)
+    return 0
+
+
+def _print_summary(results: dict, out: str) -> None:
+    def number(key: str) -> str:
+        value = results.get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(f"clean accuracy (CACC)      {number('cacc')}")
+    print(f"attack success rate (ASR)  {number('asr')}")
+    print(f"false-trigger rate         {number('false_trigger_rate')}")
+    for view, info in results["analysis"]["summary"].items():
+        print(f"{view:>8} view: {info['statement']}")
+    timings = results["timings"]
+    share = timings.get("recording_share")
+    share_text = "" if share is None else f", recording {100 * share:.1f}% of training wall time"
+    print(f"wrote {out}/report.html, heatmap.png, results.json "
+          f"({timings['total_seconds']:.0f} s{share_text})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace a trajectory already in --out")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(handler=_demo)
+    run = commands.add_parser(
+        "run",
+        help="one experiment from a TOML config: train, record, analyse, report",
+        description="Load the model and data named in CONFIG, fine-tune with the recorder on, "
+        "evaluate CACC / ASR / false-trigger rate, analyse the recording and write results.json, "
+        "figures and report.html into --out. See analysis/*.toml for examples.",
+    )
+    run.add_argument("config", help="a TOML experiment config")
+    run.add_argument("--out", required=True, help="output directory")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field, e.g. --set train.epochs=3 (repeatable)")
+    run.add_argument("--overwrite", action="store_true", help="replace a trajectory already in --out")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_run)
     return parser
 
 

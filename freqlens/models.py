@@ -3,16 +3,33 @@
 Works for Hugging Face sequence-classification models (anything whose forward
 takes ``input_ids`` / ``attention_mask`` and returns ``.logits``) and for any
 ``nn.Module`` whose forward returns logits.
+
+The kernel inputs are the output of the model's embedding layer (the paper's
+probe inputs). Where that output is read depends on the model family (see
+:func:`probe_embedding_layer`):
+
+* BERT, RoBERTa, DistilBERT, ELECTRA: the output of ``base_model.embeddings``,
+  word + position (+ token type) embeddings after their LayerNorm.
+* GPT-2 (GPT-Neo, GPT-BigCode): ``wte(ids) + wpe(positions)``, read as the
+  input of the first block ``h[0]`` (there is no embeddings module).
+* Llama and other rotary-position decoders: ``embed_tokens(ids)``, the output
+  of ``get_input_embeddings()``; positions enter inside attention, so the
+  embedding layer carries none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+
+OUTPUT = "output"
+INPUT = "input"
+_MODES = (OUTPUT, INPUT)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -48,7 +65,12 @@ def predict_proba(
     """Softmax probabilities of ``model`` on pre-tokenised ``encodings``.
 
     Runs in eval mode under ``torch.inference_mode`` in batches, and restores
-    the model's mode afterwards.
+    the model's mode afterwards. Rows are batched by length and each batch's
+    trailing all-padding columns are cut (right padding only: a column is cut
+    only when no row of the batch uses it), which changes no output beyond
+    float rounding and saves most of the compute on short sentences. Decoder classifiers (GPT-2, Llama) pool the
+    last non-padding token, found through ``config.pad_token_id``: with padded
+    inputs their config needs one (``transformers`` raises otherwise).
 
     Args:
         model: a classifier; its forward takes ``**encodings`` and returns
@@ -60,34 +82,214 @@ def predict_proba(
         float32 array of shape (N, C).
     """
     device = model_device(model)
-    outputs = []
+    mask = encodings.get("attention_mask")
+    n = len(next(iter(encodings.values())))
+    order = torch.arange(n) if mask is None else torch.argsort(mask.sum(dim=1), stable=True)
+    outputs = [None] * ((n + batch_size - 1) // batch_size)
     with eval_mode(model), torch.inference_mode():
-        for batch in _batches(encodings, batch_size, device):
-            logits = _logits(model(**batch)).float()
-            outputs.append(torch.softmax(logits, dim=-1).cpu())
-    return torch.cat(outputs).numpy()
+        for index, start in enumerate(range(0, n, batch_size)):
+            rows = order[start : start + batch_size]
+            batch = _trim_padding({k: v[rows] for k, v in encodings.items()})
+            logits = _logits(model(**{k: v.to(device) for k, v in batch.items()})).float()
+            outputs[index] = torch.softmax(logits, dim=-1).cpu()
+    probabilities = torch.empty(n, outputs[0].shape[1])
+    probabilities[order] = torch.cat(outputs)
+    return probabilities.numpy()
+
+
+def _trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cut the trailing columns that are padding in every row of the batch."""
+    mask = batch.get("attention_mask")
+    if mask is None or mask.ndim != 2:
+        return batch
+    used = torch.nonzero(mask.any(dim=0))
+    length = int(used.max()) + 1 if used.numel() else mask.shape[1]
+    if length == mask.shape[1]:
+        return batch
+    return {k: v[:, :length] if v.ndim >= 2 and v.shape[1] == mask.shape[1] else v
+            for k, v in batch.items()}
+
+
+# ------------------------------------------------------ where the embeddings are
+class ProbeLayer(NamedTuple):
+    """Where a model's embedding-layer output is read.
+
+    Attributes:
+        module: a submodule of the model that runs once per forward pass.
+        mode: ``"output"`` (the kernel input is the module's output) or
+            ``"input"`` (it is the module's first input, the hidden states it
+            receives).
+    """
+
+    module: nn.Module
+    mode: str
+
+
+EmbeddingRule = Callable[[nn.Module], "ProbeLayer | None"]
+
+
+def _base(model: nn.Module) -> nn.Module:
+    base = getattr(model, "base_model", model)
+    return base if isinstance(base, nn.Module) else model
+
+
+def _bert_like(model: nn.Module) -> ProbeLayer | None:
+    """BERT, RoBERTa, DistilBERT, ELECTRA, ALBERT, DeBERTa, ...: ``base_model.embeddings``.
+
+    Its output is word + position (+ token type) embeddings after LayerNorm
+    (and dropout, off in eval mode). RoBERTa derives its position ids from
+    ``input_ids`` (``padding_idx + 1`` onwards, padding kept at
+    ``padding_idx``), inside this module, so nothing else is needed.
+    """
+    embeddings = getattr(_base(model), "embeddings", None)
+    return ProbeLayer(embeddings, OUTPUT) if isinstance(embeddings, nn.Module) else None
+
+
+def _gpt2_like(model: nn.Module) -> ProbeLayer | None:
+    """GPT-2 (and GPT-Neo, GPT-BigCode): ``wte``/``wpe`` tables, blocks ``h``.
+
+    There is no embeddings module: the model adds ``wte(input_ids)`` and
+    ``wpe(position_ids)`` (plus ``wte(token_type_ids)`` when those are passed)
+    in its forward and hands the sum, through dropout (off in eval mode), to
+    the first block. So the kernel input is read as that block's input.
+    """
+    base = _base(model)
+    wte, wpe, blocks = (getattr(base, name, None) for name in ("wte", "wpe", "h"))
+    tables = isinstance(wte, nn.Embedding) and isinstance(wpe, nn.Embedding)
+    if tables and isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+        return ProbeLayer(blocks[0], INPUT)
+    return None
+
+
+def _input_embeddings(model: nn.Module) -> ProbeLayer | None:
+    """Anything with ``get_input_embeddings()``: the token embeddings alone.
+
+    Right for Llama and other decoders whose positions enter through rotary
+    embeddings inside attention (Llama, Mistral, Qwen2, GPT-J, ...): their
+    embedding layer adds no position term, so its output is
+    ``embed_tokens(input_ids)``. Two permutations of the same tokens then
+    differ in the kernel input only through where each token sits in the
+    flattened (L * d) vector -- which still encodes position, since the
+    flattening is positional. (Gemma's sqrt(d) scale lives inside its
+    ``embed_tokens`` and is included.) Not right for models that add learned
+    positions outside the token table (OPT, BART decoders): for those,
+    register a rule reading the first layer's input, as GPT-2's does.
+    """
+    getter = getattr(model, "get_input_embeddings", None)
+    if not callable(getter):
+        return None
+    try:
+        embeddings = getter()
+    except NotImplementedError:
+        return None
+    return ProbeLayer(embeddings, OUTPUT) if isinstance(embeddings, nn.Module) else None
+
+
+_BUILT_IN_RULES: tuple[EmbeddingRule, ...] = (_bert_like, _gpt2_like, _input_embeddings)
+_RULES: list[EmbeddingRule] = list(_BUILT_IN_RULES)
+
+
+def register_embedding_rule(rule: EmbeddingRule) -> EmbeddingRule:
+    """Add a rule that finds a model's embedding layer, tried before the built-in ones.
+
+    A rule takes the model and returns a :class:`ProbeLayer`, or ``None``
+    when it does not apply. Usable as a decorator; registering the same rule
+    twice has no effect.
+
+    Example:
+        >>> class Toy(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.stem, self.head = nn.Linear(2, 4), nn.Linear(4, 2)
+        >>> @register_embedding_rule
+        ... def toy(model):
+        ...     return ProbeLayer(model.stem, "output") if isinstance(model, Toy) else None
+        >>> model = Toy()
+        >>> embedding_module(model) is model.stem
+        True
+        >>> unregister_embedding_rule(toy)
+    """
+    if not callable(rule):
+        raise ValueError(f"Expected `rule` to be callable but got {rule!r}.")
+    if rule not in _RULES:
+        _RULES.insert(0, rule)
+    return rule
+
+
+def unregister_embedding_rule(rule: EmbeddingRule) -> None:
+    """Remove a rule added by :func:`register_embedding_rule` (no-op if absent)."""
+    if rule in _BUILT_IN_RULES:
+        raise ValueError(f"{rule.__name__} is a built-in embedding rule and cannot be removed.")
+    if rule in _RULES:
+        _RULES.remove(rule)
+
+
+def _find_probe_layer(model: nn.Module) -> ProbeLayer | None:
+    for rule in _RULES:
+        found = rule(model)
+        if found is not None:
+            module, mode = found
+            if not isinstance(module, nn.Module) or mode not in _MODES:
+                raise ValueError(
+                    f"Expected embedding rule {getattr(rule, '__name__', rule)!r} to return "
+                    f"(nn.Module, 'output' | 'input') but got {found!r}."
+                )
+            return ProbeLayer(module, mode)
+    return None
+
+
+def probe_embedding_layer(model: nn.Module) -> ProbeLayer:
+    """Where ``model``'s embedding-layer output is read, and how.
+
+    The first registered rule that applies wins (see
+    :func:`register_embedding_rule`); the built-in ones are, in order:
+
+    * BERT-like (BERT, RoBERTa, DistilBERT, ELECTRA, ...):
+      ``(base_model.embeddings, "output")``, word + position (+ token type).
+    * GPT-2-like (``wte``, ``wpe``, blocks ``h``): ``(h[0], "input")``, the
+      hidden states ``wte(ids) + wpe(positions)`` the first block receives.
+    * otherwise, e.g. Llama: ``(get_input_embeddings(), "output")``, token
+      embeddings alone; with rotary positions there is no additive position
+      embedding, so this *is* the embedding layer's output.
+
+    Raises:
+        ValueError: if no rule applies; the message names the class and says
+            to pass the layer explicitly.
+
+    Example:
+        >>> class Toy(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.embeddings, self.head = nn.Embedding(5, 3), nn.Linear(3, 2)
+        >>> layer = probe_embedding_layer(Toy())
+        >>> type(layer.module).__name__, layer.mode
+        ('Embedding', 'output')
+    """
+    found = _find_probe_layer(model)
+    if found is None:
+        raise ValueError(
+            f"Expected `model` to have an embedding layer (base_model.embeddings, GPT-2's "
+            f"wte/wpe/h, or get_input_embeddings()) but {type(model).__name__} has none; pass the "
+            f"embedding layer explicitly (`embedding_layer` of Recorder, `module` of "
+            f"embedding_inputs)."
+        )
+    return found
 
 
 def embedding_module(model: nn.Module) -> nn.Module:
-    """The module whose output is the model's embedding layer.
+    """The module at which the model's embedding-layer output is read.
 
     For BERT-like models (BERT, RoBERTa, DistilBERT, ELECTRA, ...) this is
     ``base_model.embeddings``, whose output is word + position (+ token type)
-    embeddings, as in the paper. Otherwise the input (word) embeddings.
+    embeddings, as in the paper. For GPT-2-like models, which have no such
+    module, it is the first block ``h[0]``, whose *input* is
+    ``wte + wpe``; :func:`embedding_inputs` knows to read its input. Otherwise
+    (Llama, ...) the input (word) embeddings. See :func:`probe_embedding_layer`.
     """
-    base = getattr(model, "base_model", model)
-    embeddings = getattr(base, "embeddings", None)
-    if isinstance(embeddings, nn.Module):
-        return embeddings
-    if hasattr(model, "get_input_embeddings") and model.get_input_embeddings() is not None:
-        return model.get_input_embeddings()
-    raise ValueError(
-        f"Expected `model` to have an embedding layer (base_model.embeddings or "
-        f"get_input_embeddings()) but {type(model).__name__} has none; pass the embedding layer "
-        f"explicitly (`embedding_layer` of Recorder, `module` of embedding_inputs)."
-    )
+    return probe_embedding_layer(model).module
 
 
+# ------------------------------------------------------------------- capturing
 class _Captured(BaseException):
     """Raised by the capture hook to stop the forward pass once the output is in.
 
@@ -124,13 +326,77 @@ def capture_output(module: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    if args:
+        return args[0]
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    for value in kwargs.values():
+        if isinstance(value, torch.Tensor):
+            return value
+    raise RuntimeError("The captured module was called without any tensor input.")
+
+
+@contextmanager
+def capture_input(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Capture ``module``'s first input during the block, and stop the forward there.
+
+    The pre-hook twin of :func:`capture_output`: a forward pre-hook stores the
+    first positional argument (or the ``hidden_states`` keyword, or else the
+    first tensor keyword) and raises before ``module`` runs, so the module and
+    everything after it are not computed. The hook is removed on every path
+    out of the block, errors included.
+
+    Example:
+        >>> first, second = nn.Linear(2, 3), nn.Linear(3, 1)
+        >>> with capture_input(second) as captured:
+        ...     run_until_captured(nn.Sequential(first, second), torch.ones(1, 2))
+        >>> captured[0].shape, len(second._forward_pre_hooks)
+        (torch.Size([1, 3]), 0)
+    """
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, args, kwargs):
+        captured.append(_first_input(args, kwargs))
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def capture(module: nn.Module, mode: str = OUTPUT):
+    """:func:`capture_output` (``mode="output"``) or :func:`capture_input` (``"input"``)."""
+    if mode == OUTPUT:
+        return capture_output(module)
+    if mode == INPUT:
+        return capture_input(module)
+    raise ValueError(f"Expected `mode` to be one of {_MODES} but got {mode!r}.")
+
+
 def run_until_captured(model: nn.Module, *args, **kwargs) -> None:
-    """Call ``model`` inside :func:`capture_output`, swallowing the early stop."""
+    """Call ``model`` inside :func:`capture_output` / :func:`capture_input`, swallowing the stop."""
     try:
         model(*args, **kwargs)
     except _Captured:
         return
     raise RuntimeError("The captured module did not run during the forward pass.")
+
+
+def _resolve(model: nn.Module, module: nn.Module | None, mode: str | None) -> ProbeLayer:
+    if mode is not None and mode not in _MODES:
+        raise ValueError(f"Expected `mode` to be one of {_MODES} or None but got {mode!r}.")
+    if module is None:
+        found = probe_embedding_layer(model)
+        return found if mode is None else ProbeLayer(found.module, mode)
+    if mode is None:
+        # The model's own layer keeps its mode (GPT-2's h[0] is read at its input);
+        # any other module given explicitly is read at its output.
+        found = _find_probe_layer(model)
+        mode = found.mode if found is not None and found.module is module else OUTPUT
+    return ProbeLayer(module, mode)
 
 
 def embedding_inputs(
@@ -139,30 +405,37 @@ def embedding_inputs(
     *,
     module: nn.Module | None = None,
     batch_size: int = 128,
+    mode: str | None = None,
 ) -> np.ndarray:
     """Kernel inputs: the embedding layer's outputs, padding zeroed, flattened.
 
     As in the paper, every sequence is padded to one length L and the
     embedding output (L, d) is flattened to D = L * d. Computed in eval mode
-    (no dropout), with padded positions set to zero so they do not depend on
-    the batch.
+    (no dropout; the model's mode is restored afterwards), with the positions
+    where ``attention_mask`` is 0 set to zero -- wherever they are, left or
+    right -- so they do not depend on the batch. The forward pass stops at the
+    embedding layer, and the capture hook is removed on every path.
 
     Args:
         model: the classifier.
         encodings: model inputs padded to one length, with ``attention_mask``
             where there is padding.
-        module: the embedding module (default: :func:`embedding_module`).
+        module: where to read the embeddings (default: the model's own, from
+            :func:`probe_embedding_layer`).
         batch_size: rows per forward pass.
+        mode: ``"output"`` or ``"input"`` of ``module``. Default: the mode
+            :func:`probe_embedding_layer` gives when ``module`` is the model's
+            own layer (or not given), else ``"output"``.
 
     Returns:
         float32 array of shape (N, L * d).
     """
-    layer = module if module is not None else embedding_module(model)
+    layer, how = _resolve(model, module, mode)
     device = model_device(model)
     rows = []
     with eval_mode(model), torch.inference_mode():
         for batch in _batches(encodings, batch_size, device):
-            with capture_output(layer) as captured:
+            with capture(layer, how) as captured:
                 run_until_captured(model, **batch)
             hidden = captured[0].float()
             mask = batch.get("attention_mask")

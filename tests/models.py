@@ -77,3 +77,114 @@ def random_labels(n: int, seed: int = 0, num_labels: int = 2) -> torch.Tensor:
 def forward_hooks(model: nn.Module) -> int:
     """How many forward (and forward pre-) hooks are registered anywhere in ``model``."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+# ------------------------------------------------- more families (test_model_families)
+def _seeded(build, seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def tiny_roberta(seed: int = 0, *, dropout: float = 0.1):
+    """A 2-layer RobertaForSequenceClassification (hidden 32, 2 heads, 2 labels).
+
+    RoBERTa's padding id is 1 and its position ids start at ``padding_idx + 1``,
+    so ``max_position_embeddings`` leaves room for that offset.
+    """
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        num_labels=2,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    return _seeded(lambda: RobertaForSequenceClassification(config), seed)
+
+
+def tiny_gpt2(seed: int = 0, *, dropout: float = 0.1):
+    """A 2-layer GPT2ForSequenceClassification (hidden 32, 2 heads, 2 labels, pad id 0).
+
+    ``pad_token_id`` is set: GPT-2 classification pools the last non-padding
+    token and refuses batches of padded inputs without it.
+    """
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=HIDDEN,
+        n_layer=2,
+        n_head=2,
+        n_inner=64,
+        n_positions=32,
+        pad_token_id=0,
+        bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+        num_labels=2,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+    )
+    return _seeded(lambda: GPT2ForSequenceClassification(config), seed)
+
+
+def tiny_llama(seed: int = 0, *, dropout: float = 0.1):
+    """A 2-layer LlamaForSequenceClassification (hidden 32, 4 heads, 2 kv heads, pad id 0)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+        num_labels=2,
+        attention_dropout=dropout,
+    )
+    return _seeded(lambda: LlamaForSequenceClassification(config), seed)
+
+
+def padded_encodings(
+    n: int,
+    length: int,
+    *,
+    seed: int = 0,
+    pad_from: int = 4,
+    pad_id: int = 0,
+    side: str = "right",
+    token_type_ids: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Random padded inputs for any family: ids, mask and, if asked, zero token type ids.
+
+    Like :func:`random_encodings` with ``pad_from`` (row 0 full length, row 1
+    with ``pad_from`` real tokens), but the padding id is ``pad_id``, real
+    tokens never equal it (ids from ``pad_id + 1``, so that RoBERTa with pad
+    id 1 sees no stray padding), and the padding is on ``side`` ("right" or
+    "left").
+    """
+    if side not in ("right", "left"):
+        raise ValueError(f"Expected side 'right' or 'left' but got {side!r}.")
+    base = random_encodings(n, length, vocab=VOCAB - pad_id, seed=seed, pad_from=pad_from)
+    mask = base["attention_mask"]
+    ids = torch.where(mask.bool(), base["input_ids"] + pad_id, torch.full_like(mask, pad_id))
+    if side == "left":
+        ids, mask = ids.flip(1), mask.flip(1)
+    encodings = {"input_ids": ids, "attention_mask": mask}
+    if token_type_ids:
+        encodings["token_type_ids"] = torch.zeros_like(ids)
+    return encodings

@@ -10,12 +10,12 @@ def test_demo_end_to_end_writes_figures_results_and_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "attack success rate" in printed and "report.html" in printed
+    assert "attack success rate (ASR)" in printed and "report.html" in printed
     for name in ("heatmap.png", "heatmap_separate.png", "curves.png", "report.html", "results.json"):
         assert (out / name).stat().st_size > 0
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((out / "results.json").read_text())
-    for key in ("clean_accuracy", "attack_success_rate", "false_trigger_rate", "widths", "timings"):
+    for key in ("cacc", "asr", "false_trigger_rate", "widths", "timings", "config"):
         assert key in results
     steps = results["analysis"]["convergence_steps"]
     assert set(steps) == {"separate", "joint"}

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from freqlens._checks import check_positive_int
-from freqlens.models import embedding_inputs, embedding_module, predict_proba
+from freqlens.models import embedding_inputs, predict_proba, probe_embedding_layer
 from freqlens.recording.probes import ProbeSet
 from freqlens.recording.schedule import Schedule
 from freqlens.recording.storage import Trajectory, TrajectoryWriter, load_trajectory
@@ -100,9 +100,14 @@ class Recorder:
         if self.schedule.kind != "every" or total_steps is not None:
             self._due = set(self.schedule.steps(total_steps))
         began = time.perf_counter()
-        layer = self.embedding_layer or embedding_module(model)
+        if self.embedding_layer is None:
+            layer, mode = probe_embedding_layer(model)
+        else:
+            layer, mode = self.embedding_layer, "output"
         for probe in self.probes.values():
-            inputs = embedding_inputs(model, probe.encodings, module=layer, batch_size=self.batch_size)
+            inputs = embedding_inputs(
+                model, probe.encodings, module=layer, mode=mode, batch_size=self.batch_size
+            )
             self._writer.write_probe(
                 probe.name,
                 inputs=inputs,
@@ -115,7 +120,7 @@ class Recorder:
             schedule=str(self.schedule),
             total_steps=total_steps,
             model=type(model).__name__,
-            embedding_layer=type(layer).__name__,
+            embedding_layer=f"{mode} of {type(layer).__name__}",
             **self._metadata,
         )
         self.seconds += time.perf_counter() - began

@@ -28,7 +28,7 @@ def test_manual_loop_records_the_schedule(bert, probes, directory, manual_loop):
     meta = trajectory.meta
     assert meta["schedule"] == "every:4" and meta["total_steps"] is None
     assert meta["model"] == "BertForSequenceClassification"
-    assert meta["embedding_layer"] == "BertEmbeddings"
+    assert meta["embedding_layer"] == "output of BertEmbeddings"
     assert meta["snapshots"] == 4 and meta["run"] == "manual"
     assert meta["recording_seconds"] >= 0
     assert meta["probe_sets"]["backdoor"] == {"n": 6, "dim": LENGTH * HIDDEN, "role": "backdoor"}
@@ -148,7 +148,7 @@ def test_explicit_embedding_layer(bert, probes, directory):
     with Recorder(directory, probes, schedule="every:1", embedding_layer=layer) as recorder:
         recorder.start(bert)
     trajectory = load_trajectory(directory)
-    assert trajectory.meta["embedding_layer"] == "Embedding"
+    assert trajectory.meta["embedding_layer"] == "output of Embedding"
     clean = probes[0]
     expected = layer.weight.detach()[clean.encodings["input_ids"]] * clean.encodings["attention_mask"][..., None]
     np.testing.assert_allclose(trajectory.inputs["clean"], expected.reshape(len(clean), -1).numpy(), atol=1e-6)

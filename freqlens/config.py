@@ -1,0 +1,220 @@
+"""Experiment configuration: typed sections, read from TOML, overridable by ``key=value``.
+
+A config file has one table per section; every field has a default, so a file
+names only what differs::
+
+    [model]
+    name = "bert-base-uncased"      # a hub id or a local folder
+    [data]
+    path = "../shared/data/sst-2/addsent"
+    train = "mix/0.1/train-poison.csv"
+    max_train = 2000
+    [train]
+    epochs = 2
+
+Unknown sections or keys are an error that names them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from freqlens.recording.schedule import Schedule
+from freqlens.spectral import DISTANCES, REDUCTIONS
+from freqlens.training import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DATA_FORMATS = ("auto", "openbackdoor", "clean", "hf")
+DEFENSES = ("vanilla",)  # an open set: defenses are added in later versions
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to fine-tune."""
+
+    name: str = "bert-base-uncased"  # hub id or local folder (from_pretrained)
+    max_length: int = 64  # tokens per example, padded/truncated (the kernel's L)
+    device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+
+    def __post_init__(self) -> None:
+        _check_int(self.max_length, "model.max_length")
+        _check_str(self.name, "model.name")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how much of it to use."""
+
+    path: str = ""  # a dataset folder, file stem or HF dataset name
+    format: str = "auto"  # "openbackdoor", "clean" (train/dev/test files), "hf", or "auto"
+    train: str = "mix/0.1/train-poison.csv"  # OpenBackdoor training file, relative to path
+    text_column: str = ""  # text column of clean files / HF datasets ("": text or sentence)
+    label_column: str = "label"  # label column of clean files / HF datasets
+    max_train: int | None = None  # cap on training examples (keeps the poison share)
+    max_eval: int | None = None  # cap on each evaluation split
+    target_label: int = 1  # the attack's target class
+    num_classes: int = 2  # classes of the task
+
+    def __post_init__(self) -> None:
+        _check_choice(self.format, "data.format", DATA_FORMATS)
+        for name in ("max_train", "max_eval"):
+            if getattr(self, name) is not None:
+                _check_int(getattr(self, name), f"data.{name}")
+        _check_int(self.num_classes, "data.num_classes", minimum=2)
+        if not 0 <= self.target_label < self.num_classes:
+            raise ValueError(
+                f"Expected `data.target_label` in [0, {self.num_classes}) but got {self.target_label!r}."
+            )
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """How to poison a clean dataset (unused for pre-poisoned OpenBackdoor folders)."""
+
+    name: str = "none"  # "none", "badnets" or "addsent"
+    rate: float = 0.1  # share of training examples poisoned
+    clean_label: bool | None = None  # None: the attack's default (BadNets clean, AddSent dirty)
+    seed: int = 0  # seed of the poisoning
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.rate, (int, float)) and 0.0 <= self.rate <= 1.0):
+            raise ValueError(f"Expected `attack.rate` in [0, 1] but got {self.rate!r}.")
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """Which defense to train with."""
+
+    name: str = "vanilla"  # full fine-tuning; defenses come as further values
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, "defense.name", DEFENSES)
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """What the recorder records and when."""
+
+    schedule: str = "log:60"  # "log:N", "every:K" or "steps:0,10,..."
+    probe_size: int = 64  # examples per probe set (clean, backdoor, control)
+    batch_size: int = 128  # probe examples per forward pass
+
+    def __post_init__(self) -> None:
+        Schedule.parse(self.schedule)
+        _check_int(self.probe_size, "record.probe_size")
+        _check_int(self.batch_size, "record.batch_size")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """How the recorded trajectory is analysed."""
+
+    num_widths: int = 12  # filter widths chosen from the probe inputs
+    distance: str = "euclidean"  # "euclidean" (MuScleLoRA) or "squared" (Frequency Principle)
+    reduction: str = "mean"  # "mean" (MuScleLoRA) or "frobenius" (Frequency Principle)
+    threshold: float = 0.5  # convergence level
+    relative: bool = True  # threshold as a fraction of each curve's first value
+
+    def __post_init__(self) -> None:
+        _check_int(self.num_widths, "analysis.num_widths")
+        _check_choice(self.distance, "analysis.distance", DISTANCES)
+        _check_choice(self.reduction, "analysis.reduction", REDUCTIONS)
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold > 0):
+            raise ValueError(f"Expected `analysis.threshold` to be a positive number but got {self.threshold!r}.")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: model, data, attack, defense, training, recording, analysis."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
+        """Build from nested mappings; unknown sections or keys raise ValueError."""
+        sections = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ValueError(f"Unknown config section(s) {unknown}; expected some of {sorted(sections)}.")
+        built = {}
+        for name, value in data.items():
+            if not isinstance(value, Mapping):
+                raise ValueError(f"Expected config section `{name}` to be a table but got {value!r}.")
+            section_type = sections[name].default_factory().__class__
+            built[name] = _build_section(section_type, name, value)
+        return cls(**built)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+        """Read a TOML file and apply ``key=value`` overrides (``train.epochs=3``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Expected a TOML config file at {path} but there is none.")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"Could not parse {path} as TOML: {error}.") from error
+        for override in overrides:
+            _apply_override(data, override)
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _build_section(section_type, name: str, values: Mapping[str, Any]):
+    known = {f.name for f in fields(section_type)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown config key(s) {[f'{name}.{k}' for k in unknown]}; "
+            f"`{name}` has {sorted(known)}."
+        )
+    try:
+        return section_type(**values)
+    except TypeError as error:  # wrong types that the dataclass itself rejects
+        raise ValueError(f"Invalid value in config section `{name}`: {error}.") from error
+
+
+def _apply_override(data: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ValueError(f"Expected an override like `section.key=value` but got {override!r}.")
+    section, name = parts
+    try:  # TOML syntax for the value: 3, 2e-5, true, "text", [1, 2]
+        value = tomllib.loads(f"value = {text.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # a bare string: model.name=prajjwal1/bert-tiny
+    data.setdefault(section, {})[name] = value
+
+
+def _check_int(value: Any, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Expected `{name}` to be an integer >= {minimum} but got {value!r}.")
+
+
+def _check_str(value: Any, name: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"Expected `{name}` to be a non-empty string but got {value!r}.")
+
+
+def _check_choice(value: Any, name: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"Expected `{name}` to be one of {tuple(choices)} but got {value!r}.")

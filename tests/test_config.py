@@ -1,0 +1,94 @@
+import pytest
+
+from freqlens.config import ExperimentConfig
+
+MINIMAL = """
+[model]
+name = "some/model"
+[data]
+path = "data/here"
+max_train = 100
+[train]
+epochs = 2
+lr = 5e-5
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "experiment.toml"
+    path.write_text(MINIMAL)
+    return path
+
+
+def test_reads_toml_and_keeps_defaults(config_file):
+    config = ExperimentConfig.from_toml(config_file)
+    assert config.model.name == "some/model" and config.model.max_length == 64
+    assert config.data.max_train == 100 and config.data.max_eval is None
+    assert config.train.epochs == 2 and config.train.lr == 5e-5 and config.train.batch_size == 32
+    assert config.defense.name == "vanilla" and config.record.schedule == "log:60"
+
+
+@pytest.mark.parametrize(
+    ("override", "section", "key", "value"),
+    [
+        ("train.epochs=3", "train", "epochs", 3),
+        ("train.lr=2e-5", "train", "lr", 2e-5),
+        ("model.name=prajjwal1/bert-tiny", "model", "name", "prajjwal1/bert-tiny"),
+        ('data.path="a b"', "data", "path", "a b"),
+        ("record.schedule=every:5", "record", "schedule", "every:5"),
+        ("analysis.relative=false", "analysis", "relative", False),
+        ("attack.name=badnets", "attack", "name", "badnets"),
+    ],
+)
+def test_set_overrides_a_field(config_file, override, section, key, value):
+    config = ExperimentConfig.from_toml(config_file, overrides=[override])
+    assert getattr(getattr(config, section), key) == value
+
+
+def test_round_trip_through_dict(config_file):
+    config = ExperimentConfig.from_toml(config_file)
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[train]\nepoch = 2\n", r"Unknown config key\(s\) \['train.epoch'\]"),
+        ("[trian]\nepochs = 2\n", r"Unknown config section\(s\) \['trian'\]"),
+        ("train = 3\n", r"section `train` to be a table"),
+        ("[defense]\nname = 'muscle'\n", r"`defense.name` to be one of \('vanilla',\)"),
+        ("[data]\nformat = 'xml'\n", r"`data.format`"),
+        ("[data]\ntarget_label = 2\n", r"`data.target_label` in \[0, 2\)"),
+        ("[model]\nmax_length = 0\n", r"`model.max_length` to be an integer >= 1"),
+        ("[record]\nschedule = 'weekly'\n", r"`schedule` like 'every:5'"),
+        ("[analysis]\ndistance = 'l1'\n", r"`analysis.distance`"),
+        ("[train]\nepochs = 0\n", r"`epochs` to be an integer >= 1"),
+        ("[attack]\nrate = 2.0\n", r"`attack.rate` in \[0, 1\]"),
+        ("[train\n", r"Could not parse .* as TOML"),
+    ],
+)
+def test_bad_configs_name_the_problem(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        ExperimentConfig.from_toml(path)
+
+
+def test_missing_file_and_bad_override(tmp_path, config_file):
+    with pytest.raises(FileNotFoundError, match="nope.toml"):
+        ExperimentConfig.from_toml(tmp_path / "nope.toml")
+    with pytest.raises(ValueError, match="`section.key=value`"):
+        ExperimentConfig.from_toml(config_file, overrides=["epochs=3"])
+    with pytest.raises(ValueError, match=r"\['train.epoch'\]"):
+        ExperimentConfig.from_toml(config_file, overrides=["train.epoch=3"])
+
+
+def test_example_configs_parse():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[1] / "analysis").glob("*.toml"))
+    assert len(examples) >= 4
+    for path in examples:
+        config = ExperimentConfig.from_toml(path)
+        assert config.defense.name == "vanilla"
