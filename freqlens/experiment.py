@@ -126,10 +126,11 @@ def load_dataset(config: ExperimentConfig) -> PoisonedDataset:
                                             num_classes=data.num_classes)
     else:
         if kind == "clean":
-            clean = loaders.load_clean(data.path, text_column=text_column, label_column=data.label_column)
+            clean = loaders.load_clean(data.path, text_column=text_column, label_column=data.label_column,
+                                       num_classes=data.num_classes)
         else:
             clean = loaders.load_hf_dataset(data.path, text_column=text_column or "sentence",
-                                            label_column=data.label_column)
+                                            label_column=data.label_column, num_classes=data.num_classes)
         if config.attack.name == "none":
             raise ValueError(
                 f"Expected `attack.name` (e.g. 'badnets' or 'addsent') to poison the clean dataset "

@@ -1,5 +1,33 @@
-"""Datasets for backdoor experiments."""
+"""Datasets for backdoor experiments: loaders, attacks and the in-memory splits."""
 
-from freqlens.data.splits import PoisonedDataset, Split
+from freqlens.data.attacks import (
+    ATTACKS,
+    AddSent,
+    Attack,
+    BadNets,
+    FunctionAttack,
+    make_attack,
+    poison,
+    remove_trigger,
+)
+from freqlens.data.loaders import load_clean, load_hf_dataset, load_openbackdoor, read_table
+from freqlens.data.splits import CleanDataset, PoisonedDataset, Split, cap
 
-__all__ = ["PoisonedDataset", "Split"]
+__all__ = [
+    "ATTACKS",
+    "AddSent",
+    "Attack",
+    "BadNets",
+    "CleanDataset",
+    "FunctionAttack",
+    "PoisonedDataset",
+    "Split",
+    "cap",
+    "load_clean",
+    "load_hf_dataset",
+    "load_openbackdoor",
+    "make_attack",
+    "poison",
+    "read_table",
+    "remove_trigger",
+]

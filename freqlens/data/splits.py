@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
+
+from freqlens._checks import check_positive_int
 
 
 @dataclass
@@ -34,10 +37,164 @@ class Split:
         self.poison = np.zeros(n, bool) if self.poison is None else np.asarray(self.poison, bool)
         self.true_labels = self.labels.copy() if self.true_labels is None else np.asarray(self.true_labels, np.int64)
         if self.poison.shape != (n,) or self.true_labels.shape != (n,):
-            raise ValueError(f"Expected `poison` and `true_labels` of shape ({n},).")
+            raise ValueError(
+                f"Expected `poison` and `true_labels` of shape ({n},), one per text, but got "
+                f"shapes {self.poison.shape} and {self.true_labels.shape}."
+            )
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def subset(self, index: Any) -> Split:
+        """The examples at ``index``, in the order given.
+
+        Args:
+            index: integer positions or a boolean mask of length ``len(self)``.
+
+        Returns:
+            A new :class:`Split` holding the selected examples.
+
+        Raises:
+            TypeError: if ``index`` is neither integers nor booleans.
+            ValueError: if a mask has the wrong length or a position is out of range.
+
+        Example:
+            >>> split = Split(["a", "b", "c"], [0, 1, 0])
+            >>> split.subset([2, 0]).texts, split.subset(split.labels == 1).texts
+            (['c', 'a'], ['b'])
+        """
+        n = len(self)
+        index = np.asarray(index)
+        if index.dtype == bool:
+            if index.shape != (n,):
+                raise ValueError(
+                    f"Expected a boolean `index` of shape ({n},) but got shape {index.shape}."
+                )
+            index = np.flatnonzero(index)
+        elif index.size == 0:
+            index = index.astype(np.int64)
+        elif not np.issubdtype(index.dtype, np.integer):
+            raise TypeError(
+                f"Expected `index` to be integer positions or a boolean mask but got dtype "
+                f"{index.dtype}."
+            )
+        index = index.reshape(-1)
+        if index.size and (index.min() < -n or index.max() >= n):
+            raise ValueError(
+                f"Expected `index` positions in [0, {n}) but got {index.min()}..{index.max()}."
+            )
+        return Split(
+            [self.texts[i] for i in index],
+            self.labels[index],
+            self.poison[index],
+            self.true_labels[index],
+        )
+
+
+def _cap_index(split: Split, n: int | None, seed: int, name: str = "n") -> np.ndarray | None:
+    """Sorted positions of a seeded, poison-stratified sample of ``n`` examples (None: keep all)."""
+    if n is None:
+        return None
+    n = check_positive_int(n, name)
+    if n >= len(split):
+        return None
+    poisoned, clean = np.flatnonzero(split.poison), np.flatnonzero(~split.poison)
+    share = len(poisoned) / len(split)
+    k = min(max(round(n * share), n - len(clean)), len(poisoned))
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate([
+        rng.choice(poisoned, size=k, replace=False),
+        rng.choice(clean, size=n - k, replace=False),
+    ])
+    return np.sort(chosen)
+
+
+def cap(split: Split, n: int | None, *, seed: int = 0) -> Split:
+    """At most ``n`` examples of ``split``, drawn at random but keeping the poison share.
+
+    The sample is stratified by the poison flag (``round(n * share)`` poisoned
+    examples, the rest clean) and keeps the original order.
+
+    Args:
+        split: the split to shorten.
+        n: the most examples to keep; ``None`` (or ``n >= len(split)``) keeps
+            the split unchanged.
+        seed: seed of the random choice.
+
+    Returns:
+        ``split`` itself when nothing is dropped, else a new :class:`Split`.
+
+    Raises:
+        ValueError: if ``n`` is not an integer >= 1.
+
+    Example:
+        >>> split = Split([str(i) for i in range(10)], [0] * 10, poison=[i < 5 for i in range(10)])
+        >>> small = cap(split, 4)
+        >>> len(small), int(small.poison.sum())
+        (4, 2)
+    """
+    index = _cap_index(split, n, seed)
+    return split if index is None else split.subset(index)
+
+
+def _check_labels(split: Split, name: str, num_classes: int) -> None:
+    """Raise a ValueError if a label of ``split`` is outside [0, num_classes)."""
+    for kind, labels in (("labels", split.labels), ("true_labels", split.true_labels)):
+        outside = labels[(labels < 0) | (labels >= num_classes)]
+        if outside.size:
+            raise ValueError(
+                f"Expected `{name}` {kind} in [0, {num_classes}) for `num_classes`={num_classes} "
+                f"but got {sorted(set(outside.tolist()))}."
+            )
+
+
+@dataclass
+class CleanDataset:
+    """A clean (unpoisoned) labelled dataset, the input of :func:`freqlens.data.poison`.
+
+    Attributes:
+        train, dev, test: the splits (their poison flags are all False).
+        num_classes: the number of classes; every label lies in [0, num_classes).
+        name: a short description.
+    """
+
+    train: Split
+    dev: Split
+    test: Split
+    num_classes: int
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.num_classes = check_positive_int(self.num_classes, "num_classes", minimum=2)
+        for part in ("train", "dev", "test"):
+            split = getattr(self, part)
+            if not isinstance(split, Split):
+                raise TypeError(f"Expected `{part}` to be a Split but got {type(split).__name__}.")
+            _check_labels(split, part, self.num_classes)
+
+    def capped(
+        self, max_train: int | None = None, max_eval: int | None = None, seed: int = 0
+    ) -> CleanDataset:
+        """The dataset with at most ``max_train`` training and ``max_eval`` dev/test examples.
+
+        Args:
+            max_train: the most training examples to keep (None: all).
+            max_eval: the most dev and test examples to keep, each (None: all).
+            seed: seed of the random choice (see :func:`cap`).
+
+        Returns:
+            A new :class:`CleanDataset`.
+
+        Raises:
+            ValueError: if ``max_train`` or ``max_eval`` is not None nor an integer >= 1.
+        """
+        parts = {}
+        for part, limit, name in (("train", max_train, "max_train"), ("dev", max_eval, "max_eval"),
+                                  ("test", max_eval, "max_eval")):
+            split = getattr(self, part)
+            index = _cap_index(split, limit, seed, name)
+            parts[part] = split if index is None else split.subset(index)
+        return replace(self, **parts)
 
 
 @dataclass
@@ -54,6 +211,7 @@ class PoisonedDataset:
         target_label: the attack's target class.
         num_classes: the number of classes.
         name: a short description.
+        info: provenance (files read, attack settings, the kind of control).
     """
 
     train: Split
@@ -67,3 +225,40 @@ class PoisonedDataset:
     test_control: Split | None = None
     name: str = ""
     info: dict = field(default_factory=dict)
+
+    def capped(
+        self, max_train: int | None = None, max_eval: int | None = None, seed: int = 0
+    ) -> PoisonedDataset:
+        """The dataset with at most ``max_train`` training and ``max_eval`` examples per eval split.
+
+        Every split is shortened with :func:`cap`. A control split of the same
+        length as its poison split keeps the same positions, so control ``i``
+        stays the clean counterpart of poison ``i``.
+
+        Args:
+            max_train: the most training examples to keep (None: all).
+            max_eval: the most examples to keep in each dev/test split (None: all).
+            seed: seed of the random choice.
+
+        Returns:
+            A new :class:`PoisonedDataset`; ``info["capped"]`` records the limits.
+
+        Raises:
+            ValueError: if ``max_train`` or ``max_eval`` is not None nor an integer >= 1.
+        """
+        index = _cap_index(self.train, max_train, seed, "max_train")
+        train = self.train if index is None else self.train.subset(index)
+        changes: dict[str, Any] = {"train": train}
+        for part in ("dev", "test"):
+            clean, poisoned = getattr(self, f"{part}_clean"), getattr(self, f"{part}_poison")
+            control = getattr(self, f"{part}_control")
+            index = _cap_index(clean, max_eval, seed, "max_eval")
+            changes[f"{part}_clean"] = clean if index is None else clean.subset(index)
+            index = _cap_index(poisoned, max_eval, seed, "max_eval")
+            changes[f"{part}_poison"] = poisoned if index is None else poisoned.subset(index)
+            if control is not None and len(control) != len(poisoned):
+                index = _cap_index(control, max_eval, seed, "max_eval")
+            if control is not None and index is not None:
+                changes[f"{part}_control"] = control.subset(index)
+        info = {**self.info, "capped": {"max_train": max_train, "max_eval": max_eval, "seed": seed}}
+        return replace(self, **changes, info=info)
