@@ -107,7 +107,7 @@ class RecordConfig:
 
     schedule: str = "log:60"  # "log:N", "every:K" or "steps:0,10,..."
     probe_size: int = 64  # examples per probe set (clean, backdoor, control)
-    batch_size: int = 128  # probe examples per forward pass
+    batch_size: int = 32  # probe examples per forward pass (length-sorted; small is fast on CPU)
 
     def __post_init__(self) -> None:
         Schedule.parse(self.schedule)

@@ -89,7 +89,7 @@ def predict_proba(
     with eval_mode(model), torch.inference_mode():
         for index, start in enumerate(range(0, n, batch_size)):
             rows = order[start : start + batch_size]
-            batch = _trim_padding({k: v[rows] for k, v in encodings.items()})
+            batch = trim_padding({k: v[rows] for k, v in encodings.items()})
             logits = _logits(model(**{k: v.to(device) for k, v in batch.items()})).float()
             outputs[index] = torch.softmax(logits, dim=-1).cpu()
     probabilities = torch.empty(n, outputs[0].shape[1])
@@ -97,7 +97,7 @@ def predict_proba(
     return probabilities.numpy()
 
 
-def _trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Cut the trailing columns that are padding in every row of the batch."""
     mask = batch.get("attention_mask")
     if mask is None or mask.ndim != 2:

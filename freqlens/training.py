@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from freqlens.models import model_device
+from freqlens.models import model_device, trim_padding
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ def train(
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, config.batch_size):
             rows = order[start : start + config.batch_size]
-            batch = {k: v[rows].to(device) for k, v in encodings.items()}
+            batch = trim_padding({k: v[rows] for k, v in encodings.items()})
+            batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch, labels=labels[rows].to(device)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

