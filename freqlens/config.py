@@ -35,7 +35,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 DATA_FORMATS = ("auto", "openbackdoor", "clean", "hf")
-DEFENSES = ("vanilla",)  # an open set: defenses are added in later versions
+DEFENSES = ("vanilla",)
+MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")  # an open set: defenses are added in later versions
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,11 @@ class ModelConfig:
     name: str = "bert-base-uncased"  # hub id or local folder (from_pretrained)
     max_length: int = 64  # tokens per example, padded/truncated (the kernel's L)
     device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+    dtype: str = "float32"  # weights as trained: "float32", "bfloat16", "float16" or "auto" (as stored)
 
     def __post_init__(self) -> None:
         _check_int(self.max_length, "model.max_length")
+        _check_choice(self.dtype, "model.dtype", MODEL_DTYPES)
         _check_str(self.name, "model.name")
 
 

@@ -182,7 +182,9 @@ def load_model(config: ExperimentConfig):
 
     name = resolve_model_name(config.model.name)
     tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=config.data.num_classes)
+    dtype = config.model.dtype if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        name, num_labels=config.data.num_classes, dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
