@@ -120,7 +120,7 @@ def plot_error_curves(analysis: SpectralAnalysis, *, width_index: int | None = N
     """Low- and high-frequency relative error of each probe set, convergence marked."""
     k = _width_index(analysis, width_index)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6.5, 3.2), layout="constrained")
+        _, ax = plt.subplots(figsize=(6.5, 3.2), layout="constrained")
     colours = {"clean": "#0072B2", "backdoor": "#D55E00", "control": "#009E73"}
     for name, curves in analysis.curves[view].items():
         colour = colours.get(name, None)

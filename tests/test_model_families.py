@@ -47,14 +47,6 @@ from freqlens.models import (  # noqa: E402
 N, LENGTH = 9, 10
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: intra-op threads only add overhead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------ the four families
 def _bert_expected(model, enc):

@@ -53,7 +53,7 @@ class Recorder:
         directory: str | os.PathLike,
         probes: Sequence[ProbeSet] | Mapping[str, ProbeSet],
         *,
-        schedule: Schedule | str = Schedule.log(60),
+        schedule: Schedule | str = "log:60",
         batch_size: int = 128,
         embedding_layer: nn.Module | None = None,
         overwrite: bool = False,

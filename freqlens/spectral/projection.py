@@ -54,7 +54,7 @@ def principal_projection(inputs: ArrayLike) -> np.ndarray:
     if min(n, d) <= 4000:
         # Eigenvectors of the smaller of the Gram (N x N) and covariance (D x D) matrices.
         if n <= d:
-            values, vectors = np.linalg.eigh(x @ x.T)
+            _, vectors = np.linalg.eigh(x @ x.T)
             direction = x.T @ vectors[:, -1]
             direction /= max(np.linalg.norm(direction), np.finfo(float).tiny)
         else:

@@ -21,14 +21,6 @@ N_CLEAN = 10
 N_BACKDOOR = 6
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: torch's intra-op threads only add overhead on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def bert():
