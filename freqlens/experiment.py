@@ -104,7 +104,7 @@ def write_outputs(out: Path, *, title: str, results: Mapping, analysis: Spectral
 
 def load_dataset(config: ExperimentConfig) -> PoisonedDataset:
     """The poisoned experiment that ``config.data`` and ``config.attack`` describe, capped."""
-    from freqlens.data import loaders
+    from freqlens.data import hf, loaders
     from freqlens.data.attacks import make_attack, poison
 
     data = config.data
@@ -129,7 +129,7 @@ def load_dataset(config: ExperimentConfig) -> PoisonedDataset:
             clean = loaders.load_clean(data.path, text_column=text_column, label_column=data.label_column,
                                        num_classes=data.num_classes)
         else:
-            clean = loaders.load_hf_dataset(data.path, text_column=text_column or "sentence",
+            clean = hf.load_hf_dataset(data.path, text_column=text_column or "sentence",
                                             label_column=data.label_column, num_classes=data.num_classes)
         if config.attack.name == "none":
             raise ValueError(

@@ -10,7 +10,8 @@ from freqlens.data.attacks import (
     poison,
     remove_trigger,
 )
-from freqlens.data.loaders import load_clean, load_hf_dataset, load_openbackdoor, read_table
+from freqlens.data.hf import load_hf_dataset
+from freqlens.data.loaders import load_clean, load_openbackdoor, read_table
 from freqlens.data.splits import CleanDataset, PoisonedDataset, Split, cap
 
 __all__ = [

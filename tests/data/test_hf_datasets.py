@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from freqlens.data.loaders import load_hf_dataset
+from freqlens.data.hf import load_hf_dataset
 
 datasets = pytest.importorskip("datasets", reason="the `datasets` package (freqlens[hf]) is not installed")
 
