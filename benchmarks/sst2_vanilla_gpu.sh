@@ -16,7 +16,7 @@ for attack in ${ATTACKS:-addsent badnets}; do
   python3 -m freqlens.cli run "analysis/sst2-$attack.toml" --out "/tmp/freqlens-runs/$attack" \
     --no-progress --overwrite \
     --set model.name=.device/minilm --set "data.path=.device/sst-2/$attack" \
-    --set data.max_train=6920 --set data.max_eval=5000 --set train.epochs=10 \
+    --set data.max_train=6920 --set data.max_eval=5000 --set train.epochs=10 --set train.lr=2e-5 \
     > "/tmp/freqlens-runs/$attack.log" 2>&1 &
 done
 wait
