@@ -25,7 +25,10 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
 def to_numpy(values: ArrayLike, name: str) -> np.ndarray:
     """Convert a numpy array, torch tensor or sequence to a numpy array."""
     if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
+        values = values.detach().cpu()
+        if values.is_floating_point() and values.dtype not in (torch.float16, torch.float32, torch.float64):
+            values = values.float()  # bfloat16 and other types numpy does not know
+        return values.numpy()
     try:
         return np.asarray(values)
     except (TypeError, ValueError) as error:
@@ -60,7 +63,7 @@ def as_matrix(values: ArrayLike, name: str) -> np.ndarray:
             f"Expected `{name}` to be a non-empty (N, D) array but got shape {array.shape}: "
             "the probe set is empty."
         )
-    return check_finite(array, name).astype(np.float64, copy=False)
+    return np.ascontiguousarray(check_finite(array, name), dtype=np.float64)
 
 
 def as_widths(widths: ArrayLike, name: str = "widths") -> np.ndarray:
@@ -96,7 +99,7 @@ def as_outputs(values: ArrayLike, n: int, name: str = "outputs") -> np.ndarray:
         )
     if array.shape[0] == 0 or array.shape[2] == 0:
         raise ValueError(f"Expected `{name}` to be non-empty but got shape {array.shape}.")
-    return check_finite(array, name).astype(np.float64, copy=False)
+    return np.ascontiguousarray(check_finite(array, name), dtype=np.float64)
 
 
 def as_targets(values: ArrayLike, n: int, num_classes: int, name: str = "targets") -> np.ndarray:

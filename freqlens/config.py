@@ -35,8 +35,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 DATA_FORMATS = ("auto", "openbackdoor", "clean", "hf")
-DEFENSES = ("vanilla",)
-MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")  # an open set: defenses are added in later versions
+DEFENSES = ("vanilla",)  # an open set: defenses are added in later versions
+MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class DataConfig:
     path: str = ""  # a dataset folder, file stem or HF dataset name
     format: str = "auto"  # "openbackdoor", "clean" (train/dev/test files), "hf", or "auto"
     train: str = "mix/0.1/train-poison.csv"  # OpenBackdoor training file, relative to path
-    text_column: str = ""  # text column of clean files / HF datasets ("": text or sentence)
+    text_column: str = ""  # text column ("": "text" or "sentence" in files, "sentence" for HF)
     label_column: str = "label"  # label column of clean files / HF datasets
     max_train: int | None = None  # cap on training examples (keeps the poison share)
     max_eval: int | None = None  # cap on each evaluation split

@@ -27,7 +27,7 @@ from freqlens.plots import plot_error_curves, plot_heatmaps
 from freqlens.recording import ProbeSet, Recorder
 from freqlens.recording.storage import write_json
 from freqlens.report import write_report
-from freqlens.training import steps_per_epoch, train
+from freqlens.training import train
 
 PROBE_SPLITS = (("clean", "dev_clean"), ("backdoor", "dev_poison"), ("control", "dev_control"))
 
@@ -86,9 +86,9 @@ def evaluate(model, tokenizer, dataset: PoisonedDataset, *, max_length: int,
     return metrics
 
 
-def write_outputs(out: Path, *, title: str, results: Mapping, analysis: SpectralAnalysis,
+def write_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
                   metrics: Mapping[str, float], details: Mapping) -> None:
-    """Write the figures, ``results.json`` and ``report.html`` of a run into ``out``."""
+    """Write the figures and ``report.html`` of a run into ``out``."""
     figures = {
         "Joint view: one kernel over clean + backdoor probes (freqlens' default)": plot_heatmaps(analysis),
         "Separate view: a kernel per probe set (the paper's)": plot_heatmaps(analysis, view="separate"),
@@ -96,7 +96,6 @@ def write_outputs(out: Path, *, title: str, results: Mapping, analysis: Spectral
     }
     for name, fig in zip(("heatmap.png", "heatmap_separate.png", "curves.png"), figures.values()):
         fig.savefig(out / name, dpi=130)
-    write_json(out / "results.json", results)
     write_report(out / "report.html", title=title, analysis=analysis, metrics=metrics,
                  figures=figures, details=details)
     plt.close("all")
@@ -116,12 +115,17 @@ def load_dataset(config: ExperimentConfig) -> PoisonedDataset:
         kind = "openbackdoor" if (folder / "dev-poison.csv").is_file() else (
             "clean" if folder.exists() else "hf")
     text_column = data.text_column or None
+    if kind == "openbackdoor" and config.attack.name != "none":
+        raise ValueError(
+            f"Expected `attack.name` = 'none' for the pre-poisoned folder {data.path} but got "
+            f"{config.attack.name!r}: poison a clean dataset instead (data.format = 'clean')."
+        )
+    if kind != "openbackdoor" and config.attack.name == "none":
+        raise ValueError(
+            f"Expected `attack.name` (e.g. 'badnets' or 'addsent') to poison the clean dataset "
+            f"{data.path} but got 'none'."
+        )
     if kind == "openbackdoor":
-        if config.attack.name != "none":
-            raise ValueError(
-                f"Expected `attack.name` = 'none' for the pre-poisoned folder {data.path} but got "
-                f"{config.attack.name!r}: poison a clean dataset instead (data.format = 'clean')."
-            )
         dataset = loaders.load_openbackdoor(data.path, train=data.train, target_label=data.target_label,
                                             num_classes=data.num_classes)
     else:
@@ -130,12 +134,7 @@ def load_dataset(config: ExperimentConfig) -> PoisonedDataset:
                                        num_classes=data.num_classes)
         else:
             clean = hf.load_hf_dataset(data.path, text_column=text_column or "sentence",
-                                            label_column=data.label_column, num_classes=data.num_classes)
-        if config.attack.name == "none":
-            raise ValueError(
-                f"Expected `attack.name` (e.g. 'badnets' or 'addsent') to poison the clean dataset "
-                f"{data.path} but got 'none'."
-            )
+                                       label_column=data.label_column, num_classes=data.num_classes)
         options = {} if config.attack.clean_label is None else {"clean_label": config.attack.clean_label}
         dataset = poison(clean, make_attack(config.attack.name, **options), rate=config.attack.rate,
                          target_label=data.target_label, seed=config.attack.seed)
@@ -212,22 +211,22 @@ def train_and_analyse(
     info: Mapping | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    began: float | None = None,
 ) -> dict:
     """Train ``model`` on ``dataset.train`` with the recorder on, evaluate, analyse, write.
 
     The loop shared by ``freqlens run`` and ``freqlens demo``. ``info`` goes
-    into ``results.json`` as it is (the config as run, the dataset).
+    into ``results.json`` as it is (the config as run, the dataset); ``began``
+    is the ``time.perf_counter()`` the total time counts from (default: now).
 
     Returns:
         The contents of ``results.json``.
     """
-    began = time.perf_counter()
+    began = time.perf_counter() if began is None else began
     probes = build_probe_sets(dataset, tokenizer, size=record.probe_size, max_length=max_length)
-    total = steps_per_epoch(len(dataset.train), train_config.batch_size) * train_config.epochs
     with Recorder(out / "trajectory", probes, schedule=record.schedule, batch_size=record.batch_size,
                   overwrite=overwrite,
                   metadata={"dataset": dataset.name, "target_label": dataset.target_label}) as recorder:
-        recorder.start(model, total_steps=total, epoch=0.0)
         trained = train(model, encode(tokenizer, dataset.train, max_length), dataset.train.labels,
                         train_config, recorder=recorder, progress=progress)
     metrics = evaluate(model, tokenizer, dataset, max_length=max_length, batch_size=record.batch_size)
@@ -254,7 +253,7 @@ def train_and_analyse(
         "analysis": analysis.to_dict(),
         "timings": timings,
     }
-    write_outputs(out, title=title, results=results, analysis=analysis, metrics=metrics,
+    write_outputs(out, title=title, analysis=analysis, metrics=metrics,
                   details={"timings (s)": timings, **dict(info or {})})
     results["timings"]["total_seconds"] = round(time.perf_counter() - began, 3)
     write_json(out / "results.json", results)
@@ -281,12 +280,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
         "dataset": {"name": dataset.name, "train": len(dataset.train),
                     "train_poisoned": int(dataset.train.poison.sum()), **dataset.info},
     }
-    results = train_and_analyse(
+    return train_and_analyse(
         model, tokenizer, dataset, out, train_config=config.train, record=config.record,
         analysis_config=config.analysis, max_length=config.model.max_length,
         title=f"freqlens run: {config.model.name} on {dataset.name}", info=info,
-        progress=progress, overwrite=overwrite,
+        progress=progress, overwrite=overwrite, began=began,
     )
-    results["timings"]["total_seconds"] = round(time.perf_counter() - began, 3)
-    write_json(out / "results.json", results)
-    return results

@@ -385,7 +385,12 @@ def run_until_captured(model: nn.Module, *args, **kwargs) -> None:
     raise RuntimeError("The captured module did not run during the forward pass.")
 
 
-def _resolve(model: nn.Module, module: nn.Module | None, mode: str | None) -> ProbeLayer:
+def resolve_probe_layer(
+    model: nn.Module, module: nn.Module | None = None, mode: str | None = None
+) -> ProbeLayer:
+    """Where to read the kernel inputs: ``module`` (default: the model's embedding
+    layer) and ``mode`` (default: the model's own layer keeps its mode, any other
+    module is read at its output)."""
     if mode is not None and mode not in _MODES:
         raise ValueError(f"Expected `mode` to be one of {_MODES} or None but got {mode!r}.")
     if module is None:
@@ -430,7 +435,7 @@ def embedding_inputs(
     Returns:
         float32 array of shape (N, L * d).
     """
-    layer, how = _resolve(model, module, mode)
+    layer, how = resolve_probe_layer(model, module, mode)
     device = model_device(model)
     rows = []
     with eval_mode(model), torch.inference_mode():

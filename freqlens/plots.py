@@ -26,6 +26,18 @@ def _step_edges(steps: np.ndarray) -> np.ndarray:
     return np.concatenate([[steps[0] - (middle[0] - steps[0])], middle, [steps[-1] + (steps[-1] - middle[-1])]])
 
 
+def _check_view(analysis: SpectralAnalysis, view: str) -> None:
+    if view not in analysis.curves:
+        raise ValueError(f"Expected `view` to be one of {tuple(analysis.curves)} but got {view!r}.")
+
+
+def _step_axis(ax: plt.Axes, steps: np.ndarray) -> None:
+    """A symmetric-log step axis when the snapshots are log-spaced, else linear."""
+    if steps.size > 2 and steps[-1] > 20 * max(steps[1], 1):
+        ax.set_xscale("symlog", linthresh=max(1.0, float(steps[1])))
+    ax.set_xlabel("training step")
+
+
 def _width_index(analysis: SpectralAnalysis, width_index: int | None) -> int:
     k = analysis.widths.size
     if width_index is None:
@@ -64,8 +76,7 @@ def plot_heatmap(
     Returns:
         The matplotlib figure.
     """
-    if view not in analysis.curves:
-        raise ValueError(f"Expected `view` to be one of {tuple(analysis.curves)} but got {view!r}.")
+    _check_view(analysis, view)
     k = _width_index(analysis, width_index)
     if ax is None:
         fig, ax = plt.subplots(figsize=(7.5, 2.6), layout="constrained")
@@ -87,11 +98,9 @@ def plot_heatmap(
     )
     ax.add_patch(plt.Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, hatch="//",
                                edgecolor="#9a9a9a", linewidth=0, zorder=0))
-    if analysis.steps.size > 2 and analysis.steps[-1] > 20 * max(analysis.steps[1], 1):
-        ax.set_xscale("symlog", linthresh=max(1.0, float(analysis.steps[1])))
+    _step_axis(ax, analysis.steps)
     ax.set_yticks(np.arange(len(rows)) + 0.5, labels)
     ax.invert_yaxis()
-    ax.set_xlabel("training step")
     title = f"{view} view, width {analysis.widths[k]:.3g}"
     ax.set_title(title, fontsize=10)
     if missing:
@@ -118,6 +127,7 @@ def plot_heatmaps(analysis: SpectralAnalysis, *, view: str = "joint", width_indi
 def plot_error_curves(analysis: SpectralAnalysis, *, width_index: int | None = None,
                       view: str = "joint", ax: plt.Axes | None = None):
     """Low- and high-frequency relative error of each probe set, convergence marked."""
+    _check_view(analysis, view)
     k = _width_index(analysis, width_index)
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 3.2), layout="constrained")
@@ -132,9 +142,7 @@ def plot_error_curves(analysis: SpectralAnalysis, *, width_index: int | None = N
             step = analysis.convergence[view][name][part][k]
             if np.isfinite(step):
                 ax.axvline(step, color=line.get_color(), linestyle=":", linewidth=1)
-    if analysis.steps.size > 2 and analysis.steps[-1] > 20 * max(analysis.steps[1], 1):
-        ax.set_xscale("symlog", linthresh=max(1.0, float(analysis.steps[1])))
-    ax.set_xlabel("training step")
+    _step_axis(ax, analysis.steps)
     ax.set_ylabel("relative error")
     ax.set_title(f"{view} view, width {analysis.widths[k]:.3g} (dotted: convergence step)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)

@@ -24,7 +24,7 @@ class TrainConfig:
     lr: float = 2e-5  # peak learning rate of AdamW
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping (the paper: 1); 0 disables it
-    seed: int = 0  # seed of the shuffling (and of nothing else)
+    seed: int = 0  # seed of the shuffling (freqlens run and the demo also seed the model and data with it)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):

@@ -313,3 +313,17 @@ def test_recorder_end_to_end(name, tmp_path):
     assert trajectory.outputs["clean"].shape == (2, N, 2)
     np.testing.assert_allclose(trajectory.outputs["backdoor"].sum(-1), 1.0, atol=1e-6)
     assert forward_hooks(model) == 0 and model.training
+
+
+def test_recorder_keeps_the_mode_of_an_explicit_gpt2_layer(tmp_path):
+    from freqlens.recording import ProbeSet, Recorder, load_trajectory
+
+    model = tiny_gpt2(seed=0)
+    encodings = padded_encodings(N, LENGTH, seed=1)
+    probe = ProbeSet("clean", encodings, torch.zeros(N, dtype=torch.long))
+    recorder = Recorder(tmp_path / "t", [probe], schedule="every:1", embedding_layer=embedding_module(model))
+    recorder.start(model)
+    recorder.close()
+    trajectory = load_trajectory(tmp_path / "t")
+    assert trajectory.meta["embedding_layer"] == "input of GPT2Block"
+    np.testing.assert_allclose(trajectory.inputs["clean"], embedding_inputs(model, encodings), rtol=1e-6)

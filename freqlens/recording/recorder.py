@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from freqlens._checks import check_positive_int
-from freqlens.models import embedding_inputs, predict_proba, probe_embedding_layer
+from freqlens.models import embedding_inputs, predict_proba, resolve_probe_layer
 from freqlens.recording.probes import ProbeSet
 from freqlens.recording.schedule import Schedule
 from freqlens.recording.storage import Trajectory, TrajectoryWriter, load_trajectory
@@ -39,7 +39,9 @@ class Recorder:
         schedule: when to record (default: 60 log-spaced snapshots).
         batch_size: probe examples per forward pass.
         embedding_layer: the module whose output gives the kernel inputs
-            (default: :func:`freqlens.models.embedding_module`).
+            (default: the model's embedding layer, read where
+            :func:`freqlens.models.probe_embedding_layer` says: GPT-2's first
+            block at its input, other families at the embeddings' output).
         overwrite: replace a trajectory already in ``directory``.
         metadata: extra JSON-serialisable fields for meta.json.
 
@@ -79,6 +81,7 @@ class Recorder:
         self._total: int | None = None
         self.seconds = 0.0
         self.recorded_steps: list[int] = []
+        self._recorded: set[int] = set()
         self.closed = False
 
     # ----------------------------------------------------------------- control
@@ -95,22 +98,22 @@ class Recorder:
             raise RuntimeError("Recorder.start() was called twice; use one Recorder per run.")
         if self.closed:
             raise RuntimeError("Recorder is closed; use a new Recorder for a new run.")
-        self._model = model
-        self._total = total_steps
+        # Everything that can fail on a bad argument runs before any state is kept.
+        due = None
         if self.schedule.kind != "every" or total_steps is not None:
-            self._due = set(self.schedule.steps(total_steps))
+            due = set(self.schedule.steps(total_steps))
         began = time.perf_counter()
-        if self.embedding_layer is None:
-            layer, mode = probe_embedding_layer(model)
-        else:
-            layer, mode = self.embedding_layer, "output"
-        for probe in self.probes.values():
-            inputs = embedding_inputs(
-                model, probe.encodings, module=layer, mode=mode, batch_size=self.batch_size
-            )
+        layer, mode = resolve_probe_layer(model, self.embedding_layer)
+        inputs = {
+            name: embedding_inputs(model, probe.encodings, module=layer, mode=mode,
+                                   batch_size=self.batch_size)
+            for name, probe in self.probes.items()
+        }
+        self._model, self._total, self._due = model, total_steps, due
+        for name, probe in self.probes.items():
             self._writer.write_probe(
-                probe.name,
-                inputs=inputs,
+                name,
+                inputs=inputs[name],
                 labels=probe.labels.numpy(),
                 poison=probe.poison,
                 texts=probe.texts,
@@ -138,9 +141,11 @@ class Recorder:
         Returns:
             Whether a snapshot was recorded.
         """
+        if self.closed:
+            raise RuntimeError("Recorder.step() after close(): use a new Recorder for a new run.")
         if self._model is None:
             raise RuntimeError("Call Recorder.start(model) before Recorder.step().")
-        if step in self.recorded_steps or not self.due(step):
+        if step in self._recorded or not self.due(step):
             return False
         self.record(step, **scalars)
         return True
@@ -156,6 +161,7 @@ class Recorder:
         }
         self._writer.write_snapshot(step, outputs, **scalars)
         self.recorded_steps.append(int(step))
+        self._recorded.add(int(step))
         self.seconds += time.perf_counter() - began
 
     def close(self, status: str = "complete") -> None:

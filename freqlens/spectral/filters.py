@@ -35,6 +35,7 @@ from freqlens._checks import (
     as_targets,
     as_widths,
     check_choice,
+    check_positive_int,
 )
 
 DISTANCES = ("euclidean", "squared")
@@ -139,7 +140,7 @@ class FilterBank:
         self.widths = as_widths(widths)
         self.distance = check_choice(distance, "distance", DISTANCES)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = check_positive_int(chunk_size, "chunk_size")
         self._dist = _distances(torch.from_numpy(x).to(self.device), self.distance)
         self._kernels: torch.Tensor | None = None
         n, k = x.shape[0], self.widths.size
@@ -331,6 +332,9 @@ class FilterBank:
         Returns:
             Shape (K,), in the order of ``widths``.
         """
+        if self._kernels is not None:
+            counts = torch.median(1.0 / self._kernels.square().sum(dim=2), dim=1).values
+            return counts.cpu().numpy()
         counts = []
         for width in self.widths:
             chunks = [

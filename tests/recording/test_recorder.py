@@ -180,9 +180,17 @@ def test_closed_recorder_refuses_work(bert, probes, directory):
         recorder.start(bert)
     with pytest.raises(RuntimeError, match="unclosed"):
         recorder.record(3)
-    with pytest.raises(RuntimeError, match=r"start\(model\) before"):
+    with pytest.raises(RuntimeError, match=r"after close\(\)"):
         recorder.step(3)
     assert load_trajectory(directory).meta["status"] == "complete"
+
+
+def test_a_failed_start_can_be_retried(bert, probes, directory):
+    recorder = Recorder(directory, probes)  # log:60 needs the run length
+    with pytest.raises(ValueError, match="`total_steps`"):
+        recorder.start(bert)
+    recorder.start(bert, total_steps=10)
+    assert recorder.recorded_steps == [0]
 
 
 def test_directory_with_a_trajectory_is_refused(bert, probes, directory):
