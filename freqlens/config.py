@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from freqlens._checks import check_choice, check_positive_int
 from freqlens.recording.schedule import Schedule
 from freqlens.spectral import DISTANCES, REDUCTIONS
 from freqlens.training import TrainConfig
@@ -49,8 +50,8 @@ class ModelConfig:
     dtype: str = "float32"  # weights as trained: "float32", "bfloat16", "float16" or "auto" (as stored)
 
     def __post_init__(self) -> None:
-        _check_int(self.max_length, "model.max_length")
-        _check_choice(self.dtype, "model.dtype", MODEL_DTYPES)
+        check_positive_int(self.max_length, "model.max_length")
+        check_choice(self.dtype, "model.dtype", MODEL_DTYPES)
         _check_str(self.name, "model.name")
 
 
@@ -69,11 +70,11 @@ class DataConfig:
     num_classes: int = 2  # classes of the task
 
     def __post_init__(self) -> None:
-        _check_choice(self.format, "data.format", DATA_FORMATS)
+        check_choice(self.format, "data.format", DATA_FORMATS)
         for name in ("max_train", "max_eval"):
             if getattr(self, name) is not None:
-                _check_int(getattr(self, name), f"data.{name}")
-        _check_int(self.num_classes, "data.num_classes", minimum=2)
+                check_positive_int(getattr(self, name), f"data.{name}")
+        check_positive_int(self.num_classes, "data.num_classes", minimum=2)
         if not 0 <= self.target_label < self.num_classes:
             raise ValueError(
                 f"Expected `data.target_label` in [0, {self.num_classes}) but got {self.target_label!r}."
@@ -101,7 +102,7 @@ class DefenseConfig:
     name: str = "vanilla"  # full fine-tuning; defenses come as further values
 
     def __post_init__(self) -> None:
-        _check_choice(self.name, "defense.name", DEFENSES)
+        check_choice(self.name, "defense.name", DEFENSES)
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,8 @@ class RecordConfig:
 
     def __post_init__(self) -> None:
         Schedule.parse(self.schedule)
-        _check_int(self.probe_size, "record.probe_size")
-        _check_int(self.batch_size, "record.batch_size")
+        check_positive_int(self.probe_size, "record.probe_size")
+        check_positive_int(self.batch_size, "record.batch_size")
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,9 @@ class AnalysisConfig:
     relative: bool = True  # threshold as a fraction of each curve's first value
 
     def __post_init__(self) -> None:
-        _check_int(self.num_widths, "analysis.num_widths")
-        _check_choice(self.distance, "analysis.distance", DISTANCES)
-        _check_choice(self.reduction, "analysis.reduction", REDUCTIONS)
+        check_positive_int(self.num_widths, "analysis.num_widths")
+        check_choice(self.distance, "analysis.distance", DISTANCES)
+        check_choice(self.reduction, "analysis.reduction", REDUCTIONS)
         if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold > 0):
             raise ValueError(f"Expected `analysis.threshold` to be a positive number but got {self.threshold!r}.")
 
@@ -208,16 +209,6 @@ def _apply_override(data: dict, override: str) -> None:
     data.setdefault(section, {})[name] = value
 
 
-def _check_int(value: Any, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Expected `{name}` to be an integer >= {minimum} but got {value!r}.")
-
-
 def _check_str(value: Any, name: str) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"Expected `{name}` to be a non-empty string but got {value!r}.")
-
-
-def _check_choice(value: Any, name: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"Expected `{name}` to be one of {tuple(choices)} but got {value!r}.")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from freqlens._checks import check_positive_int
 from freqlens.models import model_device, trim_padding
 
 
@@ -27,10 +28,8 @@ class TrainConfig:
     seed: int = 0  # seed of the shuffling (freqlens run and the demo also seed the model and data with it)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected `{name}` to be an integer >= 1 but got {value!r}.")
+        check_positive_int(self.epochs, "epochs")
+        check_positive_int(self.batch_size, "batch_size")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"Expected `lr` to be a positive number but got {self.lr!r}.")
 

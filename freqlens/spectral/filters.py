@@ -90,14 +90,20 @@ def pairwise_distances(inputs: ArrayLike, *, distance: str = "euclidean") -> np.
     return _distances(x, distance).numpy()
 
 
-def _distances(x: torch.Tensor, distance: str) -> torch.Tensor:
+def _distances(x: torch.Tensor, distance: str, rows: np.ndarray | None = None) -> torch.Tensor:
+    """Distances from every row (or from ``rows`` only) to every row of ``x``."""
     # Centre first: distances are translation invariant, and the Gram trick
     # |a|^2 + |b|^2 - 2ab loses fewer digits on centred data.
     x = x - x.mean(dim=0, keepdim=True)
     norms = (x * x).sum(dim=1)
-    squared = (norms[:, None] + norms[None, :] - 2.0 * (x @ x.T)).clamp_(min=0.0)
-    squared.fill_diagonal_(0.0)
-    squared = 0.5 * (squared + squared.T)
+    if rows is None:
+        squared = (norms[:, None] + norms[None, :] - 2.0 * (x @ x.T)).clamp_(min=0.0)
+        squared.fill_diagonal_(0.0)
+        squared = 0.5 * (squared + squared.T)
+    else:
+        index = torch.as_tensor(rows, device=x.device)
+        squared = (norms[index, None] + norms[None, :] - 2.0 * (x[index] @ x.T)).clamp_(min=0.0)
+        squared[torch.arange(index.numel(), device=x.device), index] = 0.0
     return squared if distance == "squared" else squared.sqrt()
 
 

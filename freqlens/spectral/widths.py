@@ -79,8 +79,7 @@ def suggest_widths(
     if n < 3:
         raise ValueError(f"Expected `inputs` to hold at least 3 probe inputs to choose widths but got {n}.")
     rows = np.linspace(0, n - 1, min(n, max_rows)).astype(np.int64)
-    dist = _distances(torch.from_numpy(x), distance)
-    sample = dist[torch.as_tensor(np.unique(rows))]
+    sample = _distances(torch.from_numpy(x), distance, rows=np.unique(rows))  # (rows, N)
     off_diagonal = sample[sample > 0]
     if off_diagonal.numel() == 0:
         raise ValueError("Expected `inputs` to hold at least two distinct rows but all rows are equal.")
