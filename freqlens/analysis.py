@@ -235,10 +235,7 @@ def analyse(
 
 def _measure(bank: FilterBank, outputs, labels, reduction, subset=None, targets=None) -> Curves:
     targets = labels if targets is None else targets
-    low, high = bank.relative_errors(outputs, targets, reduction=reduction, subset=subset)
-    bands = bank.band_errors(outputs, targets, reduction=reduction, subset=subset)
-    lfr, hfr = bank.ratios(outputs, reduction=reduction, subset=subset)
-    return Curves(low=low, high=high, bands=bands, lfr=lfr, hfr=hfr)
+    return Curves(**bank.measure(outputs, targets, reduction=reduction, subset=subset))
 
 
 def _measure_joint(trajectory, names, widths, distance, reduction) -> dict[str, Curves]:

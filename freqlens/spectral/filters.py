@@ -58,13 +58,14 @@ class DegenerateTargetWarning(RuntimeWarning):
 class _Problem:
     """Outputs and targets of one measurement, laid out for the kernel products."""
 
-    signal: torch.Tensor  # (N, T*C + C): errors h - y of every snapshot, then targets y
+    signal: torch.Tensor  # (N, T*C + C [+ T*C]): errors h - y per snapshot, targets y [, outputs h]
     rows: np.ndarray | None  # rows the errors are reduced over (None: all)
     classes: int
     reduction: str
     scale: float  # size of the whole target over the rows, for the zero test
     constant: bool  # the targets are the same for every row
     single: bool  # the outputs were one snapshot (N, C)
+    end: int  # columns of errors and targets; outputs follow when measured too
 
     def own(self) -> torch.Tensor:
         return self.signal if self.rows is None else self.signal[torch.as_tensor(self.rows)]
@@ -329,6 +330,44 @@ class FilterBank:
             hfr.append(_reduce(own - part, c, reduction) / whole)
         return _finish(lfr, single), _finish(hfr, single)
 
+    def measure(
+        self,
+        outputs: ArrayLike,
+        targets: ArrayLike,
+        *,
+        reduction: str = "mean",
+        subset: ArrayLike | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Everything at once: low/high errors, band errors and LFR/HFR.
+
+        The same numbers as :meth:`relative_errors`, :meth:`band_errors` and
+        :meth:`ratios`, with one kernel product per width instead of three.
+
+        Returns:
+            A dict with ``"low"``, ``"high"``, ``"lfr"``, ``"hfr"`` of shape
+            (K,) or (T, K) and ``"bands"`` of shape (K + 1,) or (T, K + 1).
+        """
+        problem = self._prepare(outputs, targets, reduction, subset, with_outputs=True)
+        own = problem.own()
+        c, end = problem.classes, problem.end
+        whole = _reduce(own[:, end:], c, reduction)
+        lows = [self._low(k, problem.signal, problem.rows) for k in range(self.widths.size)]
+        low, high, lfr, hfr = [], [], [], []
+        for width, part in zip(self.widths, lows):
+            low.append(_ratio(part, problem, f"low part at width {width:.4g}"))
+            high.append(_ratio(own - part, problem, f"high part at width {width:.4g}"))
+            lfr.append(_reduce(part[:, end:], c, reduction) / whole)
+            hfr.append(_reduce(own[:, end:] - part[:, end:], c, reduction) / whole)
+        order = np.argsort(-self.widths, kind="stable")
+        ordered = [lows[k] for k in order]
+        parts = [ordered[0]] + [b - a for a, b in zip(ordered[:-1], ordered[1:])] + [own - ordered[-1]]
+        bands = [_ratio(p, problem, f"band {b} of {len(parts)}") for b, p in enumerate(parts)]
+        single = problem.single
+        return {
+            "low": _finish(low, single), "high": _finish(high, single), "bands": _finish(bands, single),
+            "lfr": _finish(lfr, single), "hfr": _finish(hfr, single),
+        }
+
     def neighbour_counts(self) -> np.ndarray:
         """Median effective number of neighbours per width, ``1 / sum_j G_ij^2``.
 
@@ -350,14 +389,17 @@ class FilterBank:
             counts.append(torch.median(1.0 / torch.cat(chunks)).item())
         return np.asarray(counts)
 
-    def _prepare(self, outputs, targets, reduction, subset) -> _Problem:
+    def _prepare(self, outputs, targets, reduction, subset, with_outputs: bool = False) -> _Problem:
         check_choice(reduction, "reduction", REDUCTIONS)
         values = as_outputs(outputs, self.n)
         t, n, c = values.shape
         y = as_targets(targets, n, c)
         rows = None if subset is None else as_index(subset, n)
         error = (values - y[None]).transpose(1, 0, 2).reshape(n, t * c)  # snapshot-major
-        signal = torch.from_numpy(np.concatenate([error, y], axis=1)).to(self.device)
+        columns = [error, y]
+        if with_outputs:
+            columns.append(values.transpose(1, 0, 2).reshape(n, t * c))
+        signal = torch.from_numpy(np.concatenate(columns, axis=1)).to(self.device)
         own_y = y if rows is None else y[rows]
         return _Problem(
             signal=signal,
@@ -367,14 +409,15 @@ class FilterBank:
             scale=float(_reduce(torch.from_numpy(own_y), c, reduction)[0]),
             constant=bool(np.all(y == y[:1])),
             single=np.ndim(outputs) == 2,
+            end=t * c + c,
         )
 
 
 def _ratio(part: torch.Tensor, problem: _Problem, what: str) -> np.ndarray:
     """Reduce the error columns of ``part`` and divide by its target columns."""
-    c = problem.classes
-    numerator = _reduce(part[:, :-c], c, problem.reduction)
-    denominator = _reduce(part[:, -c:], c, problem.reduction)[0]
+    c, end = problem.classes, problem.end
+    numerator = _reduce(part[:, : end - c], c, problem.reduction)
+    denominator = _reduce(part[:, end - c : end], c, problem.reduction)[0]
     if denominator > ZERO_PART_RTOL * problem.scale:
         return numerator / denominator
     reason = (

@@ -522,3 +522,21 @@ def test_joint_view_checks_the_probe_set_names_and_snapshots():
                               {"a": y, "b": y}, [1.0])
     with pytest.raises(ValueError, match=r"`outputs\['b'\]`.*N=10"):
         joint_relative_errors({"a": x, "b": x}, {"a": h, "b": h[:7]}, {"a": y, "b": y}, [1.0])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "frobenius"])
+@pytest.mark.parametrize("subset", [None, np.arange(5, 25)])
+@pytest.mark.parametrize("constant", [False, True])
+def test_measure_equals_the_separate_methods(reduction, subset, constant):
+    rng = np.random.default_rng(3)
+    x, h = rng.normal(size=(30, 4)), rng.dirichlet([1, 1], size=(5, 30))
+    y = np.ones(30, dtype=int) if constant else rng.integers(0, 2, 30)
+    bank = FilterBank(x, [0.5, 3.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateTargetWarning)
+        got = bank.measure(h, y, reduction=reduction, subset=subset)
+        low, high = bank.relative_errors(h, y, reduction=reduction, subset=subset)
+        lfr, hfr = bank.ratios(h, reduction=reduction, subset=subset)
+        bands = bank.band_errors(h, y, reduction=reduction, subset=subset)
+    for name, want in {"low": low, "high": high, "bands": bands, "lfr": lfr, "hfr": hfr}.items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-12, err_msg=name)
