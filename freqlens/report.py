@@ -27,6 +27,13 @@ code{background:#f2f2f2;padding:0 .25em}
 """
 
 
+METRIC_NAMES = {
+    "cacc": "clean accuracy (CACC)",
+    "asr": "attack success rate (ASR)",
+    "false_trigger_rate": "false-trigger rate (non-target clean inputs predicted as the target)",
+}
+
+
 def figure_to_data_uri(fig) -> str:
     """A PNG data URI of a matplotlib figure (closes the figure)."""
     buffer = io.BytesIO()
@@ -84,7 +91,7 @@ def write_report(
         The path written.
     """
     parts = [f"<h1>{html.escape(title)}</h1>"]
-    parts.append(_table(["metric", "value"], [[k, v] for k, v in metrics.items()]))
+    parts.append(_table(["metric", "value"], [[METRIC_NAMES.get(k, k), v] for k, v in metrics.items()]))
     summary = analysis.summary()
     for view in analysis.convergence:
         statement = summary.get(view, {}).get("statement")
