@@ -154,6 +154,17 @@ def as_index(subset: ArrayLike, n: int, name: str = "subset") -> np.ndarray:
     return np.unique(np.mod(array, n))
 
 
+def check_label(value: Any, name: str, num_classes: int) -> int:
+    """Return ``value`` as an int if it is a class label in [0, num_classes)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not 0 <= value < num_classes
+    ):
+        raise ValueError(f"Expected `{name}` to be an integer in [0, {num_classes}) but got {value!r}.")
+    return int(value)
+
+
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     """Return ``value`` as an int if it is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:

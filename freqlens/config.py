@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from freqlens._checks import check_choice, check_positive_int
+from freqlens._checks import check_choice, check_label, check_positive_int
 from freqlens.recording.schedule import Schedule
 from freqlens.spectral import DISTANCES, REDUCTIONS
 from freqlens.training import TrainConfig
@@ -75,10 +75,7 @@ class DataConfig:
             if getattr(self, name) is not None:
                 check_positive_int(getattr(self, name), f"data.{name}")
         check_positive_int(self.num_classes, "data.num_classes", minimum=2)
-        if not 0 <= self.target_label < self.num_classes:
-            raise ValueError(
-                f"Expected `data.target_label` in [0, {self.num_classes}) but got {self.target_label!r}."
-            )
+        check_label(self.target_label, "data.target_label", self.num_classes)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def test_round_trip_through_dict(config_file):
         ("train = 3\n", r"section `train` to be a table"),
         ("[defense]\nname = 'muscle'\n", r"`defense.name` to be one of \('vanilla',\)"),
         ("[data]\nformat = 'xml'\n", r"`data.format`"),
-        ("[data]\ntarget_label = 2\n", r"`data.target_label` in \[0, 2\)"),
+        ("[data]\ntarget_label = 2\n", r"`data.target_label` to be an integer in \[0, 2\)"),
         ("[model]\nmax_length = 0\n", r"`model.max_length` to be an integer >= 1"),
         ("[record]\nschedule = 'weekly'\n", r"`schedule` like 'every:5'"),
         ("[analysis]\ndistance = 'l1'\n", r"`analysis.distance`"),

@@ -27,7 +27,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from freqlens._checks import check_positive_int
+from freqlens._checks import check_label, check_positive_int
 from freqlens.data.splits import CleanDataset, PoisonedDataset, Split
 
 
@@ -278,15 +278,7 @@ def _check_poison_args(
         or not 0 <= rate <= 1
     ):
         raise ValueError(f"Expected `rate` to be a number in [0, 1] but got {rate!r}.")
-    if (
-        isinstance(target_label, bool)
-        or not isinstance(target_label, (int, np.integer))
-        or not 0 <= target_label < clean.num_classes
-    ):
-        raise ValueError(
-            f"Expected `target_label` to be an integer in [0, {clean.num_classes}) but got "
-            f"{target_label!r}."
-        )
+    check_label(target_label, "target_label", clean.num_classes)
     return float(rate)
 
 

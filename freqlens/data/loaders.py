@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from freqlens._checks import check_positive_int
+from freqlens._checks import check_label, check_positive_int
 from freqlens.data.attacks import ATTACKS, AddSent, BadNets, make_attack, remove_trigger
 from freqlens.data.splits import CleanDataset, PoisonedDataset, Split
 
@@ -247,19 +247,6 @@ def _directory(path: str | Path, name: str = "path") -> Path:
     return root
 
 
-def _check_target(target_label: Any, num_classes: int) -> int:
-    if (
-        isinstance(target_label, bool)
-        or not isinstance(target_label, (int, np.integer))
-        or not 0 <= target_label < num_classes
-    ):
-        raise ValueError(
-            f"Expected `target_label` to be an integer in [0, {num_classes}) but got "
-            f"{target_label!r}."
-        )
-    return int(target_label)
-
-
 def _resolve_attack(attack: Any, root: Path) -> tuple[BadNets | AddSent | None, str]:
     """The attack whose trigger can be removed (or None), and the attack's name."""
     if attack is None:
@@ -386,7 +373,7 @@ def load_openbackdoor(
     """
     root = _directory(path)
     num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
-    target = _check_target(target_label, num_classes)
+    target = check_label(target_label, "target_label", num_classes)
     trigger, attack_name = _resolve_attack(attack, root)
     files = _openbackdoor_files(root, train)
     splits = {

@@ -232,11 +232,15 @@ class FilterBank:
             )
         return torch.from_numpy(values[0]).to(self.device)
 
-    def _band_parts(self, f: torch.Tensor, rows: np.ndarray | None = None) -> list[torch.Tensor]:
-        order = np.argsort(-self.widths, kind="stable")
-        lows = [self._low(int(k), f, rows) for k in order]
+    def _band_parts(
+        self, f: torch.Tensor, rows: np.ndarray | None = None, lows: list[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        """Bands of ``f`` (lowest first), from its low parts per width if already computed."""
+        if lows is None:
+            lows = [self._low(k, f, rows) for k in range(self.widths.size)]
+        ordered = [lows[k] for k in np.argsort(-self.widths, kind="stable")]
         own = f if rows is None else f[torch.as_tensor(rows)]
-        return [lows[0]] + [b - a for a, b in zip(lows[:-1], lows[1:])] + [own - lows[-1]]
+        return [ordered[0]] + [b - a for a, b in zip(ordered[:-1], ordered[1:])] + [own - ordered[-1]]
 
     # ------------------------------------------------------------------ errors
     def relative_errors(
@@ -358,9 +362,7 @@ class FilterBank:
             high.append(_ratio(own - part, problem, f"high part at width {width:.4g}"))
             lfr.append(_reduce(part[:, end:], c, reduction) / whole)
             hfr.append(_reduce(own[:, end:] - part[:, end:], c, reduction) / whole)
-        order = np.argsort(-self.widths, kind="stable")
-        ordered = [lows[k] for k in order]
-        parts = [ordered[0]] + [b - a for a, b in zip(ordered[:-1], ordered[1:])] + [own - ordered[-1]]
+        parts = self._band_parts(problem.signal, problem.rows, lows)
         bands = [_ratio(p, problem, f"band {b} of {len(parts)}") for b, p in enumerate(parts)]
         single = problem.single
         return {
