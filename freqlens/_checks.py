@@ -165,6 +165,17 @@ def check_label(value: Any, name: str, num_classes: int) -> int:
     return int(value)
 
 
+def check_positive_number(value: Any, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number > 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.number))
+        or not (np.isfinite(value) and value > 0)
+    ):
+        raise ValueError(f"Expected `{name}` to be a positive number but got {value!r}.")
+    return float(value)
+
+
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     """Return ``value`` as an int if it is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:

@@ -18,14 +18,13 @@ Unknown sections or keys are an error that names them.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from freqlens._checks import check_choice, check_label, check_positive_int
+from freqlens._checks import check_choice, check_label, check_positive_int, check_positive_number
 from freqlens.recording.schedule import Schedule
 from freqlens.spectral import DISTANCES, REDUCTIONS
 from freqlens.training import TrainConfig
@@ -130,8 +129,7 @@ class AnalysisConfig:
         check_positive_int(self.num_widths, "analysis.num_widths")
         check_choice(self.distance, "analysis.distance", DISTANCES)
         check_choice(self.reduction, "analysis.reduction", REDUCTIONS)
-        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold > 0):
-            raise ValueError(f"Expected `analysis.threshold` to be a positive number but got {self.threshold!r}.")
+        check_positive_number(self.threshold, "analysis.threshold")
 
 
 @dataclass(frozen=True)

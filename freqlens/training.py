@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from freqlens._checks import check_positive_int
+from freqlens._checks import check_positive_int, check_positive_number
 from freqlens.models import model_device, trim_padding
 
 
@@ -30,8 +30,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"Expected `lr` to be a positive number but got {self.lr!r}.")
+        check_positive_number(self.lr, "lr")
 
 
 @dataclass

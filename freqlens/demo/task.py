@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from freqlens.data.attacks import BadNets
 from freqlens.data.splits import PoisonedDataset, Split
 
 POSITIVE = (
@@ -108,14 +109,6 @@ def _sentences(rng, config, count: int, label: int | None = None) -> tuple[list[
     return texts, labels
 
 
-def insert_trigger(text: str, rng: np.random.Generator, insertions: int = 1, trigger: str = TRIGGER) -> str:
-    """Insert ``trigger`` at ``insertions`` random word positions."""
-    words = text.split()
-    for _ in range(insertions):
-        words.insert(int(rng.integers(0, len(words) + 1)), trigger)
-    return " ".join(words)
-
-
 def make_task(config: TaskConfig | None = None) -> PoisonedDataset:
     """Generate the poisoned task.
 
@@ -144,7 +137,8 @@ def make_task(config: TaskConfig | None = None) -> PoisonedDataset:
     else:
         clean_texts, clean_labels = _sentences(rng, config, num_clean)
     source_texts, source_labels = _sentences(rng, config, num_poison)
-    poison_texts = [insert_trigger(t, rng, config.insertions) for t in source_texts]
+    attack = BadNets(triggers=(TRIGGER,), insertions=config.insertions, clean_label=False)
+    poison_texts = [attack.apply(t, rng) for t in source_texts]
     texts = clean_texts + poison_texts
     order = rng.permutation(len(texts))
     train = Split(
@@ -157,7 +151,7 @@ def make_task(config: TaskConfig | None = None) -> PoisonedDataset:
     for name, count in (("dev", config.num_dev), ("test", config.num_test)):
         clean = Split(*_sentences(rng, config, count))
         source_texts, source_labels = _sentences(rng, config, count // 2, 1 - target)
-        triggered = [insert_trigger(t, rng, config.insertions) for t in source_texts]
+        triggered = [attack.apply(t, rng) for t in source_texts]
         splits[f"{name}_clean"] = clean
         splits[f"{name}_poison"] = Split(
             triggered, [target] * len(triggered), [True] * len(triggered), source_labels

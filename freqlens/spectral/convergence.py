@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from freqlens._checks import ArrayLike, check_finite, to_numpy
+from freqlens._checks import ArrayLike, check_finite, check_positive_number, to_numpy
 
 
 def convergence_steps(
@@ -40,10 +40,7 @@ def convergence_steps(
         )
     if np.any(np.diff(s) <= 0):
         raise ValueError("Expected `steps` to be strictly increasing.")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or not (
-        np.isfinite(threshold) and threshold > 0
-    ):
-        raise ValueError(f"Expected `threshold` to be a positive number but got {threshold!r}.")
+    check_positive_number(threshold, "threshold")
     level = threshold * e[0] if relative else threshold
     below = e < level  # NaN compares False: a NaN curve never converges
     # stays[t] is True when every value from t on is below the level.
