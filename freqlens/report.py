@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,6 +21,7 @@ th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
 th:first-child,td:first-child{text-align:left}
 thead th{background:#f2f2f2}
 .verdict{padding:.7em 1em;border-left:4px solid #0072B2;background:#f4f8fb}
+.warning{padding:.7em 1em;border-left:4px solid #D55E00;background:#fdf3ec}
 .note{color:#555;font-size:.9em}
 img{max-width:100%}
 code{background:#f2f2f2;padding:0 .25em}
@@ -76,6 +77,7 @@ def write_report(
     metrics: Mapping[str, float],
     figures: Mapping[str, object],
     details: Mapping[str, object] | None = None,
+    warnings: Sequence[str] = (),
 ) -> Path:
     """Write one self-contained HTML page (figures embedded) for a run.
 
@@ -86,11 +88,13 @@ def write_report(
         metrics: headline numbers (clean accuracy, attack success rate, ...).
         figures: caption -> matplotlib figure (embedded as PNG; closed here).
         details: further key -> value rows (settings, timings).
+        warnings: sentences shown under the title (e.g. small probe sets).
 
     Returns:
         The path written.
     """
     parts = [f"<h1>{html.escape(title)}</h1>"]
+    parts += [f'<p class="warning">{html.escape(w)}</p>' for w in warnings]
     parts.append(_table(["metric", "value"], [[METRIC_NAMES.get(k, k), v] for k, v in metrics.items()]))
     summary = analysis.summary()
     for view in analysis.convergence:

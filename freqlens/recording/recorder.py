@@ -6,6 +6,8 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+import torch
 from torch import nn
 
 from freqlens._checks import check_positive_int
@@ -78,6 +80,7 @@ class Recorder:
         self._metadata = dict(metadata or {})
         self._model: nn.Module | None = None
         self._due: set[int] | None = None
+        self._joint: dict | None = None
         self._total: int | None = None
         self.seconds = 0.0
         self.recorded_steps: list[int] = []
@@ -155,14 +158,25 @@ class Recorder:
         if self._model is None or self.closed:
             raise RuntimeError("Recorder.record() needs a started, unclosed recorder.")
         began = time.perf_counter()
-        outputs = {
-            name: predict_proba(self._model, probe.encodings, batch_size=self.batch_size)
-            for name, probe in self.probes.items()
-        }
+        outputs = self._predict()
         self._writer.write_snapshot(step, outputs, **scalars)
         self.recorded_steps.append(int(step))
         self._recorded.add(int(step))
         self.seconds += time.perf_counter() - began
+
+    def _predict(self) -> dict:
+        """Outputs per probe set, from one length-sorted pass over all sets where their
+        encodings share columns and width (fewer, fuller batches), else set by set."""
+        encodings = [probe.encodings for probe in self.probes.values()]
+        keys, widths = {tuple(e) for e in encodings}, {tuple(v.shape[1] for v in e.values()) for e in encodings}
+        if len(encodings) == 1 or len(keys) != 1 or len(widths) != 1:
+            return {name: predict_proba(self._model, probe.encodings, batch_size=self.batch_size)
+                    for name, probe in self.probes.items()}
+        if self._joint is None:
+            self._joint = {k: torch.cat([e[k] for e in encodings]) for k in encodings[0]}
+        joint = predict_proba(self._model, self._joint, batch_size=self.batch_size)
+        bounds = np.cumsum([0] + [len(p) for p in self.probes.values()])
+        return {name: joint[a:b] for name, a, b in zip(self.probes, bounds[:-1], bounds[1:])}
 
     def close(self, status: str = "complete") -> None:
         """Mark the trajectory finished; idempotent."""

@@ -1,0 +1,179 @@
+"""Size probe sets to a recording budget, measured on the machine at hand.
+
+A snapshot costs one forward pass per probe example, whatever the length of the
+run, while training costs a forward and a backward pass per training example
+and epoch. So the share of wall time spent recording is about::
+
+    share = R S p / (R S p + N E t)
+
+for R probe examples in all, S snapshots, N training examples, E epochs, and p,
+t the seconds per probe and per training example. :func:`plan_probes` measures
+p and t on the model and data of the run (one training batch, forward and
+backward, with the random state restored and the gradients cleared, so the run
+itself is unchanged) and solves for the R that keeps the share at ``budget``.
+
+On a short CPU run this R is small (2,000 examples, 2 epochs, 50 snapshots at
+10%: about 20 per set), on the paper's budget it is a few hundred; the plan
+says which, and the report warns when the sets are too small for a fine
+spectrum.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from freqlens._checks import check_positive_int
+from freqlens.models import model_device, predict_proba, trim_padding
+
+SMALL_PROBE_SET = 32  # below this many examples per set, a spectrum is coarse
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    """A probe-set size chosen to fit a recording budget, and what it rests on.
+
+    Attributes:
+        size: examples per probe set.
+        num_sets: probe sets to record (the first ``num_sets`` offered).
+        budget: the share of wall time allowed for recording.
+        expected_share: the share this plan is expected to cost.
+        train_seconds_per_example: measured (forward + backward; the optimizer
+            update is not timed, so the plan errs on the small side).
+        probe_seconds_per_example: measured (forward under inference_mode).
+        snapshots: snapshots the schedule takes.
+        limited: ``"budget"``, ``"minimum"`` (the budget allows fewer than the
+            minimum, which was used anyway) or ``"maximum"``.
+    """
+
+    size: int
+    num_sets: int
+    budget: float
+    expected_share: float
+    train_seconds_per_example: float
+    probe_seconds_per_example: float
+    snapshots: int
+    limited: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def warning(self) -> str | None:
+        """A plain sentence when the sets are small enough to blur the spectrum."""
+        if self.size >= SMALL_PROBE_SET:
+            return None
+        return (
+            f"Probe sets of {self.size} examples (sized to a {self.budget:.0%} recording budget) give "
+            f"a coarse spectrum; raise record.budget or set record.probe_size for a finer one."
+        )
+
+
+def plan_probes(
+    model: nn.Module,
+    encodings: Mapping[str, torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    budget: float,
+    train_examples: int,
+    epochs: int,
+    snapshots: int,
+    num_sets: int,
+    optional_sets: int = 0,
+    batch_size: int = 32,
+    probe_batch_size: int = 32,
+    minimum: int = 16,
+    maximum: int = 512,
+    repeats: int = 2,
+    margin: float = 0.85,
+) -> ProbePlan:
+    """Measure training and probing costs on ``model`` and size the probe sets.
+
+    Args:
+        model: the model about to be trained (left as it was: parameters,
+            gradients, mode and random state).
+        encodings, labels: the training examples; one batch of them is timed.
+        budget: the share of wall time recording may take, in (0, 1).
+        train_examples, epochs: the run's length.
+        snapshots: the number of snapshots the schedule takes.
+        num_sets: the number of probe sets.
+        optional_sets: how many of them (the last ones) may be left out when
+            the budget allows fewer than ``minimum`` examples per set.
+        batch_size: training batch size.
+        probe_batch_size: probe examples per forward pass.
+        minimum, maximum: bounds on the size per set.
+        repeats: timed repetitions (the fastest counts; the first call warms up).
+        margin: the share of the budget the plan aims at, leaving room for
+            per-snapshot costs the calibration does not see (writing the
+            snapshot, a last partial batch, longer probe sentences).
+
+    Returns:
+        A :class:`ProbePlan`.
+    """
+    if not (isinstance(budget, (int, float)) and 0.0 < budget < 1.0):
+        raise ValueError(f"Expected `budget` in (0, 1) but got {budget!r}.")
+    for value, name in ((train_examples, "train_examples"), (epochs, "epochs"), (snapshots, "snapshots"),
+                        (num_sets, "num_sets"), (minimum, "minimum"), (maximum, "maximum")):
+        check_positive_int(value, name)
+    check_positive_int(optional_sets, "optional_sets", minimum=0)
+    if optional_sets >= num_sets:
+        raise ValueError(f"Expected `optional_sets` < `num_sets` ({num_sets}) but got {optional_sets}.")
+    if minimum > maximum:
+        raise ValueError(f"Expected `minimum` <= `maximum` but got {minimum} > {maximum}.")
+    if not (isinstance(margin, (int, float)) and 0.0 < margin <= 1.0):
+        raise ValueError(f"Expected `margin` in (0, 1] but got {margin!r}.")
+    rows = torch.arange(min(batch_size, len(labels)))
+    batch = trim_padding({k: v[rows] for k, v in encodings.items()})
+    train_time = _fastest(lambda: _train_pass(model, batch, labels[rows]), model, repeats) / len(rows)
+    probe_time = _fastest(lambda: predict_proba(model, batch, batch_size=probe_batch_size), model,
+                          repeats) / len(rows)
+    allowed = margin * budget / (1.0 - budget) * train_examples * epochs * train_time
+    per_set = int(allowed / (snapshots * num_sets * probe_time))
+    while per_set < minimum and optional_sets > 0:
+        num_sets, optional_sets = num_sets - 1, optional_sets - 1
+        per_set = int(allowed / (snapshots * num_sets * probe_time))
+    size, limited = min(max(per_set, minimum), maximum), "budget"
+    if per_set < minimum:
+        limited = "minimum"
+    elif per_set > maximum:
+        limited = "maximum"
+    recording = size * num_sets * snapshots * probe_time
+    share = recording / (recording + train_examples * epochs * train_time)
+    return ProbePlan(size=size, num_sets=num_sets, budget=float(budget), expected_share=round(share, 4),
+                     train_seconds_per_example=train_time, probe_seconds_per_example=probe_time,
+                     snapshots=snapshots, limited=limited)
+
+
+def _train_pass(model: nn.Module, batch: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:
+    """A forward and backward pass that leaves no trace (gradients restored to None)."""
+    device = model_device(model)
+    kept = {name: p.grad for name, p in model.named_parameters()}
+    was_training = model.training
+    model.train()
+    try:
+        loss = model(**{k: v.to(device) for k, v in batch.items()}, labels=labels.to(device)).loss
+        loss.backward()
+    finally:
+        model.train(was_training)
+        for name, p in model.named_parameters():
+            p.grad = kept[name]
+
+
+def _fastest(work, model: nn.Module, repeats: int) -> float:
+    device = model_device(model)
+    devices = [device] if device.type == "cuda" else []
+    times = []
+    with torch.random.fork_rng(devices=devices):
+        for _ in range(repeats + 1):  # one warm-up call
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            began = time.perf_counter()
+            work()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - began)
+    return min(times[1:])
