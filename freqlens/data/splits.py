@@ -262,3 +262,29 @@ class PoisonedDataset:
                 changes[f"{part}_control"] = control.subset(index)
         info = {**self.info, "capped": {"max_train": max_train, "max_eval": max_eval, "seed": seed}}
         return replace(self, **changes, info=info)
+
+
+def split_reference(dataset: PoisonedDataset, size: int, *, seed: int = 0) -> tuple[PoisonedDataset, Split]:
+    """Take a clean reference set of ``size`` random dev-clean examples out of ``dataset``.
+
+    Gradient alignment trains along this set's gradient; it leaves dev-clean,
+    so the clean probes and the checkpoint selection never see it.
+
+    Returns:
+        The dataset without those rows in ``dev_clean``, and the reference split.
+
+    Raises:
+        ValueError: if ``size`` is not an integer >= 1 or dev-clean has no more
+            than ``size`` examples (some must stay for probes and selection).
+    """
+    check_positive_int(size, "reference_size")
+    clean = dataset.dev_clean
+    if len(clean) <= size:
+        raise ValueError(
+            f"Expected `reference_size` below the {len(clean)} dev-clean examples of {dataset.name or 'the dataset'} "
+            f"but got {size}."
+        )
+    rows = np.random.default_rng(seed).permutation(len(clean))
+    chosen, kept = np.sort(rows[:size]), np.sort(rows[size:])
+    info = {**dataset.info, "reference": {"size": size, "seed": seed, "from": "dev_clean"}}
+    return replace(dataset, dev_clean=clean.subset(kept), info=info), clean.subset(chosen)

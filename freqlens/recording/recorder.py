@@ -106,9 +106,12 @@ class Recorder:
         if self.schedule.kind != "every" or total_steps is not None:
             due = set(self.schedule.steps(total_steps))
         began = time.perf_counter()
-        layer, mode = resolve_probe_layer(model, self.embedding_layer)
+        # A peft wrapper (LoRA, prompt tuning) is looked through: the kernel inputs are the
+        # base model's embeddings, without virtual tokens (identical for LoRA at its start).
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        layer, mode = resolve_probe_layer(base, self.embedding_layer)
         inputs = {
-            name: embedding_inputs(model, probe.encodings, module=layer, mode=mode,
+            name: embedding_inputs(base, probe.encodings, module=layer, mode=mode,
                                    batch_size=self.batch_size)
             for name, probe in self.probes.items()
         }
@@ -125,7 +128,7 @@ class Recorder:
         self._writer.update_meta(
             schedule=str(self.schedule),
             total_steps=total_steps,
-            model=type(model).__name__,
+            model=type(base).__name__ if base is model else f"{type(model).__name__} of {type(base).__name__}",
             embedding_layer=f"{mode} of {type(layer).__name__}",
             **self._metadata,
         )

@@ -346,3 +346,20 @@ def test_demo_task_probes_from_texts(directory):
     assert trajectory.poison["backdoor"].all()
     with pytest.raises(ValueError, match="at least one text"):
         ProbeSet.from_texts("clean", [], [], tokenizer)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "prompt"])
+def test_kernel_inputs_look_through_a_peft_wrapper(probes, tmp_path, adapter):
+    """LoRA or prompt tuning leaves the kernel inputs those of the base model's embeddings."""
+    from freqlens.defenses import add_lora, add_prefix
+
+    plain, wrapped = tmp_path / "plain", tmp_path / "wrapped"
+    with Recorder(plain, probes, schedule="every:1") as recorder:
+        recorder.start(tiny_bert())
+    model = add_lora(tiny_bert()) if adapter == "lora" else add_prefix(tiny_bert(), num_virtual_tokens=3)
+    with Recorder(wrapped, probes, schedule="every:1") as recorder:
+        recorder.start(model)
+    expected, got = load_trajectory(plain), load_trajectory(wrapped)
+    assert "BertEmbeddings" in got.meta["embedding_layer"]
+    for name in expected.names:
+        np.testing.assert_allclose(got.inputs[name], expected.inputs[name], rtol=0, atol=1e-6)

@@ -1,0 +1,129 @@
+"""Anti-Backdoor Learning (Li et al., NeurIPS 2021), on freqlens' training loop.
+
+ABL rests on the same observation as MuScleLoRA: backdoor examples are
+learned faster than clean ones. It trains in three phases:
+
+1. isolation: ``isolation_epochs`` of local gradient ascent (LGA), the loss
+   ``sign(L - gamma) L``, which holds the training loss near ``gamma`` so that
+   only the examples learned fastest (the poisoned ones) fall below it;
+2. the ``isolation_rate`` share of training examples with the lowest loss is
+   isolated; training goes on without them;
+3. unlearning: ``unlearn_epochs`` of gradient ascent (negated cross-entropy)
+   on the isolated examples, at a small learning rate.
+
+The recorder sees all phases as one run (steps continue across phases).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from freqlens.models import model_device, trim_padding
+from freqlens.training import TrainConfig, TrainResult, steps_per_epoch, train
+
+
+@dataclass
+class ABLResult:
+    """What ABL did."""
+
+    isolated: np.ndarray  # indices of the isolated training examples
+    isolated_poison_share: float | None  # share of them that are poisoned (when known)
+    phases: list[TrainResult] = field(default_factory=list)
+
+
+def lga_loss(gamma: float):
+    """Local gradient ascent: ``sign(L - gamma) * L`` on the batch-mean loss."""
+    def loss_fn(model, batch, labels):
+        loss = model(**batch, labels=labels).loss
+        return torch.sign(loss.detach() - gamma) * loss
+    return loss_fn
+
+
+def ascent_loss(model, batch, labels):
+    """Negated cross-entropy: unlearn what these examples taught."""
+    return -model(**batch, labels=labels).loss
+
+
+def per_example_losses(model: nn.Module, encodings, labels, *, batch_size: int = 128) -> np.ndarray:
+    """Cross-entropy of each example under ``model`` in eval mode."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    device = model_device(model)
+    losses = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(labels), batch_size):
+                rows = torch.arange(start, min(start + batch_size, len(labels)))
+                batch = trim_padding({k: v[rows] for k, v in encodings.items()})
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+                losses.append(nn.functional.cross_entropy(logits, labels[rows].to(device), reduction="none").cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(losses).numpy()
+
+
+def train_abl(model: nn.Module, encodings, labels, config: TrainConfig, *, isolation_rate: float = 0.01,
+              isolation_epochs: int = 1, gamma: float = 0.5, unlearn_epochs: int = 1,
+              unlearn_lr: float | None = None, poison: np.ndarray | None = None, recorder=None,
+              progress: bool = True, selector=None) -> tuple[TrainResult, ABLResult]:
+    """Train ``model`` with ABL for ``config.epochs`` epochs in all (phases included).
+
+    Returns:
+        The combined :class:`TrainResult` and an :class:`ABLResult`.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    clean_epochs = config.epochs - isolation_epochs - unlearn_epochs
+    if clean_epochs < 0:
+        raise ValueError(
+            f"Expected `train.epochs` ({config.epochs}) >= abl_isolation_epochs ({isolation_epochs}) + "
+            f"abl_unlearn_epochs ({unlearn_epochs})."
+        )
+    isolated_count = max(1, int(round(isolation_rate * n)))
+    kept_count = n - isolated_count
+    per_epoch_kept = steps_per_epoch(kept_count, config.batch_size, config.accumulation_steps)
+    total = (steps_per_epoch(n, config.batch_size, config.accumulation_steps) * isolation_epochs
+             + per_epoch_kept * clean_epochs
+             + steps_per_epoch(isolated_count, config.batch_size, config.accumulation_steps) * unlearn_epochs)
+    if recorder is not None and not recorder.recorded_steps:
+        recorder.start(model, total_steps=total, epoch=0.0)
+    phases = []
+    offset = 0
+
+    def phase(enc, lab, epochs, loss_fn, lr, select):
+        nonlocal offset
+        result = train(model, enc, lab, replace(config, epochs=epochs, lr=lr), recorder=recorder,
+                       progress=progress, loss_fn=loss_fn, step_offset=offset,
+                       selector=selector if select else None)
+        offset += result.steps
+        phases.append(result)
+        return result
+
+    phase(encodings, labels, isolation_epochs, lga_loss(gamma), config.lr, False)
+    losses = per_example_losses(model, encodings, labels)
+    isolated = np.sort(np.argsort(losses, kind="stable")[:isolated_count])
+    kept = np.setdiff1d(np.arange(n), isolated)
+    rows = torch.as_tensor(kept)
+    if clean_epochs:
+        phase({k: v[rows] for k, v in encodings.items()}, labels[kept], clean_epochs, None, config.lr, True)
+    if unlearn_epochs:
+        rows = torch.as_tensor(isolated)
+        phase({k: v[rows] for k, v in encodings.items()}, labels[isolated], unlearn_epochs, ascent_loss,
+              unlearn_lr or config.lr / 10, False)
+    clean_phase = phases[1] if clean_epochs else None
+    best = None if clean_phase is None or clean_phase.best_epoch is None else isolation_epochs + clean_phase.best_epoch
+    combined = TrainResult(
+        steps=offset,
+        losses=[x for p in phases for x in p.losses],
+        seconds=sum(p.seconds for p in phases),
+        recording_seconds=sum(p.recording_seconds for p in phases),
+        epoch_scores=[x for p in phases for x in p.epoch_scores],
+        best_epoch=best,
+    )
+    share = float(np.mean(poison[isolated])) if poison is not None else None
+    return combined, ABLResult(isolated=isolated, isolated_poison_share=share, phases=phases)

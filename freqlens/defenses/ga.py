@@ -1,0 +1,259 @@
+"""Gradient alignment (GA): train along the gradient of a clean reference set.
+
+Each optimisation step (METHOD.md section 3), per parameter tensor, the
+training gradient g is replaced by its projection on the reference gradient
+g_c, kept pointing along g_c::
+
+    g_a = |<g, g_c>| / ||g_c||^2 * g_c
+
+Pure g_a is used while the reference loss is above ``loss_threshold`` and the
+mean reference-gradient norm above ``norm_threshold``; afterwards, from epoch
+``mix_from_epoch`` on, ``(1 - mu) g_a + mu g`` with mu rising linearly to
+``mu`` at the last epoch. Alignment runs after the gradients of a step are
+complete (after all accumulation micro-batches) and before clipping.
+
+Two choices differ from the paper's code, both because its runs crashed or
+could crash (METHOD.md pitfalls):
+
+- the mean reference-gradient norm is the mean over all parameter tensors,
+  so a memorised reference set (all g_c = 0) gives 0, not a mean over nothing;
+- a tensor whose g_c is zero gets g_a = 0 (no step along an undefined direction).
+
+Use it from freqlens' loop (:func:`freqlens.training.train` takes
+``aligner=``) or in a Hugging Face ``Trainer`` through :class:`AlignedTrainerMixin`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from freqlens._checks import check_positive_int
+from freqlens.models import model_device, trim_padding
+
+BRANCHES = ("pure", "mixed")
+
+
+@dataclass(frozen=True)
+class GAConfig:
+    """Settings of gradient alignment (the paper's defaults).
+
+    Attributes:
+        loss_threshold: pure alignment while the reference loss is above this.
+        norm_threshold: ... and the mean reference-gradient norm above this.
+        mu: the weight of the raw gradient reached at the last epoch.
+        mix_from_epoch: the first epoch (0-based) that may mix.
+        pure: pure alignment throughout (the paper's LLM setting).
+        batch_size: reference examples per reference gradient (None: the
+            training batch size).
+    """
+
+    loss_threshold: float = 0.4
+    norm_threshold: float = 5e-7
+    mu: float = 0.1
+    mix_from_epoch: int = 1
+    pure: bool = False
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("loss_threshold", "norm_threshold"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value >= 0):
+                raise ValueError(f"Expected `{name}` >= 0 but got {value!r}.")
+        if not (isinstance(self.mu, (int, float)) and 0.0 <= self.mu <= 1.0):
+            raise ValueError(f"Expected `mu` in [0, 1] but got {self.mu!r}.")
+        check_positive_int(self.mix_from_epoch, "mix_from_epoch", minimum=0)
+        if self.batch_size is not None:
+            check_positive_int(self.batch_size, "batch_size")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AlignStep:
+    """What one alignment did."""
+
+    branch: str  # "pure" or "mixed"
+    cosine: float  # cosine between the whole training and reference gradients
+    reference_loss: float
+    mean_reference_norm: float
+    mu: float  # the raw gradient's weight (0 when pure)
+
+
+@dataclass
+class AlignLog:
+    """Per-step alignment records, as columns."""
+
+    steps: list[AlignStep] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list]:
+        keys = ("branch", "cosine", "reference_loss", "mean_reference_norm", "mu")
+        return {k: [getattr(s, k) for s in self.steps] for k in keys}
+
+
+def mixing_weight(config: GAConfig, epoch: int, epochs: int) -> float:
+    """mu at 0-based ``epoch`` of ``epochs``: 0 before ``mix_from_epoch``, then
+    rising linearly to ``config.mu`` at the last epoch."""
+    first = config.mix_from_epoch
+    if config.pure or epoch < first or epochs - first <= 0:
+        return 0.0
+    return config.mu * min(1.0, (epoch - first + 1) / (epochs - first))
+
+
+def align_gradients(
+    train_grads: list[torch.Tensor | None],
+    reference_grads: list[torch.Tensor | None],
+    mu: float,
+) -> list[torch.Tensor | None]:
+    """Per tensor: ``(1 - mu) |<g, g_c>| / ||g_c||^2 g_c + mu g`` (``g_a = 0`` where ``g_c = 0``).
+
+    A missing training gradient counts as zero; a missing reference gradient
+    too. Returns new tensors (the inputs are not changed).
+    """
+    out: list[torch.Tensor | None] = []
+    for g, gc in zip(train_grads, reference_grads):
+        if g is None and gc is None:
+            out.append(None)
+            continue
+        if gc is None:
+            out.append(mu * g)
+            continue
+        if g is None:
+            out.append(torch.zeros_like(gc))
+            continue
+        squared = torch.sum(gc.double() * gc.double())
+        coefficient = torch.where(squared > 0, torch.abs(torch.sum(g.double() * gc.double())) / squared,
+                                  torch.zeros_like(squared))
+        aligned = gc * coefficient.to(gc.dtype)
+        out.append(aligned if mu == 0 else (1.0 - mu) * aligned + mu * g)
+    return out
+
+
+class GradientAligner:
+    """Replaces a model's gradients by their alignment with a clean reference set.
+
+    Args:
+        model: the model being trained.
+        encodings, labels: the clean reference set (pre-tokenised).
+        config: GA settings.
+        batch_size: reference examples per step when ``config.batch_size`` is None
+            (freqlens uses the examples per optimisation step, i.e. the
+            training batch size times the accumulation steps).
+        micro_batch_size: reference rows per forward pass (default: all of
+            them at once); under gradient accumulation, the training batch size.
+        seed: seed of the order in which reference batches are cycled.
+
+    After the gradients of a step are in ``p.grad``, call :meth:`align`; it
+    runs one forward/backward pass on the next reference batch and writes the
+    aligned gradients back.
+    """
+
+    def __init__(self, model: nn.Module, encodings: Mapping[str, torch.Tensor], labels, config: GAConfig | None = None,
+                 *, batch_size: int = 32, micro_batch_size: int | None = None, seed: int = 0) -> None:
+        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        if labels.ndim != 1 or len(labels) == 0:
+            raise ValueError(f"Expected a non-empty clean reference set but got {len(labels)} labels.")
+        self.model = model
+        self.config = config or GAConfig()
+        self.encodings = dict(encodings)
+        self.labels = labels
+        self.batch_size = min(self.config.batch_size or check_positive_int(batch_size, "batch_size"), len(labels))
+        self.micro_batch_size = self.batch_size if micro_batch_size is None else check_positive_int(
+            micro_batch_size, "micro_batch_size")
+        self._generator = torch.Generator().manual_seed(seed)
+        self._order = torch.randperm(len(labels), generator=self._generator)
+        self._position = 0
+        self.log = AlignLog()
+
+    def _next_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if self._position + self.batch_size > len(self.labels):
+            self._order = torch.randperm(len(self.labels), generator=self._generator)
+            self._position = 0
+        rows = self._order[self._position : self._position + self.batch_size]
+        self._position += self.batch_size
+        return trim_padding({k: v[rows] for k, v in self.encodings.items()}), self.labels[rows]
+
+    def reference_gradients(self, parameters: list[nn.Parameter]) -> tuple[list[torch.Tensor | None], float]:
+        """Gradients of the mean reference loss on the next reference batch (p.grad untouched),
+        computed in chunks of ``micro_batch_size`` rows (the same numbers, less memory)."""
+        batch, labels = self._next_batch()
+        device = model_device(self.model)
+        total: list[torch.Tensor | None] = [None] * len(parameters)
+        loss_sum = 0.0
+        for start in range(0, len(labels), self.micro_batch_size):
+            part = {k: v[start : start + self.micro_batch_size] for k, v in batch.items()}
+            part_labels = labels[start : start + self.micro_batch_size]
+            weight = len(part_labels) / len(labels)
+            loss = self.model(**{k: v.to(device) for k, v in trim_padding(part).items()},
+                              labels=part_labels.to(device)).loss
+            grads = torch.autograd.grad(loss * weight, parameters, allow_unused=True)
+            total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, grads)]
+            loss_sum += float(loss.detach()) * weight
+        return total, loss_sum
+
+    def align(self, *, epoch: int, epochs: int, parameters: list[nn.Parameter] | None = None) -> AlignStep:
+        """Align the gradients now in ``p.grad`` (0-based ``epoch`` of ``epochs``)."""
+        if parameters is None:
+            parameters = [p for p in self.model.parameters() if p.requires_grad]
+        reference, loss = self.reference_gradients(parameters)
+        norms = [float(torch.linalg.vector_norm(g)) if g is not None else 0.0 for g in reference]
+        mean_norm = float(np.mean(norms)) if norms else 0.0
+        train_grads = [p.grad for p in parameters]
+        c = self.config
+        learning = loss > c.loss_threshold and mean_norm > c.norm_threshold
+        mu = 0.0 if learning else mixing_weight(c, epoch, epochs)
+        branch = "mixed" if mu > 0 else "pure"
+        dot = sum(float(torch.sum(g.double() * r.double())) for g, r in zip(train_grads, reference)
+                  if g is not None and r is not None)
+        train_norm = math.sqrt(sum(float(torch.sum(g.double() ** 2)) for g in train_grads if g is not None))
+        ref_norm = math.sqrt(sum(n * n for n in norms))
+        cosine = dot / (train_norm * ref_norm) if train_norm > 0 and ref_norm > 0 else 0.0
+        for p, g in zip(parameters, align_gradients(train_grads, reference, mu)):
+            p.grad = g
+        step = AlignStep(branch=branch, cosine=cosine, reference_loss=loss, mean_reference_norm=mean_norm, mu=mu)
+        self.log.steps.append(step)
+        return step
+
+
+class AlignedTrainerMixin:
+    """Gradient alignment for a Hugging Face ``Trainer`` (a callback cannot change gradients).
+
+    Mix it in before ``Trainer`` and give it an aligner::
+
+        class AlignedTrainer(AlignedTrainerMixin, Trainer):
+            pass
+
+        trainer = AlignedTrainer(model=model, args=args, train_dataset=data, aligner=aligner)
+
+    Alignment runs once per optimisation step, after gradient accumulation and
+    before clipping (it hooks the Trainer's gradient-norm step, which the
+    Trainer calls exactly there).
+    """
+
+    def __init__(self, *args, aligner: GradientAligner, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.aligner = aligner
+        self._aligned_at: int | None = None
+
+    def _align_once(self) -> None:
+        step = self.state.global_step
+        if self._aligned_at == step:
+            return
+        self._aligned_at = step
+        epoch = int(math.floor(self.state.epoch or 0.0))
+        epochs = int(math.ceil(self.args.num_train_epochs))
+        self.aligner.align(epoch=min(epoch, epochs - 1), epochs=epochs)
+
+    def _clip_grad_norm(self, model):
+        self._align_once()
+        return super()._clip_grad_norm(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        self._align_once()
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
