@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from freqlens._checks import check_choice, check_label, check_positive_int, check_positive_number
+from freqlens.defenses.registry import DEFENSES, DefenseConfig  # noqa: F401 (re-exported)
 from freqlens.recording.schedule import Schedule
 from freqlens.spectral import DISTANCES, REDUCTIONS
 from freqlens.training import TrainConfig
@@ -35,7 +36,6 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 DATA_FORMATS = ("auto", "openbackdoor", "clean", "hf")
-DEFENSES = ("vanilla",)  # an open set: defenses are added in later versions
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
@@ -92,26 +92,33 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
-class DefenseConfig:
-    """Which defense to train with."""
-
-    name: str = "vanilla"  # full fine-tuning; defenses come as further values
-
-    def __post_init__(self) -> None:
-        check_choice(self.name, "defense.name", DEFENSES)
-
-
-@dataclass(frozen=True)
 class RecordConfig:
-    """What the recorder records and when."""
+    """What the recorder records and when.
 
-    schedule: str = "log:60"  # "log:N", "every:K" or "steps:0,10,..."
-    probe_size: int = 64  # examples per probe set (clean, backdoor, control)
+    With ``probe_size = "auto"`` the probe sets are sized so that recording
+    takes about ``budget`` of the wall time, measured on the model and data at
+    hand (:func:`freqlens.recording.budget.plan_probes`); when the budget
+    allows fewer than ``min_probe_size`` examples for three sets, the control
+    set is left out (the verdicts use the clean and backdoor sets only).
+    """
+
+    schedule: str = "log:50"  # "log:N", "every:K" or "steps:0,10,..."
+    probe_size: int | str = "auto"  # examples per probe set (clean, backdoor, control), or "auto"
+    budget: float = 0.10  # with probe_size = "auto": the share of wall time recording may take
+    min_probe_size: int = 16  # with probe_size = "auto": the fewest examples per set
+    max_probe_size: int = 512  # with probe_size = "auto": the most examples per set
     batch_size: int = 32  # probe examples per forward pass (length-sorted; small is fast on CPU)
 
     def __post_init__(self) -> None:
         Schedule.parse(self.schedule)
-        check_positive_int(self.probe_size, "record.probe_size")
+        if self.probe_size != "auto" and (isinstance(self.probe_size, (bool, str)) or not isinstance(
+                self.probe_size, int) or self.probe_size < 1):
+            raise ValueError(f"Expected `record.probe_size` to be 'auto' or an integer >= 1 but got "
+                             f"{self.probe_size!r}.")
+        if not (isinstance(self.budget, (int, float)) and 0.0 < self.budget < 1.0):
+            raise ValueError(f"Expected `record.budget` in (0, 1) but got {self.budget!r}.")
+        check_positive_int(self.min_probe_size, "record.min_probe_size")
+        check_positive_int(self.max_probe_size, "record.max_probe_size", minimum=self.min_probe_size)
         check_positive_int(self.batch_size, "record.batch_size")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -20,14 +20,16 @@ import torch
 import freqlens
 from freqlens.analysis import SpectralAnalysis, analyse
 from freqlens.config import AnalysisConfig, ExperimentConfig, RecordConfig
-from freqlens.data.splits import PoisonedDataset, Split
+from freqlens.data.splits import PoisonedDataset, Split, split_reference
+from freqlens.defenses import fit_defense, prepare_model, save_defended
 from freqlens.metrics import accuracy, attack_success_rate, false_trigger_rate
 from freqlens.models import predict_proba
 from freqlens.plots import plot_error_curves, plot_heatmaps
-from freqlens.recording import ProbeSet, Recorder
+from freqlens.recording import ProbeSet, Recorder, Schedule
+from freqlens.recording.budget import plan_probes
 from freqlens.recording.storage import write_json
 from freqlens.report import write_report
-from freqlens.training import train
+from freqlens.training import steps_per_epoch, train
 
 PROBE_SPLITS = (("clean", "dev_clean"), ("backdoor", "dev_poison"), ("control", "dev_control"))
 
@@ -39,18 +41,17 @@ def encode(tokenizer, split: Split, max_length: int) -> dict[str, torch.Tensor]:
     return dict(encoded)
 
 
-def build_probe_sets(dataset: PoisonedDataset, tokenizer, *, size: int, max_length: int) -> list[ProbeSet]:
+def build_probe_sets(dataset: PoisonedDataset, tokenizer, *, size: int, max_length: int,
+                     max_sets: int | None = None) -> list[ProbeSet]:
     """The clean, backdoor and (where available) control probe sets from the dev splits.
 
     Each holds the first ``size`` examples of its split; the control set takes
     the same rows as the backdoor set, so control i is the clean counterpart of
-    backdoor example i.
+    backdoor example i. ``max_sets`` keeps only the first sets of that order.
     """
     sets = []
-    for name, attribute in PROBE_SPLITS:
+    for name, attribute in _probe_splits(dataset)[:max_sets]:
         split = getattr(dataset, attribute)
-        if split is None or len(split) == 0:
-            continue
         sets.append(
             ProbeSet.from_texts(
                 name, split.texts[:size], split.labels[:size], tokenizer,
@@ -60,9 +61,33 @@ def build_probe_sets(dataset: PoisonedDataset, tokenizer, *, size: int, max_leng
     return sets
 
 
+def _probe_splits(dataset: PoisonedDataset) -> list[tuple[str, str]]:
+    return [(name, attribute) for name, attribute in PROBE_SPLITS
+            if getattr(dataset, attribute) is not None and len(getattr(dataset, attribute))]
+
+
+def plan_probe_sets(model, dataset: PoisonedDataset, encodings, *, train_config, record: RecordConfig):
+    """The probe-set size for ``record`` (a :class:`~freqlens.recording.budget.ProbePlan`
+    when ``record.probe_size`` is ``"auto"``, else None) and the number of sets."""
+    available = len(_probe_splits(dataset))
+    if record.probe_size != "auto":
+        return record.probe_size, available, None
+    total = steps_per_epoch(len(dataset.train), train_config.batch_size,
+                            train_config.accumulation_steps) * train_config.epochs
+    plan = plan_probes(
+        model, encodings, torch.as_tensor(dataset.train.labels), budget=record.budget,
+        train_examples=len(dataset.train), epochs=train_config.epochs,
+        snapshots=len(Schedule.parse(record.schedule).steps(total)), num_sets=available,
+        optional_sets=1 if available == 3 else 0, batch_size=train_config.batch_size,
+        probe_batch_size=record.batch_size, minimum=record.min_probe_size, maximum=record.max_probe_size,
+    )
+    return plan.size, plan.num_sets, plan
+
+
 def evaluate(model, tokenizer, dataset: PoisonedDataset, *, max_length: int,
              batch_size: int = 128) -> dict[str, float]:
-    """Clean accuracy, attack success rate and false-trigger rate on the test splits.
+    """Clean accuracy, attack success rate, false-trigger rate and net backdoor effect
+    (ASR minus false-trigger rate) on the test splits.
 
     The false-trigger rate is measured on the control split (the triggered
     sentences without their trigger) where there is one, else on the
@@ -72,7 +97,7 @@ def evaluate(model, tokenizer, dataset: PoisonedDataset, *, max_length: int,
         return predict_proba(model, encode(tokenizer, split, max_length), batch_size=batch_size)
 
     clean = probabilities(dataset.test_clean)
-    metrics = {
+    metrics: dict[str, float] = {
         "cacc": accuracy(clean, dataset.test_clean.labels),
         "asr": attack_success_rate(probabilities(dataset.test_poison), dataset.target_label),
     }
@@ -83,11 +108,12 @@ def evaluate(model, tokenizer, dataset: PoisonedDataset, *, max_length: int,
     else:
         metrics["false_trigger_rate"] = false_trigger_rate(
             clean, dataset.test_clean.labels, dataset.target_label)
+    metrics["net_backdoor_effect"] = metrics["asr"] - metrics["false_trigger_rate"]
     return metrics
 
 
 def write_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
-                  metrics: Mapping[str, float], details: Mapping) -> None:
+                  metrics: Mapping[str, float], details: Mapping, warnings: Sequence[str] = ()) -> None:
     """Write the figures and ``report.html`` of a run into ``out``."""
     figures = {
         "Joint view: one kernel over clean + backdoor probes (freqlens' default)": plot_heatmaps(analysis),
@@ -97,7 +123,7 @@ def write_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
     for name, fig in zip(("heatmap.png", "heatmap_separate.png", "curves.png"), figures.values()):
         fig.savefig(out / name, dpi=130)
     write_report(out / "report.html", title=title, analysis=analysis, metrics=metrics,
-                 figures=figures, details=details)
+                 figures=figures, details=details, warnings=warnings)
     plt.close("all")
 
 
@@ -212,23 +238,33 @@ def train_and_analyse(
     progress: bool = True,
     overwrite: bool = False,
     began: float | None = None,
+    fit: Callable | None = None,
 ) -> dict:
     """Train ``model`` on ``dataset.train`` with the recorder on, evaluate, analyse, write.
 
     The loop shared by ``freqlens run`` and ``freqlens demo``. ``info`` goes
     into ``results.json`` as it is (the config as run, the dataset); ``began``
     is the ``time.perf_counter()`` the total time counts from (default: now).
+    ``fit(model, encodings, labels, config, recorder=, progress=)`` trains and
+    returns ``(TrainResult, dict)``, the dict going into ``results.json`` as
+    ``defense`` (default: plain :func:`~freqlens.training.train`).
 
     Returns:
         The contents of ``results.json``.
     """
     began = time.perf_counter() if began is None else began
-    probes = build_probe_sets(dataset, tokenizer, size=record.probe_size, max_length=max_length)
+    encodings = encode(tokenizer, dataset.train, max_length)
+    size, num_sets, plan = plan_probe_sets(model, dataset, encodings, train_config=train_config, record=record)
+    probes = build_probe_sets(dataset, tokenizer, size=size, max_length=max_length, max_sets=num_sets)
     with Recorder(out / "trajectory", probes, schedule=record.schedule, batch_size=record.batch_size,
                   overwrite=overwrite,
                   metadata={"dataset": dataset.name, "target_label": dataset.target_label}) as recorder:
-        trained = train(model, encode(tokenizer, dataset.train, max_length), dataset.train.labels,
-                        train_config, recorder=recorder, progress=progress)
+        if fit is None:
+            trained, defense = train(model, encodings, dataset.train.labels, train_config, recorder=recorder,
+                                     progress=progress), None
+        else:
+            trained, defense = fit(model, encodings, dataset.train.labels, train_config, recorder=recorder,
+                                   progress=progress)
     metrics = evaluate(model, tokenizer, dataset, max_length=max_length, batch_size=record.batch_size)
     analysis_began = time.perf_counter()
     a = analysis_config
@@ -243,18 +279,25 @@ def train_and_analyse(
         "recording_share": round(recorder.seconds / wall, 4) if wall > 0 else None,
         "analysis_seconds": round(time.perf_counter() - analysis_began, 3),
     }
+    probing = {"size": min(size, *(len(p) for p in probes)), "sets": [p.name for p in probes],
+               "plan": plan.to_dict() if plan is not None else None}
+    warnings = [plan.warning] if plan is not None and plan.warning else []
     results = {
         "freqlens_version": freqlens.__version__,
         **dict(info or {}),
         **metrics,
+        **({"defense": defense} if defense is not None else {}),
         "steps": trained.steps,
         "snapshots": int(analysis.steps.size),
         "widths": analysis.widths.tolist(),
         "analysis": analysis.to_dict(),
         "timings": timings,
+        "probes": probing,
+        "warnings": warnings,
     }
     write_outputs(out, title=title, analysis=analysis, metrics=metrics,
-                  details={"timings (s)": timings, **dict(info or {})})
+                  details={"timings (s)": timings, "probes": probing, **dict(info or {})},
+                  warnings=warnings)
     results["timings"]["total_seconds"] = round(time.perf_counter() - began, 3)
     write_json(out / "results.json", results)
     return results
@@ -274,15 +317,37 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     began = time.perf_counter()
     seed_everything(config.train.seed)
     dataset = load_dataset(config)
+    defense = config.defense
+    reference = None
+    if defense.spec.needs_reference:
+        dataset, reference = split_reference(dataset, defense.resolved_reference_size(), seed=config.train.seed)
     tokenizer, model = load_model(config)
+    prepared = prepare_model(model, defense)  # bad defense settings fail here, before training
+    model, max_length = prepared.model, config.model.max_length
+    dev = dataset.dev_clean
+
+    def dev_accuracy(m) -> float:
+        return accuracy(predict_proba(m, encode(tokenizer, dev, max_length), batch_size=config.record.batch_size),
+                        dev.labels)
+
+    def fit(m, encodings, labels, train_config, *, recorder, progress):
+        ref = None if reference is None else (encode(tokenizer, reference, max_length), reference.labels)
+        trained, done = fit_defense(m, encodings, labels, defense, train_config, reference=ref,
+                                    selector=dev_accuracy, poison=dataset.train.poison, recorder=recorder,
+                                    progress=progress)
+        return trained, {**done, "mslr_layers": prepared.mslr_layers}
+
     info = {
         "config": config.to_dict(),
         "dataset": {"name": dataset.name, "train": len(dataset.train),
                     "train_poisoned": int(dataset.train.poison.sum()), **dataset.info},
     }
-    return train_and_analyse(
+    results = train_and_analyse(
         model, tokenizer, dataset, out, train_config=config.train, record=config.record,
-        analysis_config=config.analysis, max_length=config.model.max_length,
-        title=f"freqlens run: {config.model.name} on {dataset.name}", info=info,
-        progress=progress, overwrite=overwrite, began=began,
+        analysis_config=config.analysis, max_length=max_length,
+        title=f"freqlens run: {config.model.name} on {dataset.name}, defense {defense.name}", info=info,
+        progress=progress, overwrite=overwrite, began=began, fit=fit,
     )
+    if config.defense.save_model:
+        save_defended(model, out / "model", prepared.layout)
+    return results

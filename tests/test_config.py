@@ -26,7 +26,7 @@ def test_reads_toml_and_keeps_defaults(config_file):
     assert config.model.name == "some/model" and config.model.max_length == 64
     assert config.data.max_train == 100 and config.data.max_eval is None
     assert config.train.epochs == 2 and config.train.lr == 5e-5 and config.train.batch_size == 32
-    assert config.defense.name == "vanilla" and config.record.schedule == "log:60"
+    assert config.defense.name == "vanilla" and config.record.schedule == "log:50"
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,11 @@ def test_round_trip_through_dict(config_file):
         ("[train]\nepoch = 2\n", r"Unknown config key\(s\) \['train.epoch'\]"),
         ("[trian]\nepochs = 2\n", r"Unknown config section\(s\) \['trian'\]"),
         ("train = 3\n", r"section `train` to be a table"),
-        ("[defense]\nname = 'muscle'\n", r"`defense.name` to be one of \('vanilla',\)"),
+        ("[defense]\nname = 'muscel'\n", r"`defense.name` to be one of \('vanilla', 'lora'"),
+        ("[defense]\nmslr_bands = [1, 0]\n", r"`bands` to be a non-empty list of numbers > 0"),
+        ("[defense]\nmslr_init = 'kaiming'\n", r"`defense.mslr_init` to be one of"),
+        ("[record]\nprobe_size = 'many'\n", r"`record.probe_size` to be 'auto' or an integer"),
+        ("[record]\nbudget = 1.5\n", r"`record.budget` in \(0, 1\)"),
         ("[data]\nformat = 'xml'\n", r"`data.format`"),
         ("[data]\ntarget_label = 2\n", r"`data.target_label` to be an integer in \[0, 2\)"),
         ("[model]\nmax_length = 0\n", r"`model.max_length` to be an integer >= 1"),

