@@ -47,12 +47,24 @@ COLUMNS = ("attack", "defense", "seed", "cacc", "asr", "false_trigger_rate", "ne
            "recording_share", "seconds")
 
 
+def defense_variant(text: str) -> str:
+    """``name`` or ``name@key=value,key=value`` (defense settings), checked against DEFENSES."""
+    name = text.partition("@")[0]
+    if name not in DEFENSES:
+        raise argparse.ArgumentTypeError(f"expected one of {DEFENSES}, optionally with @key=value,..., got {text!r}")
+    return text
+
+
 def run_one(attack: str, defense: str, seed: int, args) -> dict | None:
-    out = Path(args.out) / f"{attack}-{defense}-s{seed}"
+    name, _, settings = defense.partition("@")
+    out = Path(args.out) / f"{attack}-{defense.replace('@', '_').replace('=', '').replace(',', '_')}-s{seed}"
     results = out / "results.json"
+    if not results.is_file() and args.no_run:
+        return None
     if not results.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        overrides = [*BUDGETS[args.budget], f"defense.name={defense}", f"train.seed={seed}", *args.set]
+        overrides = [*BUDGETS[args.budget], f"defense.name={name}", f"train.seed={seed}", *args.set]
+        overrides += [f"defense.{item}" for item in settings.split(",") if item]
         if args.model:
             overrides.append(f"model.name={args.model}")
         if args.data:
@@ -140,7 +152,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
-    parser.add_argument("--defenses", nargs="+", default=list(DEFENSES), choices=DEFENSES)
+    parser.add_argument("--defenses", nargs="+", default=list(DEFENSES), type=defense_variant,
+                        help="defense names, each optionally with settings: muscle@reference_size=512,ga_mu=0.2")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
     parser.add_argument("--model", default="", help="model.name override (e.g. .device/minilm)")
@@ -148,6 +161,7 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-sst2-defenses"))
     parser.add_argument("--suffix", default="", help="appended to the result file names")
+    parser.add_argument("--no-run", action="store_true", help="only tabulate the runs already finished")
     args = parser.parse_args()
     command = "python benchmarks/sst2_defenses.py " + " ".join(sys.argv[1:])
     jobs = [(a, d, s) for s in args.seeds for a in args.attacks for d in args.defenses]
@@ -155,7 +169,7 @@ def main() -> int:
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         rows = list(pool.map(lambda job: run_one(*job, args), jobs))
     rows = [r for r in rows if r is not None]
-    failed = len(jobs) - len(rows)
+    failed = 0 if args.no_run else len(jobs) - len(rows)
     path = write_table(rows, args, command, time.perf_counter() - began)
     print(path.read_text())
     if failed:

@@ -100,7 +100,7 @@ class DefenseConfig:
     mslr_dropout: float = 0.0
     mslr_init: str = ""  # "paper" or "zero"; "": "paper" for muscle-paper, "zero" otherwise
     mslr_target: tuple[str, ...] = ()  # () : the family's placement; else module names (each nn.Linear)
-    reference_size: int | None = None  # None: 96 (muscle-paper, ga, ga+lora, reference-only), 256 (muscle)
+    reference_size: int | None = None  # None: 96 for muscle-paper (the paper's), 256 for the others
     ga_loss_threshold: float = 0.4
     ga_norm_threshold: float = 5e-7
     ga_mu: float = 0.1
@@ -165,7 +165,7 @@ class DefenseConfig:
     def resolved_reference_size(self) -> int:
         if self.reference_size is not None:
             return self.reference_size
-        return 256 if self.name == "muscle" else 96
+        return 96 if self.spec.paper else 256
 
     def selects_best(self) -> bool:
         if self.select == "auto":

@@ -176,8 +176,8 @@ def test_string_settings_become_tuples():
     assert DefenseConfig(lora_targets="").lora_targets == ()
 
 
-@pytest.mark.parametrize("name, size", [("muscle", 256), ("muscle-paper", 96), ("ga", 96), ("ga+lora", 96),
-                                        ("reference-only", 96)])
+@pytest.mark.parametrize("name, size", [("muscle", 256), ("muscle-paper", 96), ("ga", 256), ("ga+lora", 256),
+                                        ("reference-only", 256)])
 def test_reference_size_defaults(name, size):
     assert DefenseConfig(name=name).resolved_reference_size() == size
     assert DefenseConfig(name=name, reference_size=10).resolved_reference_size() == 10
