@@ -113,6 +113,9 @@ def align_gradients(
 ) -> list[torch.Tensor | None]:
     """Per tensor: ``(1 - mu) |<g, g_c>| / ||g_c||^2 g_c + mu g`` (``g_a = 0`` where ``g_c = 0``).
 
+    The plain statement of the rule, one tensor at a time;
+    :meth:`GradientAligner.align` computes the same without host round trips.
+
     A missing training gradient counts as zero; a missing reference gradient
     too. Returns new tensors (the inputs are not changed).
     """
@@ -179,13 +182,14 @@ class GradientAligner:
         self._position += self.batch_size
         return trim_padding({k: v[rows] for k, v in self.encodings.items()}), self.labels[rows]
 
-    def reference_gradients(self, parameters: list[nn.Parameter]) -> tuple[list[torch.Tensor | None], float]:
+    def reference_gradients(self, parameters: list[nn.Parameter]) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         """Gradients of the mean reference loss on the next reference batch (p.grad untouched),
-        computed in chunks of ``micro_batch_size`` rows (the same numbers, less memory)."""
+        computed in chunks of ``micro_batch_size`` rows (the same numbers, less memory), and
+        the loss as a 0-d tensor on the model's device (no host copy)."""
         batch, labels = self._next_batch()
         device = model_device(self.model)
         total: list[torch.Tensor | None] = [None] * len(parameters)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, len(labels), self.micro_batch_size):
             part = {k: v[start : start + self.micro_batch_size] for k, v in batch.items()}
             part_labels = labels[start : start + self.micro_batch_size]
@@ -194,29 +198,43 @@ class GradientAligner:
                               labels=part_labels.to(device)).loss
             grads = torch.autograd.grad(loss * weight, parameters, allow_unused=True)
             total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, grads)]
-            loss_sum += float(loss.detach()) * weight
+            loss_sum = loss_sum + loss.detach().double() * weight
         return total, loss_sum
 
     def align(self, *, epoch: int, epochs: int, parameters: list[nn.Parameter] | None = None) -> AlignStep:
-        """Align the gradients now in ``p.grad`` (0-based ``epoch`` of ``epochs``)."""
+        """Align the gradients now in ``p.grad`` (0-based ``epoch`` of ``epochs``).
+
+        Everything stays on the model's device; per-tensor dot products and
+        norms are accumulated in float64, and one small tensor (the loss, the
+        mean norm and the cosine's terms) crosses to the host per step, to
+        choose the branch.
+        """
         if parameters is None:
             parameters = [p for p in self.model.parameters() if p.requires_grad]
         reference, loss = self.reference_gradients(parameters)
-        norms = [float(torch.linalg.vector_norm(g)) if g is not None else 0.0 for g in reference]
-        mean_norm = float(np.mean(norms)) if norms else 0.0
         train_grads = [p.grad for p in parameters]
+        pairs = [(g, r) for g, r in zip(train_grads, reference)]
+        zero = torch.zeros((), dtype=torch.float64, device=loss.device)
+        squared = torch.stack([torch.sum(r * r, dtype=torch.float64) if r is not None else zero for _, r in pairs])
+        dots = torch.stack([torch.sum(g * r, dtype=torch.float64) if g is not None and r is not None else zero
+                            for g, r in pairs])
+        train_squared = sum((torch.sum(g * g, dtype=torch.float64) for g in train_grads if g is not None), zero)
+        summary = torch.stack([loss.double(), torch.sqrt(squared).mean() if len(pairs) else zero, dots.sum(),
+                               train_squared, squared.sum()]).tolist()
+        loss_value, mean_norm, dot, train_sq, ref_sq = summary
         c = self.config
-        learning = loss > c.loss_threshold and mean_norm > c.norm_threshold
+        learning = loss_value > c.loss_threshold and mean_norm > c.norm_threshold
         mu = 0.0 if learning else mixing_weight(c, epoch, epochs)
         branch = "mixed" if mu > 0 else "pure"
-        dot = sum(float(torch.sum(g.double() * r.double())) for g, r in zip(train_grads, reference)
-                  if g is not None and r is not None)
-        train_norm = math.sqrt(sum(float(torch.sum(g.double() ** 2)) for g in train_grads if g is not None))
-        ref_norm = math.sqrt(sum(n * n for n in norms))
-        cosine = dot / (train_norm * ref_norm) if train_norm > 0 and ref_norm > 0 else 0.0
-        for p, g in zip(parameters, align_gradients(train_grads, reference, mu)):
-            p.grad = g
-        step = AlignStep(branch=branch, cosine=cosine, reference_loss=loss, mean_reference_norm=mean_norm, mu=mu)
+        cosine = dot / math.sqrt(train_sq * ref_sq) if train_sq > 0 and ref_sq > 0 else 0.0
+        coefficients = torch.where(squared > 0, dots.abs() / torch.where(squared > 0, squared, 1.0), 0.0)
+        for p, g, r, k in zip(parameters, train_grads, reference, coefficients.unbind()):
+            if r is None:
+                p.grad = None if g is None else mu * g
+                continue
+            aligned = r * k.to(r.dtype)
+            p.grad = aligned if mu == 0 or g is None else aligned.mul_(1.0 - mu).add_(g, alpha=mu)
+        step = AlignStep(branch=branch, cosine=cosine, reference_loss=loss_value, mean_reference_norm=mean_norm, mu=mu)
         self.log.steps.append(step)
         return step
 
