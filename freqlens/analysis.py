@@ -92,6 +92,17 @@ class SpectralAnalysis:
         b = self.convergence[view][backdoor][part]
         return [_verdict(bk, ck) for bk, ck in zip(b, c)]
 
+    def band_convergence(self, view: str = "joint") -> dict[str, np.ndarray]:
+        """Per probe set, the step at which each frequency band's error converged.
+
+        Bands run from low (index 0, below the widest filter's cut-off) to high
+        (index K); convergence uses the analysis' threshold rule. NaN: never,
+        or undefined (a band with no target part).
+        """
+        check_choice(view, "view", tuple(self.curves))
+        return {name: convergence_steps(self.steps, c.bands, self.threshold, relative=self.relative)
+                for name, c in self.curves[view].items()}
+
     def summary(self) -> dict:
         """A short account of what was measured, for results.json and reports."""
         out = {}

@@ -147,3 +147,223 @@ def plot_error_curves(analysis: SpectralAnalysis, *, width_index: int | None = N
     ax.set_title(f"{view} view, width {analysis.widths[k]:.3g} (dotted: convergence step)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     return ax.figure
+
+
+ROLE_COLOURS = {"clean": "#0072B2", "backdoor": "#D55E00", "control": "#009E73"}  # Okabe-Ito
+RUN_STYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _missing_note(ax: plt.Axes, what: str) -> None:
+    ax.text(0.5, 0.5, f"undefined (NaN): {what}", transform=ax.transAxes, ha="center", va="center",
+            fontsize=8, color="#555555")
+
+
+def plot_band_spectrum(analysis: SpectralAnalysis, *, view: str = "joint", probe_set: str | None = None,
+                       ax: plt.Axes | None = None, vmin: float = 0.0, vmax: float = 1.0):
+    """The band spectrum over training: band (low to high) by step, colour = relative error.
+
+    With ``probe_set`` None, the clean and backdoor sets side by side in a new
+    figure; with a name, that set alone (into ``ax`` if given). Bands with no
+    target part (NaN) are drawn hatched grey.
+    """
+    _check_view(analysis, view)
+    sets = analysis.curves[view]
+    if probe_set is None:
+        names = [analysis.roles[r] for r in ("clean", "backdoor") if analysis.roles.get(r) in sets] or list(sets)
+        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.0), layout="constrained",
+                                 squeeze=False, sharey=True)
+        for axis, name in zip(axes[0], names):
+            plot_band_spectrum(analysis, view=view, probe_set=name, ax=axis, vmin=vmin, vmax=vmax)
+        fig.suptitle(f"Band spectrum over training ({view} view)", fontsize=11)
+        return fig
+    if probe_set not in sets:
+        raise ValueError(f"Expected `probe_set` to be one of {tuple(sets)} but got {probe_set!r}.")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 3.0), layout="constrained")
+    bands = sets[probe_set].bands  # (T, K + 1), low to high
+    data = np.ma.masked_invalid(bands.T)
+    ax.set_facecolor("#d9d9d9")
+    mesh = ax.pcolormesh(_step_edges(analysis.steps), np.arange(bands.shape[1] + 1), data, cmap=CMAP,
+                         norm=Normalize(vmin=vmin, vmax=vmax), shading="flat")
+    ax.add_patch(plt.Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, hatch="//",
+                               edgecolor="#9a9a9a", linewidth=0, zorder=0))
+    _step_axis(ax, analysis.steps)
+    ax.set_ylabel("frequency band (low → high)")
+    ax.set_title(probe_set, fontsize=10)
+    if np.all(np.isnan(bands)):
+        _missing_note(ax, f"every band of {probe_set}")
+    ax.figure.colorbar(mesh, ax=ax, label="relative error", fraction=0.05, pad=0.02)
+    return ax.figure
+
+
+def plot_convergence_spectrum(analyses, *, view: str = "joint", ax: plt.Axes | None = None):
+    """Steps to converge against frequency band, one line per probe set (and per run).
+
+    Args:
+        analyses: one :class:`SpectralAnalysis`, or a mapping label -> analysis
+            (e.g. defense -> run): each run gets its own line style, each probe
+            set its colour, so a defense that shifts what is learned first
+            shows as lines that move.
+        view: ``"joint"`` or ``"separate"``.
+        ax: axes to draw into.
+
+    Bands that never converged (or are undefined) are left out of a line and
+    listed in a note.
+    """
+    runs = {"": analyses} if isinstance(analyses, SpectralAnalysis) else dict(analyses)
+    if not runs:
+        raise ValueError("Expected at least one analysis but got none.")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.4), layout="constrained")
+    never = []
+    for i, (label, analysis) in enumerate(runs.items()):
+        if view not in analysis.curves:
+            raise ValueError(f"Expected `view` {view!r} in run {label or 0!r}, which has {tuple(analysis.curves)}.")
+        style = RUN_STYLES[i % len(RUN_STYLES)]
+        for name, steps in analysis.band_convergence(view).items():
+            bands = np.arange(steps.size)
+            finite = np.isfinite(steps)
+            name_label = f"{label}: {name}" if label else name
+            if not finite.any():
+                never.append(name_label)
+                continue
+            ax.plot(bands[finite], steps[finite], style, marker=_MARKERS[i % len(_MARKERS)], markersize=4,
+                    color=ROLE_COLOURS.get(analysis_role(analysis, name), None), label=name_label)
+            if not finite.all():
+                never.append(f"{name_label} (bands {', '.join(str(b) for b in bands[~finite])})")
+    ax.set_xlabel("frequency band (0 = lowest)")
+    ax.set_ylabel("convergence step")
+    ax.set_title(f"Convergence spectrum ({view} view): lower = learned earlier", fontsize=10)
+    if ax.lines:
+        ax.legend(fontsize=7, ncol=2)
+    if never:
+        ax.text(0.01, 0.99, "never converged / undefined: " + "; ".join(never), transform=ax.transAxes,
+                va="top", fontsize=6.5, color="#555555", wrap=True)
+    return ax.figure
+
+
+def analysis_role(analysis: SpectralAnalysis, name: str) -> str:
+    """The role of probe set ``name`` (``"clean"``, ``"backdoor"``, ...), or the name itself."""
+    return next((role for role, n in analysis.roles.items() if n == name), name)
+
+
+def plot_frequency_ratios(analysis: SpectralAnalysis, *, width_index: int | None = None, view: str = "joint",
+                          ax: plt.Axes | None = None):
+    """LFR and HFR over training: the share of each output's norm below / above the cut-off."""
+    _check_view(analysis, view)
+    k = _width_index(analysis, width_index)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.2), layout="constrained")
+    missing = []
+    for name, curves in analysis.curves[view].items():
+        for part, values, style in (("LFR", curves.lfr, "-"), ("HFR", curves.hfr, "--")):
+            series = values[:, k] if values is not None else np.full(analysis.steps.size, np.nan)
+            if np.all(np.isnan(series)):
+                missing.append(f"{name} {part}")
+                continue
+            ax.plot(analysis.steps, series, style, color=ROLE_COLOURS.get(analysis_role(analysis, name)),
+                    label=f"{name} {part}", marker="o" if analysis.steps.size == 1 else None)
+    _step_axis(ax, analysis.steps)
+    ax.set_ylabel("frequency ratio (norm of the part / norm of the output)")
+    ax.set_ylim(bottom=0.0)
+    ax.set_title(f"Low/high-frequency ratios ({view} view, width {analysis.widths[k]:.3g})", fontsize=10)
+    if ax.lines:
+        ax.legend(fontsize=7, ncol=2)
+    if missing:
+        _missing_note(ax, ", ".join(missing))
+    return ax.figure
+
+
+def plot_projection_spectrum(analysis: SpectralAnalysis, *, probe_set: str | None = None,
+                             ax: plt.Axes | None = None):
+    """The projection method: |error| by frequency (first principal direction) over training."""
+    if not analysis.projection:
+        raise ValueError("Expected an analysis with a projection spectrum but it has none.")
+    name = probe_set or analysis.roles.get("backdoor") or next(iter(analysis.projection))
+    if name not in analysis.projection:
+        raise ValueError(f"Expected `probe_set` to be one of {tuple(analysis.projection)} but got {name!r}.")
+    frequencies, errors = analysis.projection[name]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.2), layout="constrained")
+    data = np.ma.masked_invalid(np.asarray(errors).T)
+    ax.set_facecolor("#d9d9d9")
+    edges = np.concatenate([[frequencies[0] - 0.5], (frequencies[1:] + frequencies[:-1]) / 2,
+                            [frequencies[-1] + 0.5]]) if frequencies.size > 1 else np.array(
+        [frequencies[0] - 0.5, frequencies[0] + 0.5])
+    mesh = ax.pcolormesh(_step_edges(analysis.steps), edges, data, cmap=CMAP, shading="flat")
+    _step_axis(ax, analysis.steps)
+    ax.set_ylabel("frequency (projection)")
+    ax.set_title(f"Projection spectrum of the error, {name}", fontsize=10)
+    if np.all(np.isnan(np.asarray(errors))):
+        _missing_note(ax, name)
+    ax.figure.colorbar(mesh, ax=ax, label="|error|", fraction=0.05, pad=0.02)
+    return ax.figure
+
+
+DEFENSE_METRICS = (("cacc", "CACC"), ("asr", "ASR"), ("false_trigger_rate", "false-trigger rate"))
+
+
+def plot_defense_comparison(rows, *, ax=None, metrics=DEFENSE_METRICS):
+    """CACC, ASR and false-trigger rate per defense and attack; spread over seeds as error bars.
+
+    Args:
+        rows: records (dicts, or a pandas DataFrame) with ``attack``,
+            ``defense`` and the metric columns; several rows of one (attack,
+            defense) are seeds, drawn as mean ± standard deviation with the
+            seeds as dots.
+        ax: a sequence of one axes per metric (default: a new figure).
+        metrics: (column, label) pairs.
+    """
+    import seaborn as sns
+
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else [dict(r) for r in rows]
+    if not records:
+        raise ValueError("Expected at least one result row but got none.")
+    for needed in ("attack", "defense", *[m for m, _ in metrics]):
+        if needed not in records[0]:
+            raise ValueError(f"Expected result rows with a {needed!r} column but got {sorted(records[0])}.")
+    long = [{"attack": r["attack"], "defense": r["defense"], "metric": label, "value": r[m]}
+            for r in records for m, label in metrics if r.get(m) is not None]
+    if ax is None:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), layout="constrained",
+                                 sharey=True, squeeze=False)
+        axes = axes[0]
+    else:
+        axes = list(ax) if np.iterable(ax) else [ax]
+        fig = axes[0].figure
+    defenses = list(dict.fromkeys(r["defense"] for r in records))
+    attacks = list(dict.fromkeys(r["attack"] for r in records))
+    palette = dict(zip(attacks, sns.color_palette("colorblind", len(attacks))))
+    for axis, (_, label) in zip(axes, metrics):
+        data = [r for r in long if r["metric"] == label]
+        if not data:
+            _missing_note(axis, label)
+            continue
+        sns.barplot(x=[r["defense"] for r in data], y=[r["value"] for r in data], hue=[r["attack"] for r in data],
+                    order=defenses, hue_order=attacks, palette=palette, errorbar="sd", ax=axis, alpha=0.85)
+        sns.stripplot(x=[r["defense"] for r in data], y=[r["value"] for r in data],
+                      hue=[r["attack"] for r in data], order=defenses, hue_order=attacks, dodge=True,
+                      palette=palette, size=3, color="black", ax=axis, legend=False, edgecolor="black", linewidth=0.5)
+        axis.set_title(label, fontsize=10)
+        axis.set_ylim(0, 1.02)
+        axis.tick_params(axis="x", rotation=45, labelsize=8)
+        for tick in axis.get_xticklabels():
+            tick.set_horizontalalignment("right")
+        if axis is not axes[0] and axis.get_legend():
+            axis.get_legend().remove()
+    return fig
+
+
+def save_figure(fig, path) -> list:
+    """Write ``fig`` as vector PDF and PNG next to each other (``path`` without suffix or with either)."""
+    from pathlib import Path
+
+    stem = Path(path)
+    stem = stem.with_suffix("") if stem.suffix in (".pdf", ".png") else stem
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix, options in ((".pdf", {}), (".png", {"dpi": 150})):
+        fig.savefig(stem.with_suffix(suffix), **options)
+        written.append(stem.with_suffix(suffix))
+    return written

@@ -54,3 +54,117 @@ def test_bad_arguments(analysis):
         plot_heatmap(analysis, width_index=9)
     with pytest.raises(ValueError, match="`view`"):
         plot_heatmap(analysis, view="sideways")
+
+
+# ------------------------------------------------------------- spectra over training, several runs
+from freqlens.plots import (  # noqa: E402
+    plot_band_spectrum,
+    plot_convergence_spectrum,
+    plot_defense_comparison,
+    plot_frequency_ratios,
+    plot_projection_spectrum,
+    save_figure,
+)
+
+SPECTRUM_PLOTS = (plot_band_spectrum, plot_convergence_spectrum, plot_frequency_ratios, plot_projection_spectrum)
+
+
+@pytest.mark.parametrize("plot", SPECTRUM_PLOTS)
+@pytest.mark.parametrize("view", ["joint", "separate"])
+def test_spectrum_plots_render_in_both_views(analysis, plot, view, tmp_path):
+    fig = plot(analysis) if plot is plot_projection_spectrum else plot(analysis, view=view)
+    fig.savefig(tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").stat().st_size > 0
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("plot", SPECTRUM_PLOTS)
+def test_spectrum_plots_with_a_single_snapshot(plot, tmp_path):
+    single = analyse(make_trajectory(steps=np.array([0])), num_widths=3)
+    fig = plot(single)
+    fig.savefig(tmp_path / "single.png")
+    plt.close(fig)
+
+
+def test_band_spectrum_masks_undefined_bands(analysis):
+    # separate view: the all-target backdoor set has only its lowest band defined
+    fig = plot_band_spectrum(analysis, view="separate", probe_set="backdoor")
+    data = fig.axes[0].collections[0].get_array().reshape(analysis.widths.size + 1, -1)
+    assert not data.mask[0].any() and data.mask[1:].all()
+    plt.close(fig)
+
+
+def test_band_spectrum_all_nan_gets_a_note(analysis):
+    import copy
+
+    broken = copy.deepcopy(analysis)
+    broken.curves["joint"]["clean"].bands[:] = np.nan
+    fig = plot_band_spectrum(broken, probe_set="clean")
+    assert any("undefined (NaN)" in t.get_text() for t in fig.axes[0].texts)
+    plt.close(fig)
+
+
+def test_convergence_spectrum_one_line_per_set_and_run(analysis):
+    later = analyse(make_trajectory(backdoor_at=150.0), num_widths=4)
+    fig = plot_convergence_spectrum({"vanilla": analysis, "muscle": later})
+    labels = [line.get_label() for line in fig.axes[0].lines]
+    assert labels == ["vanilla: clean", "vanilla: backdoor", "muscle: clean", "muscle: backdoor"]
+    styles = {line.get_label().split(":")[0]: line.get_linestyle() for line in fig.axes[0].lines}
+    assert styles["vanilla"] != styles["muscle"]
+    backdoor = {line.get_label(): line.get_ydata() for line in fig.axes[0].lines if "backdoor" in line.get_label()}
+    assert backdoor["muscle: backdoor"][0] > backdoor["vanilla: backdoor"][0]  # learned later
+    plt.close(fig)
+
+
+def test_convergence_spectrum_notes_bands_that_never_converged(analysis):
+    fig = plot_convergence_spectrum(analysis, view="separate")  # backdoor high bands are undefined
+    notes = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "never converged / undefined" in notes and "backdoor" in notes
+    plt.close(fig)
+
+
+def test_frequency_ratios_draw_the_recorded_lfr_and_hfr(analysis):
+    fig = plot_frequency_ratios(analysis, width_index=0)
+    lines = {line.get_label(): np.asarray(line.get_ydata(), dtype=float) for line in fig.axes[0].lines}
+    np.testing.assert_allclose(lines["clean LFR"], analysis.curves["joint"]["clean"].lfr[:, 0])
+    np.testing.assert_allclose(lines["backdoor HFR"], analysis.curves["joint"]["backdoor"].hfr[:, 0])
+    assert fig.axes[0].get_ylim()[1] >= max(v.max() for v in lines.values())  # nothing clipped
+    plt.close(fig)
+
+
+def _rows(seeds=3):
+    return [{"attack": attack, "defense": defense, "seed": seed, "cacc": 0.8 + 0.01 * seed,
+             "asr": 0.9 if defense == "vanilla" else 0.1, "false_trigger_rate": 0.1}
+            for attack in ("badnets", "addsent") for defense in ("vanilla", "muscle") for seed in range(seeds)]
+
+
+def test_defense_comparison_one_panel_per_metric_with_seed_spread(tmp_path):
+    fig = plot_defense_comparison(_rows())
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["CACC", "ASR", "false-trigger rate"]
+    assert any(len(ax.lines) > 0 for ax in fig.axes[:3])  # error bars over the seeds
+    written = save_figure(fig, tmp_path / "comparison")
+    assert [p.suffix for p in written] == [".pdf", ".png"] and all(p.stat().st_size > 0 for p in written)
+    plt.close(fig)
+
+
+def test_defense_comparison_single_seed_and_missing_metric():
+    rows = [{**r, "false_trigger_rate": None} for r in _rows(seeds=1)]
+    fig = plot_defense_comparison(rows)
+    assert any("undefined (NaN)" in t.get_text() for t in fig.axes[2].texts)
+    plt.close(fig)
+
+
+def test_defense_comparison_bad_rows():
+    with pytest.raises(ValueError, match="at least one result row"):
+        plot_defense_comparison([])
+    with pytest.raises(ValueError, match="'asr' column"):
+        plot_defense_comparison([{"attack": "a", "defense": "d", "cacc": 0.5}])
+
+
+def test_spectrum_plot_bad_arguments(analysis):
+    with pytest.raises(ValueError, match="`probe_set` to be one of"):
+        plot_band_spectrum(analysis, probe_set="nope")
+    with pytest.raises(ValueError, match="`view` to be one of"):
+        plot_frequency_ratios(analysis, view="nope")
+    with pytest.raises(ValueError, match="at least one analysis"):
+        plot_convergence_spectrum({})
