@@ -33,6 +33,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from freqlens.compare import load_runs, write_comparison
+
+    runs, problems = load_runs(args.runs)
+    for problem in problems:
+        print(f"freqlens: left out {problem}", file=sys.stderr)
+    paths = write_comparison(runs, args.out, problems=problems, view=args.view)
+    print(f"compared {len(runs)} run(s) in {len({r.group for r in runs})} group(s); wrote "
+          f"{paths['html']}, {paths['markdown'].name}, {paths['csv'].name} and figures/")
+    return 0
+
+
 def _print_summary(results: dict, out: str) -> None:
     def number(key: str) -> str:
         value = results.get(key)
@@ -56,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fourier analysis of backdoor learning dynamics.",
     )
     parser.add_argument("--version", action="version", version=f"freqlens {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
@@ -87,6 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace a trajectory already in --out")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
+    report = commands.add_parser(
+        "report",
+        help="compare finished runs (defenses, attacks) in one HTML + Markdown report and a CSV table",
+        description="Read the run directories written by `freqlens run` or `freqlens demo`, re-analyse "
+        "their recordings, group them by dataset and attack, and write report.html (self-contained, "
+        "opens offline), report.md, runs.csv and figures/ (PDF and PNG) into --out. Each defense is "
+        "compared with the undefended (vanilla) run of its group. A directory that cannot be used is "
+        "named with the reason, and the report covers the rest.",
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with results.json)")
+    report.add_argument("--out", required=True, help="output directory")
+    report.add_argument("--view", choices=("joint", "separate"), default="joint",
+                        help="which view the convergence tables use (default joint)")
+    report.set_defaults(handler=_report)
     return parser
 
 
@@ -94,8 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"freqlens: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("freqlens: interrupted (what was recorded so far is on disk)", file=sys.stderr)
+        return 130
+    except Exception as error:  # one clear line; --debug shows the traceback
+        if args.debug:
+            raise
+        kind = "" if isinstance(error, (ValueError, FileExistsError, FileNotFoundError)) else f"{type(error).__name__}: "
+        print(f"freqlens: error: {kind}{error} (rerun with --debug for the traceback)", file=sys.stderr)
         return 2
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from freqlens.analysis import SpectralAnalysis
 
-_STYLE = """
+STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}
@@ -132,7 +132,7 @@ def write_report(
         parts.append(_table(["setting", "value"], [[k, v] for k, v in details.items()]))
     page = (
         f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         + "\n".join(parts)
         + "</body></html>"
     )
