@@ -16,6 +16,7 @@ mapping's low-frequency error converge before the clean mapping's?
 
 from __future__ import annotations
 
+import html
 import warnings
 from dataclasses import dataclass, field
 
@@ -102,6 +103,42 @@ class SpectralAnalysis:
         check_choice(view, "view", tuple(self.curves))
         return {name: convergence_steps(self.steps, c.bands, self.threshold, relative=self.relative)
                 for name, c in self.curves[view].items()}
+
+    PLOTS = ("heatmaps", "curves", "bands", "convergence", "ratios", "projection")
+
+    def plot(self, kind: str = "heatmaps", **kwargs):
+        """Draw this analysis (inline in a notebook); returns the figure.
+
+        ``kind``: ``"heatmaps"`` (the paper's), ``"curves"`` (relative errors,
+        convergence marked), ``"bands"`` (band spectrum over training),
+        ``"convergence"`` (steps to converge per band), ``"ratios"`` (LFR/HFR)
+        or ``"projection"``; ``kwargs`` go to the function of
+        :mod:`freqlens.plots` that draws it.
+        """
+        from freqlens import plots
+
+        check_choice(kind, "kind", self.PLOTS)
+        draw = {"heatmaps": plots.plot_heatmaps, "curves": plots.plot_error_curves,
+                "bands": plots.plot_band_spectrum, "convergence": plots.plot_convergence_spectrum,
+                "ratios": plots.plot_frequency_ratios, "projection": plots.plot_projection_spectrum}[kind]
+        return draw(self, **kwargs)
+
+    def _repr_html_(self) -> str:
+        """A notebook summary: snapshots, widths, verdicts and convergence steps per view."""
+        from freqlens.report import _convergence_table
+
+        views = "".join(f"<li><b>{v} view:</b> {html.escape(info['statement'])}</li>"
+                        for v, info in self.summary().items())
+        tables = "".join(f"<details><summary>convergence steps, {v} view</summary>{_convergence_table(self, v)}"
+                         f"</details>" for v in self.convergence)
+        return (f"<div><b>SpectralAnalysis</b>: {self.steps.size} snapshots (steps {int(self.steps[0])}"
+                f"&ndash;{int(self.steps[-1])}), {self.widths.size} widths ({self.widths[0]:.3g}&ndash;"
+                f"{self.widths[-1]:.3g}), probe sets {', '.join(html.escape(n) for n in self.curves['separate'])}"
+                f"<ul>{views}</ul>{tables}<small>.plot(kind) draws one of {', '.join(self.PLOTS)}</small></div>")
+
+    def __repr__(self) -> str:
+        return (f"SpectralAnalysis(snapshots={self.steps.size}, widths={self.widths.size}, "
+                f"probe_sets={list(self.curves['separate'])}, views={list(self.curves)})")
 
     def summary(self) -> dict:
         """A short account of what was measured, for results.json and reports."""

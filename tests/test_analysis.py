@@ -84,3 +84,19 @@ def test_bad_arguments():
         analyse(make_trajectory(), distance="l1")
     with pytest.raises(ValueError, match="`reduction`"):
         analyse(make_trajectory(), reduction="max")
+
+
+def test_analysis_and_trajectory_show_themselves_in_a_notebook():
+    import matplotlib.pyplot as plt
+
+    trajectory = make_trajectory()
+    analysis = analyse(trajectory, num_widths=3)
+    assert "steps=14" in repr(trajectory) and "clean: 30" in repr(trajectory)
+    assert "<table>" in trajectory._repr_html_()
+    page = analysis._repr_html_()
+    assert "joint view:" in page and "convergence steps, separate view" in page
+    assert repr(analysis).startswith("SpectralAnalysis(snapshots=14, widths=3")
+    for kind in analysis.PLOTS:
+        plt.close(analysis.plot(kind))
+    with pytest.raises(ValueError, match="`kind` to be one of"):
+        analysis.plot("pie")

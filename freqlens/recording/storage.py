@@ -199,6 +199,14 @@ class Trajectory:
         """Probe-set names, in recording order."""
         return list(self.inputs)
 
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td>{n}</td><td>{self.meta.get('probe_sets', {}).get(n, {}).get('role', '')}</td>"
+                       f"<td>{len(self.labels[n])}</td><td>{self.inputs[n].shape[1]}</td></tr>" for n in self.names)
+        return (f"<div><b>Trajectory</b>: {self.steps.size} snapshots, status "
+                f"{self.meta.get('status', 'unknown')}<table><tr><th>probe set</th><th>role</th><th>examples</th>"
+                f"<th>input dim</th></tr>{rows}</table><small>freqlens.analyse(trajectory) computes its spectra"
+                f"</small></div>")
+
     @property
     def complete(self) -> bool:
         """Whether the recording was closed normally (False after a crash or kill)."""
