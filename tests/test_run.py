@@ -41,6 +41,22 @@ def _config(tmp_path: Path, body: str) -> Path:
     return path
 
 
+def _tiny_experiment(tmp_path: Path, sections: str) -> Path:
+    """A config over a tiny BERT and generated clean CSVs poisoned with AddSent, plus ``sections``."""
+    model = _save_tiny_bert(tmp_path / "model", make_tokenizer())
+    data = _write_clean_csvs(tmp_path / "data")
+    return _config(tmp_path, f"""
+[model]
+name = "{model}"
+max_length = 32
+[data]
+path = "{data}"
+[attack]
+name = "addsent"
+{sections}
+""")
+
+
 def _check_results(out: Path) -> dict:
     results = json.loads((out / "results.json").read_text())
     for key in ("cacc", "asr", "false_trigger_rate", "config", "analysis", "timings", "snapshots"):
@@ -146,16 +162,7 @@ def test_model_names_inside_a_package_resolve():
 
 @pytest.mark.slow
 def test_auto_probe_size_follows_the_budget(tmp_path):
-    model = _save_tiny_bert(tmp_path / "model", make_tokenizer())
-    data = _write_clean_csvs(tmp_path / "data")
-    config = _config(tmp_path, f"""
-[model]
-name = "{model}"
-max_length = 32
-[data]
-path = "{data}"
-[attack]
-name = "addsent"
+    config = _tiny_experiment(tmp_path, """
 [train]
 epochs = 1
 batch_size = 16
@@ -182,16 +189,7 @@ num_widths = 3
 def test_run_with_a_defense_records_what_it_did_and_saves_the_model(tmp_path):
     from freqlens.defenses import load_defended
 
-    model = _save_tiny_bert(tmp_path / "model", make_tokenizer())
-    data = _write_clean_csvs(tmp_path / "data")
-    config = _config(tmp_path, f"""
-[model]
-name = "{model}"
-max_length = 32
-[data]
-path = "{data}"
-[attack]
-name = "addsent"
+    config = _tiny_experiment(tmp_path, """
 [defense]
 name = "muscle"
 reference_size = 16
@@ -215,7 +213,7 @@ num_widths = 3
     assert len(defense["epoch_dev_accuracy"]) == 2 and defense["best_epoch"] in (1, 2)
     assert results["dataset"]["reference"]["size"] == 16
     assert results["net_backdoor_effect"] == pytest.approx(results["asr"] - results["false_trigger_rate"])
-    restored = load_defended(BertForSequenceClassification.from_pretrained(model), out / "model")
+    restored = load_defended(BertForSequenceClassification.from_pretrained(tmp_path / "model"), out / "model")
     assert sum(p.numel() for n, p in restored.named_parameters() if "mslr_" in n) > 0
 
 
@@ -227,15 +225,7 @@ num_widths = 3
     ],
 )
 def test_a_bad_defense_setting_fails_before_training(tmp_path, capsys, setting, match):
-    model = _save_tiny_bert(tmp_path / "model", make_tokenizer())
-    data = _write_clean_csvs(tmp_path / "data")
-    config = _config(tmp_path, f"""
-[model]
-name = "{model}"
-[data]
-path = "{data}"
-[attack]
-name = "addsent"
+    config = _tiny_experiment(tmp_path, f"""
 [defense]
 name = "muscle"
 {setting}
