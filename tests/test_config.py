@@ -58,7 +58,7 @@ def test_round_trip_through_dict(config_file):
         ("[trian]\nepochs = 2\n", r"Unknown config section\(s\) \['trian'\]"),
         ("train = 3\n", r"section `train` to be a table"),
         ("[defense]\nname = 'muscel'\n", r"`defense.name` to be one of \('vanilla', 'lora'"),
-        ("[defense]\nmslr_bands = [1, 0]\n", r"`bands` to be a non-empty list of numbers > 0"),
+        ("[defense]\nmslr_bands = [1, 0]\n", r"`defense.mslr_bands` to be a non-empty list of numbers > 0"),
         ("[defense]\nmslr_init = 'kaiming'\n", r"`defense.mslr_init` to be one of"),
         ("[record]\nprobe_size = 'many'\n", r"`record.probe_size` to be 'auto' or an integer"),
         ("[record]\nbudget = 1.5\n", r"`record.budget` in \(0, 1\)"),
