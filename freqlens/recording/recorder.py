@@ -38,7 +38,7 @@ class Recorder:
     Args:
         directory: where the trajectory is written.
         probes: the probe sets (``ProbeSet`` objects, or a mapping name -> set).
-        schedule: when to record (default: 60 log-spaced snapshots).
+        schedule: when to record (default: 50 log-spaced snapshots).
         batch_size: probe examples per forward pass.
         embedding_layer: the module whose output gives the kernel inputs
             (default: the model's embedding layer, read where
@@ -57,7 +57,7 @@ class Recorder:
         directory: str | os.PathLike,
         probes: Sequence[ProbeSet] | Mapping[str, ProbeSet],
         *,
-        schedule: Schedule | str = "log:60",
+        schedule: Schedule | str = "log:50",
         batch_size: int = 128,
         embedding_layer: nn.Module | None = None,
         overwrite: bool = False,

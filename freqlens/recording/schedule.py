@@ -36,7 +36,7 @@ class Schedule:
     """
 
     kind: str
-    value: int | tuple[int, ...] = field(default=60)
+    value: int | tuple[int, ...] = field(default=50)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -57,7 +57,7 @@ class Schedule:
         return cls("every", interval)
 
     @classmethod
-    def log(cls, num: int = 60) -> Schedule:
+    def log(cls, num: int = 50) -> Schedule:
         """Record about ``num`` snapshots, log-spaced over the run (needs the run length)."""
         return cls("log", num)
 

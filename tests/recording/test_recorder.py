@@ -186,7 +186,7 @@ def test_closed_recorder_refuses_work(bert, probes, directory):
 
 
 def test_a_failed_start_can_be_retried(bert, probes, directory):
-    recorder = Recorder(directory, probes)  # log:60 needs the run length
+    recorder = Recorder(directory, probes)  # log:50 needs the run length
     with pytest.raises(ValueError, match="`total_steps`"):
         recorder.start(bert)
     recorder.start(bert, total_steps=10)

@@ -47,8 +47,8 @@ def test_parse_matches_builders(text, built):
 
 
 def test_default_log_schedule_has_60_snapshots():
-    assert Schedule.log() == Schedule.log(60)
-    assert len(Schedule.log().steps(10_000)) == 61
+    assert Schedule.log() == Schedule.log(50)
+    assert len(Schedule.log().steps(10_000)) == 51
 
 
 DUE_CASES = [
