@@ -65,7 +65,14 @@ def _print_summary(results: dict, out: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freqlens",
-        description="Fourier analysis of backdoor learning dynamics.",
+        description="Fourier analysis of backdoor learning dynamics: record a model's outputs on "
+        "clean and triggered probe sets while it trains, measure how fast each frequency band of the "
+        "clean and the backdoor mapping converges, and compare defenses.",
+        epilog="examples:\n"
+        "  freqlens demo --out runs/demo\n"
+        "  freqlens run analysis/sst2-addsent.toml --out runs/addsent --set defense.name=muscle\n"
+        "  freqlens report runs/demo runs/addsent --out runs/report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"freqlens {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
