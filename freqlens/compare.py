@@ -25,6 +25,7 @@ import numpy as np
 
 from freqlens.analysis import SpectralAnalysis, analyse
 from freqlens.recording.storage import load_trajectory
+from freqlens.report import STYLE, _table, figure_to_data_uri
 
 UNDEFENDED = "vanilla"
 METRICS = ("cacc", "asr", "false_trigger_rate", "net_backdoor_effect")
@@ -189,7 +190,6 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
         The paths written, by kind.
     """
     from freqlens import plots
-    from freqlens.report import STYLE, figure_to_data_uri
 
     if not runs:
         raise ValueError("Expected at least one run that can be compared but got none"
@@ -294,9 +294,7 @@ def _format(value) -> str:
 
 
 def _html_table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return _table(header, rows, cell=lambda v: html.escape(_format(v)))
 
 
 def _md_table(header: list[str], rows: list[list]) -> list[str]:

@@ -325,10 +325,10 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     prepared = prepare_model(model, defense)  # bad defense settings fail here, before training
     model, max_length = prepared.model, config.model.max_length
     dev = dataset.dev_clean
+    dev_encodings = encode(tokenizer, dev, max_length) if defense.selects_best() else None
 
     def dev_accuracy(m) -> float:
-        return accuracy(predict_proba(m, encode(tokenizer, dev, max_length), batch_size=config.record.batch_size),
-                        dev.labels)
+        return accuracy(predict_proba(m, dev_encodings, batch_size=config.record.batch_size), dev.labels)
 
     def fit(m, encodings, labels, train_config, *, recorder, progress):
         ref = None if reference is None else (encode(tokenizer, reference, max_length), reference.labels)

@@ -169,7 +169,8 @@ def load_defended(base_model: nn.Module, directory: str | Path) -> nn.Module:
     weights = directory / WEIGHTS_FILE
     if weights.is_file():
         state = load_file(str(weights))
-        missing = [k for k in state if k not in dict(model.state_dict())]
+        known = model.state_dict()
+        missing = [k for k in state if k not in known]
         if missing:
             raise ValueError(f"Saved freqlens weights {missing[:3]} do not fit {type(model).__name__}.")
         model.load_state_dict(state, strict=False)

@@ -80,7 +80,7 @@ class Recorder:
         self._metadata = dict(metadata or {})
         self._model: nn.Module | None = None
         self._due: set[int] | None = None
-        self._joint: dict | None = None
+        self._joint, self._bounds = _joint_encodings(sets)
         self._total: int | None = None
         self.seconds = 0.0
         self.recorded_steps: list[int] = []
@@ -168,18 +168,13 @@ class Recorder:
         self.seconds += time.perf_counter() - began
 
     def _predict(self) -> dict:
-        """Outputs per probe set, from one length-sorted pass over all sets where their
-        encodings share columns and width (fewer, fuller batches), else set by set."""
-        encodings = [probe.encodings for probe in self.probes.values()]
-        keys, widths = {tuple(e) for e in encodings}, {tuple(v.shape[1] for v in e.values()) for e in encodings}
-        if len(encodings) == 1 or len(keys) != 1 or len(widths) != 1:
+        """Outputs per probe set: one length-sorted pass over all sets when they can be
+        joined (fewer, fuller batches), else set by set."""
+        if self._joint is None:
             return {name: predict_proba(self._model, probe.encodings, batch_size=self.batch_size)
                     for name, probe in self.probes.items()}
-        if self._joint is None:
-            self._joint = {k: torch.cat([e[k] for e in encodings]) for k in encodings[0]}
         joint = predict_proba(self._model, self._joint, batch_size=self.batch_size)
-        bounds = np.cumsum([0] + [len(p) for p in self.probes.values()])
-        return {name: joint[a:b] for name, a, b in zip(self.probes, bounds[:-1], bounds[1:])}
+        return {name: joint[a:b] for name, a, b in zip(self.probes, self._bounds[:-1], self._bounds[1:])}
 
     def close(self, status: str = "complete") -> None:
         """Mark the trajectory finished; idempotent."""
@@ -204,3 +199,14 @@ class Recorder:
         from freqlens.recording.callback import RecorderCallback
 
         return RecorderCallback(self)
+
+
+def _joint_encodings(sets: Sequence[ProbeSet]) -> tuple[dict | None, np.ndarray | None]:
+    """All probe sets' encodings as one batch and each set's row bounds, when they share
+    columns and width; (None, None) for a single set or sets that cannot be joined."""
+    encodings = [probe.encodings for probe in sets]
+    keys, widths = {tuple(e) for e in encodings}, {tuple(v.shape[1] for v in e.values()) for e in encodings}
+    if len(encodings) == 1 or len(keys) != 1 or len(widths) != 1:
+        return None, None
+    joint = {k: torch.cat([e[k] for e in encodings]) for k in encodings[0]}
+    return joint, np.cumsum([0] + [len(p) for p in sets])
