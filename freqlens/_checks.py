@@ -51,8 +51,11 @@ def check_finite(array: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def as_matrix(values: ArrayLike, name: str) -> np.ndarray:
-    """Return ``values`` as a finite float64 matrix of shape (N, D) with N >= 1."""
+def as_matrix(values: ArrayLike, name: str, *, keep_float32: bool = False) -> np.ndarray:
+    """Return ``values`` as a finite float64 matrix of shape (N, D) with N >= 1.
+
+    With ``keep_float32``, float32 values stay float32 (no copy for large inputs).
+    """
     array = to_numpy(values, name)
     if array.ndim != 2:
         raise ValueError(
@@ -63,7 +66,8 @@ def as_matrix(values: ArrayLike, name: str) -> np.ndarray:
             f"Expected `{name}` to be a non-empty (N, D) array but got shape {array.shape}: "
             "the probe set is empty."
         )
-    return np.ascontiguousarray(check_finite(array, name), dtype=np.float64)
+    dtype = np.float32 if keep_float32 and array.dtype == np.float32 else np.float64
+    return np.ascontiguousarray(check_finite(array, name), dtype=dtype)
 
 
 def as_widths(widths: ArrayLike, name: str = "widths") -> np.ndarray:

@@ -45,9 +45,17 @@ REDUCTIONS = ("mean", "frobenius")
 #: is treated as zero: its relative error is undefined (NaN).
 ZERO_PART_RTOL = 1e-6
 
-#: Kernels are cached when all K of them fit in this many bytes; else they are
-#: rebuilt in row chunks at every call (memory O(N x chunk)).
-KERNEL_CACHE_BYTES = 256 * 2**20
+#: The kernel is built in blocks of rows of about this many bytes (float32):
+#: memory O(N x chunk), never a whole N x N kernel, let alone K of them.
+CHUNK_BYTES = 64 * 2**20
+
+#: The (N, N) distances are kept between calls when they take at most
+#: this many bytes (N <= 8192); above, each call recomputes them chunk by chunk.
+DISTANCE_CACHE_BYTES = 256 * 2**20
+
+#: The Gram products of the distances run in float32 when the change this
+#: causes in a kernel row (L1, measured on sampled rows) is below this; else float64.
+GRAM_FLOAT32_TOLERANCE = 1e-6
 
 
 class DegenerateTargetWarning(RuntimeWarning):
@@ -56,19 +64,42 @@ class DegenerateTargetWarning(RuntimeWarning):
 
 @dataclass
 class _Problem:
-    """Outputs and targets of one measurement, laid out for the kernel products."""
+    """Outputs and targets of one measurement, laid out for the kernel products.
 
-    signal: torch.Tensor  # (N, T*C + C [+ T*C]): errors h - y per snapshot, targets y [, outputs h]
-    rows: np.ndarray | None  # rows the errors are reduced over (None: all)
+    ``signal`` has three groups of columns, snapshot-major: the errors h - y
+    (T * C), the targets y (C) and, when measured too, the outputs h (T * C).
+    """
+
+    signal: torch.Tensor  # (N, M) float64
+    rows: torch.Tensor | None  # rows the errors are reduced over (None: all)
     classes: int
     reduction: str
     scale: float  # size of the whole target over the rows, for the zero test
     constant: bool  # the targets are the same for every row
     single: bool  # the outputs were one snapshot (N, C)
-    end: int  # columns of errors and targets; outputs follow when measured too
+    errors: int  # columns of errors; the targets follow
+    end: int  # columns of errors and targets; outputs follow
 
-    def own(self) -> torch.Tensor:
-        return self.signal if self.rows is None else self.signal[torch.as_tensor(self.rows)]
+
+class _Sums:
+    """Sizes of column groups (mean row norm or Frobenius norm), summed over row chunks."""
+
+    def __init__(self, classes: int, reduction: str, rows: int) -> None:
+        self.classes, self.reduction, self.rows = classes, reduction, rows
+        self.sums: dict = {}
+
+    def add(self, key, values: torch.Tensor) -> None:
+        blocks = values.reshape(values.shape[0], -1, self.classes)
+        if self.reduction == "mean":
+            part = torch.linalg.vector_norm(blocks, dim=2).sum(dim=0)
+        else:
+            part = blocks.square().sum(dim=(0, 2))
+        previous = self.sums.get(key)
+        self.sums[key] = part if previous is None else previous + part
+
+    def size(self, key) -> np.ndarray:
+        total = self.sums[key]
+        return (total / self.rows if self.reduction == "mean" else total.sqrt()).cpu().numpy()
 
 
 def pairwise_distances(inputs: ArrayLike, *, distance: str = "euclidean") -> np.ndarray:
@@ -92,7 +123,7 @@ def pairwise_distances(inputs: ArrayLike, *, distance: str = "euclidean") -> np.
 
 
 def _distances(x: torch.Tensor, distance: str, rows: np.ndarray | None = None) -> torch.Tensor:
-    """Distances from every row (or from ``rows`` only) to every row of ``x``."""
+    """Distances from every row (or from ``rows`` only) to every row of ``x``, in x's dtype."""
     # Centre first: distances are translation invariant, and the Gram trick
     # |a|^2 + |b|^2 - 2ab loses fewer digits on centred data.
     x = x - x.mean(dim=0, keepdim=True)
@@ -114,18 +145,39 @@ class FilterBank:
     Built once from the probe inputs; then splits any signal into low and high
     parts, measures relative errors of outputs against targets per width (the
     low/high split), per frequency band, and the low/high frequency ratios.
-    Outputs may be one snapshot (N, C) or a stack of snapshots (T, N, C): all
-    snapshots are filtered together, as one matrix product per width.
+    Outputs may be one snapshot (N, C) or a stack of snapshots (T, N, C).
+
+    How it computes (the same numbers as the dense method, a kernel per width
+    and a product per snapshot, to ~1e-6 relative; see ``benchmarks/``):
+
+    - the kernel is never held: it is built in blocks of rows (about
+      ``CHUNK_BYTES``), so memory is O(N x chunk), not O(K N^2);
+    - all T snapshots of all C classes, the targets and a column of ones
+      (the row sums that normalise the kernel) form one (N, T C + C + 1)
+      matrix, so each width costs one exponential of the block and one
+      matrix product;
+    - distances come from the Gram trick on centred inputs, in float32 when
+      the change this makes to kernel rows, measured on sampled rows, is
+      below ``GRAM_FLOAT32_TOLERANCE``, and in float64 otherwise (tight
+      clusters far apart; see :attr:`gram_dtype`); exponentials and products run in
+      float32 (``dtype``); the low parts and every reduction in float64.
 
     Args:
         inputs: probe inputs, shape (N, D); for a language model the flattened
-            embedding-layer outputs at the start of training.
+            embedding-layer outputs at the start of training. float32 inputs
+            are used as they are (no float64 copy).
         widths: filter widths delta, all > 0, in any order.
         distance: ``"euclidean"`` (default, MuScleLoRA) or ``"squared"``
             (Frequency Principle).
         device: torch device for the computation (default CPU).
-        chunk_size: rows of the kernel built at a time when the kernels are
-            too large to cache.
+        chunk_size: rows of the kernel built at a time (default: as many as
+            fit in ``CHUNK_BYTES``).
+        dtype: ``"float32"`` (default) for the exponentials and products, or
+            ``"float64"`` for everything (about twice the time; the same
+            numbers as the dense float64 method to rounding).
+
+    Attributes:
+        gram_dtype: the dtype of the distance products (float32 or float64).
 
     Example:
         >>> bank = FilterBank([[0.0], [1.0], [2.0], [3.0]], widths=[0.5, 2.0])
@@ -141,23 +193,78 @@ class FilterBank:
         *,
         distance: str = "euclidean",
         device: str | torch.device | None = None,
-        chunk_size: int = 1024,
+        chunk_size: int | None = None,
+        dtype: str | torch.dtype = "float32",
     ) -> None:
-        x = as_matrix(inputs, "inputs")
+        x = as_matrix(inputs, "inputs", keep_float32=True)
+        names = {"float32": torch.float32, "float64": torch.float64}
+        self.dtype = names.get(dtype, dtype)
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"Expected `dtype` to be 'float32' or 'float64' but got {dtype!r}.")
         self.widths = as_widths(widths)
         self.distance = check_choice(distance, "distance", DISTANCES)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.chunk_size = check_positive_int(chunk_size, "chunk_size")
-        self._dist = _distances(torch.from_numpy(x).to(self.device), self.distance)
-        self._kernels: torch.Tensor | None = None
-        n, k = x.shape[0], self.widths.size
-        if k * n * n * 8 <= KERNEL_CACHE_BYTES:
-            self._kernels = torch.stack([self._kernel_rows(w, slice(None)) for w in self.widths])
+        n = x.shape[0]
+        if chunk_size is None:
+            chunk_size = max(1, CHUNK_BYTES // (self.dtype.itemsize * n))
+        self.chunk_size = min(check_positive_int(chunk_size, "chunk_size"), n)
+        mean = x.mean(axis=0, dtype=np.float64)
+        self.gram_dtype = self.dtype
+        self._x, self._norms = self._centre(x, mean)
+        self._dist: torch.Tensor | None = None
+        if self.dtype == torch.float32 and self._gram_error(x, mean) > GRAM_FLOAT32_TOLERANCE:
+            self.gram_dtype = torch.float64
+            self._x, self._norms = self._centre(x, mean)
+        if n * n * self.dtype.itemsize <= DISTANCE_CACHE_BYTES:
+            self._dist = torch.cat([self._distance_block(torch.arange(a, min(a + self.chunk_size, n)))
+                                    for a in range(0, n, self.chunk_size)])
+
+    def _centre(self, x: np.ndarray, mean: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs minus their mean in ``gram_dtype``, and their squared norms.
+
+        Centred in the inputs' own precision before any rounding to float32
+        (a float32 offset of 100 would lose a spread of 0.01 to rounding);
+        distances are translation invariant, and the Gram trick
+        |a|^2 + |b|^2 - 2ab loses fewer digits on centred data.
+        """
+        centred = torch.empty(x.shape, dtype=self.gram_dtype, device=self.device)
+        norms = torch.empty(x.shape[0], dtype=torch.float64, device=self.device)
+        for a in range(0, x.shape[0], self.chunk_size):
+            block = torch.from_numpy(x[a : a + self.chunk_size]).to(self.device, torch.float64)
+            block -= torch.from_numpy(mean).to(self.device)
+            centred[a : a + self.chunk_size] = block
+            norms[a : a + self.chunk_size] = block.square().sum(dim=1)
+        return centred, norms.to(self.gram_dtype)
+
+    def _gram_error(self, x: np.ndarray, mean: np.ndarray, sample: int = 64) -> float:
+        """How far float32 Gram products move the kernel, measured on sampled rows.
+
+        For up to ``sample`` rows, the largest L1 change of a kernel row (at
+        every width) between float32 and float64 distances. A low part moves
+        by at most this times the signal's largest value. Small on spread-out
+        data (~1e-7 on sentence-embedding-like inputs); large for tight
+        clusters far apart, whose small distances float32 cannot resolve.
+        """
+        n = x.shape[0]
+        rows = torch.as_tensor(np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64)))
+        single = self._distance_block(rows).double().cpu()
+        centred = torch.from_numpy(x[rows.numpy()]).double() - torch.from_numpy(mean)
+        exact = torch.empty_like(single)
+        for a in range(0, n, self.chunk_size):
+            block = torch.from_numpy(x[a : a + self.chunk_size]).double() - torch.from_numpy(mean)
+            exact[:, a : a + block.shape[0]] = torch.cdist(centred, block)
+        if self.distance == "squared":
+            exact.square_()
+        worst = 0.0
+        for width in self.widths:
+            change = torch.softmax(single / (-2.0 * width), 1) - torch.softmax(exact / (-2.0 * width), 1)
+            worst = max(worst, float(change.abs().sum(dim=1).max()))
+        return worst
 
     @property
     def n(self) -> int:
         """Number of probe inputs N."""
-        return int(self._dist.shape[0])
+        return int(self._x.shape[0])
 
     def __repr__(self) -> str:
         return (
@@ -166,34 +273,54 @@ class FilterBank:
         )
 
     # ----------------------------------------------------------------- kernels
-    def _kernel_rows(self, width: float, rows: slice) -> torch.Tensor:
-        logits = self._dist[rows] / (-2.0 * width)
-        # Each row's maximum is its own diagonal (distance 0), so the softmax
-        # is the row-normalised Gaussian without overflow or a zero row sum.
-        return torch.softmax(logits, dim=1)
+    def _distance_block(self, rows: torch.Tensor) -> torch.Tensor:
+        """Distances (in ``dtype``) from ``rows`` (a 1-D index tensor) to every input, shape (c, N)."""
+        if self._dist is not None:
+            return self._dist[rows]
+        rows = rows.to(self.device)
+        x, norms = self._x, self._norms
+        block = torch.addmm(norms[None, :], x[rows], x.T, alpha=-2.0).add_(norms[rows, None]).clamp_(min=0.0)
+        block[torch.arange(rows.numel(), device=self.device), rows] = 0.0
+        if self.distance == "euclidean":
+            block.sqrt_()
+        return block.to(self.dtype)
 
-    def _low(self, index: int, values: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
-        """G_width[rows] @ values for the width at ``index``; values is (N, M)."""
-        if self._kernels is not None:
-            kernel = self._kernels[index]
-            return kernel @ values if rows is None else kernel[torch.as_tensor(rows)] @ values
-        row_ids = np.arange(self.n) if rows is None else rows
-        parts = []
-        for start in range(0, row_ids.size, self.chunk_size):
-            chunk = row_ids[start : start + self.chunk_size]
-            block = self._kernel_rows(self.widths[index], torch.as_tensor(chunk, device=self.device))
-            parts.append(block @ values)
-        return torch.cat(parts)
+    def _row_chunks(self, rows: torch.Tensor | None):
+        ids = torch.arange(self.n) if rows is None else rows.cpu()
+        for start in range(0, ids.numel(), self.chunk_size):
+            yield ids[start : start + self.chunk_size]
+
+    def _lows(self, values: torch.Tensor, rows: torch.Tensor):
+        """Low parts ``G_w[rows] @ values`` (float64, (c, M)) for every width, widest first.
+
+        Yields ``(k, low)`` with ``k`` the width's index in :attr:`widths`.
+        ``values`` is (N, M + 1) in ``dtype``, its last column ones.
+        """
+        dist = self._distance_block(rows)
+        kernel = torch.empty_like(dist)
+        m = values.shape[1] - 1
+        for k in np.argsort(-self.widths, kind="stable"):
+            torch.mul(dist, -0.5 / float(self.widths[k]), out=kernel).exp_()
+            product = (kernel @ values).double()
+            # The diagonal is the row maximum (distance 0): every row sum is >= 1.
+            yield int(k), product[:, :m] / product[:, m:]
+
+    def _with_ones(self, signal: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones(signal.shape[0], 1, dtype=self.dtype, device=self.device)
+        return torch.cat([signal.to(self.device, self.dtype), ones], dim=1)
 
     def kernel(self, width_index: int = 0) -> np.ndarray:
-        """The dense (N, N) row-normalised kernel for ``widths[width_index]``."""
+        """The dense (N, N) row-normalised kernel for ``widths[width_index]`` (float64)."""
         if not 0 <= width_index < self.widths.size:
             raise ValueError(
                 f"Expected `width_index` in [0, {self.widths.size}) but got {width_index}."
             )
-        if self._kernels is not None:
-            return self._kernels[width_index].cpu().numpy()
-        return self._kernel_rows(self.widths[width_index], slice(None)).cpu().numpy()
+        width = float(self.widths[width_index])
+        parts = []
+        for rows in self._row_chunks(None):
+            block = torch.exp(self._distance_block(rows).double() / (-2.0 * width))
+            parts.append(block / block.sum(dim=1, keepdim=True))
+        return torch.cat(parts).cpu().numpy()
 
     # ---------------------------------------------------------------- signals
     def split(self, signal: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +330,7 @@ class FilterBank:
             ``(low, high)``, each of shape (K, N, C), with ``low + high == signal``.
         """
         f = self._signal(signal)
-        low = torch.stack([self._low(k, f) for k in range(self.widths.size)])
+        low = self._all_lows(f)
         return low.cpu().numpy(), (f[None] - low).cpu().numpy()
 
     def bands(self, signal: ArrayLike) -> np.ndarray:
@@ -217,7 +344,9 @@ class FilterBank:
             An array of shape (K + 1, N, C).
         """
         f = self._signal(signal)
-        return torch.stack(self._band_parts(f)).cpu().numpy()
+        ordered = self._all_lows(f)[torch.as_tensor(np.argsort(-self.widths, kind="stable"))]
+        parts = [ordered[:1], ordered[1:] - ordered[:-1], (f - ordered[-1])[None]]
+        return torch.cat(parts).cpu().numpy()
 
     def band_edges(self) -> np.ndarray:
         """The widths in the order that separates the bands (decreasing)."""
@@ -232,15 +361,14 @@ class FilterBank:
             )
         return torch.from_numpy(values[0]).to(self.device)
 
-    def _band_parts(
-        self, f: torch.Tensor, rows: np.ndarray | None = None, lows: list[torch.Tensor] | None = None
-    ) -> list[torch.Tensor]:
-        """Bands of ``f`` (lowest first), from its low parts per width if already computed."""
-        if lows is None:
-            lows = [self._low(k, f, rows) for k in range(self.widths.size)]
-        ordered = [lows[k] for k in np.argsort(-self.widths, kind="stable")]
-        own = f if rows is None else f[torch.as_tensor(rows)]
-        return [ordered[0]] + [b - a for a, b in zip(ordered[:-1], ordered[1:])] + [own - ordered[-1]]
+    def _all_lows(self, f: torch.Tensor) -> torch.Tensor:
+        """Low parts of ``f`` (N, C) at every width, shape (K, N, C), float64."""
+        out = torch.empty((self.widths.size, *f.shape), dtype=torch.float64, device=self.device)
+        values = self._with_ones(f)
+        for rows in self._row_chunks(None):
+            for k, low in self._lows(values, rows):
+                out[k, rows.to(self.device)] = low
+        return out
 
     # ------------------------------------------------------------------ errors
     def relative_errors(
@@ -280,13 +408,8 @@ class FilterBank:
             (T, K) for a stack, K = ``len(widths)`` in the given order.
         """
         problem = self._prepare(outputs, targets, reduction, subset)
-        own = problem.own()
-        low, high = [], []
-        for k, width in enumerate(self.widths):
-            part = self._low(k, problem.signal, problem.rows)
-            low.append(_ratio(part, problem, f"low part at width {width:.4g}"))
-            high.append(_ratio(own - part, problem, f"high part at width {width:.4g}"))
-        return _finish(low, problem.single), _finish(high, problem.single)
+        result = self._measure(problem, split=True)
+        return result["low"], result["high"]
 
     def band_errors(
         self,
@@ -303,9 +426,7 @@ class FilterBank:
             where the band of the target is zero.
         """
         problem = self._prepare(outputs, targets, reduction, subset)
-        parts = self._band_parts(problem.signal, problem.rows)
-        errors = [_ratio(p, problem, f"band {b} of {len(parts)}") for b, p in enumerate(parts)]
-        return _finish(errors, problem.single)
+        return self._measure(problem, bands=True)["bands"]
 
     def ratios(
         self, outputs: ArrayLike, *, reduction: str = "mean", subset: ArrayLike | None = None
@@ -319,20 +440,9 @@ class FilterBank:
         Returns:
             ``(lfr, hfr)`` of shape (K,) or (T, K).
         """
-        values = as_outputs(outputs, self.n)
-        single = np.ndim(outputs) == 2
-        rows = None if subset is None else as_index(subset, self.n)
-        check_choice(reduction, "reduction", REDUCTIONS)
-        t, n, c = values.shape
-        h = torch.from_numpy(values).to(self.device).permute(1, 0, 2).reshape(n, t * c)
-        own = h if rows is None else h[torch.as_tensor(rows)]
-        whole = _reduce(own, c, reduction)
-        lfr, hfr = [], []
-        for k in range(self.widths.size):
-            part = self._low(k, h, rows)
-            lfr.append(_reduce(part, c, reduction) / whole)
-            hfr.append(_reduce(own - part, c, reduction) / whole)
-        return _finish(lfr, single), _finish(hfr, single)
+        problem = self._prepare(outputs, None, reduction, subset)
+        result = self._measure(problem, ratios=True)
+        return result["lfr"], result["hfr"]
 
     def measure(
         self,
@@ -345,30 +455,62 @@ class FilterBank:
         """Everything at once: low/high errors, band errors and LFR/HFR.
 
         The same numbers as :meth:`relative_errors`, :meth:`band_errors` and
-        :meth:`ratios`, with one kernel product per width instead of three.
+        :meth:`ratios`, from one pass over the kernel instead of three.
 
         Returns:
             A dict with ``"low"``, ``"high"``, ``"lfr"``, ``"hfr"`` of shape
             (K,) or (T, K) and ``"bands"`` of shape (K + 1,) or (T, K + 1).
         """
         problem = self._prepare(outputs, targets, reduction, subset, with_outputs=True)
-        own = problem.own()
-        c, end = problem.classes, problem.end
-        whole = _reduce(own[:, end:], c, reduction)
-        lows = [self._low(k, problem.signal, problem.rows) for k in range(self.widths.size)]
-        low, high, lfr, hfr = [], [], [], []
-        for width, part in zip(self.widths, lows):
-            low.append(_ratio(part, problem, f"low part at width {width:.4g}"))
-            high.append(_ratio(own - part, problem, f"high part at width {width:.4g}"))
-            lfr.append(_reduce(part[:, end:], c, reduction) / whole)
-            hfr.append(_reduce(own[:, end:] - part[:, end:], c, reduction) / whole)
-        parts = self._band_parts(problem.signal, problem.rows, lows)
-        bands = [_ratio(p, problem, f"band {b} of {len(parts)}") for b, p in enumerate(parts)]
-        single = problem.single
-        return {
-            "low": _finish(low, single), "high": _finish(high, single), "bands": _finish(bands, single),
-            "lfr": _finish(lfr, single), "hfr": _finish(hfr, single),
-        }
+        return self._measure(problem, split=True, bands=True, ratios=True)
+
+    def _measure(self, problem: _Problem, *, split=False, bands=False, ratios=False) -> dict:
+        """One pass over the kernel's row chunks, reducing as it goes (nothing (N, N) is kept)."""
+        e, end, k_all = problem.errors, problem.end, self.widths.size
+        rows_total = self.n if problem.rows is None else problem.rows.numel()
+        sums = _Sums(problem.classes, problem.reduction, rows_total)
+        values = self._with_ones(problem.signal)
+        for rows in self._row_chunks(problem.rows):
+            own = problem.signal[rows.to(self.device)]
+            if ratios:
+                sums.add("whole", own[:, end:])
+            previous, band = None, 0
+            for k, low in self._lows(values, rows):
+                if split:
+                    high = own[:, :end] - low[:, :end]
+                    sums.add(("low", k), low[:, :e])
+                    sums.add(("low-y", k), low[:, e:end])
+                    sums.add(("high", k), high[:, :e])
+                    sums.add(("high-y", k), high[:, e:end])
+                if ratios:
+                    sums.add(("lfr", k), low[:, end:])
+                    sums.add(("hfr", k), own[:, end:] - low[:, end:])
+                if bands:
+                    part = low[:, :end] if previous is None else low[:, :end] - previous
+                    sums.add(("band", band), part[:, :e])
+                    sums.add(("band-y", band), part[:, e:end])
+                    previous, band = low[:, :end], band + 1
+            if bands:
+                part = own[:, :end] - previous
+                sums.add(("band", band), part[:, :e])
+                sums.add(("band-y", band), part[:, e:end])
+        result, single = {}, problem.single
+        if split:
+            for name in ("low", "high"):
+                result[name] = _finish([
+                    _ratio(sums, (name, k), (f"{name}-y", k), problem,
+                           f"{name} part at width {self.widths[k]:.4g}") for k in range(k_all)
+                ], single)
+        if bands:
+            result["bands"] = _finish([
+                _ratio(sums, ("band", b), ("band-y", b), problem, f"band {b} of {k_all + 1}")
+                for b in range(k_all + 1)
+            ], single)
+        if ratios:
+            whole = sums.size("whole")
+            for name in ("lfr", "hfr"):
+                result[name] = _finish([sums.size((name, k)) / whole for k in range(k_all)], single)
+        return result
 
     def neighbour_counts(self) -> np.ndarray:
         """Median effective number of neighbours per width, ``1 / sum_j G_ij^2``.
@@ -379,47 +521,55 @@ class FilterBank:
         Returns:
             Shape (K,), in the order of ``widths``.
         """
-        if self._kernels is not None:
-            counts = torch.median(1.0 / self._kernels.square().sum(dim=2), dim=1).values
-            return counts.cpu().numpy()
-        counts = []
-        for width in self.widths:
-            chunks = [
-                self._kernel_rows(width, slice(start, start + self.chunk_size)).square().sum(dim=1)
-                for start in range(0, self.n, self.chunk_size)
-            ]
-            counts.append(torch.median(1.0 / torch.cat(chunks)).item())
-        return np.asarray(counts)
+        counts = torch.empty(self.widths.size, self.n, dtype=torch.float64)
+        for rows in self._row_chunks(None):
+            dist = self._distance_block(rows).double()
+            for k, width in enumerate(self.widths):
+                kernel = torch.exp(dist / (-2.0 * width))
+                counts[k, rows] = (kernel.sum(dim=1).square() / kernel.square().sum(dim=1)).cpu()
+        return torch.median(counts, dim=1).values.numpy()
+
+    def median_distance(self) -> float:
+        """Median of the off-diagonal distances (over at most 2,048 sampled rows)."""
+        if self.n < 2:
+            return 0.0
+        rows = torch.as_tensor(np.unique(np.linspace(0, self.n - 1, min(self.n, 2048)).astype(np.int64)))
+        sample = self._distance_block(rows)
+        return float(torch.median(sample[sample > 0]).item()) if bool((sample > 0).any()) else 0.0
 
     def _prepare(self, outputs, targets, reduction, subset, with_outputs: bool = False) -> _Problem:
         check_choice(reduction, "reduction", REDUCTIONS)
         values = as_outputs(outputs, self.n)
         t, n, c = values.shape
+        rows = None if subset is None else torch.as_tensor(as_index(subset, n))
+        stacked = values.transpose(1, 0, 2).reshape(n, t * c)  # snapshot-major
+        if targets is None:  # ratios only: outputs alone
+            signal = torch.from_numpy(np.ascontiguousarray(stacked)).to(self.device)
+            return _Problem(signal=signal, rows=rows, classes=c, reduction=reduction, scale=1.0,
+                            constant=False, single=np.ndim(outputs) == 2, errors=0, end=0)
         y = as_targets(targets, n, c)
-        rows = None if subset is None else as_index(subset, n)
-        error = (values - y[None]).transpose(1, 0, 2).reshape(n, t * c)  # snapshot-major
-        columns = [error, y]
-        if with_outputs:
-            columns.append(values.transpose(1, 0, 2).reshape(n, t * c))
+        columns = [stacked - np.tile(y, t), y] + ([stacked] if with_outputs else [])
         signal = torch.from_numpy(np.concatenate(columns, axis=1)).to(self.device)
-        own_y = y if rows is None else y[rows]
+        own_y = torch.from_numpy(y if rows is None else y[rows.numpy()])
+        scale = _Sums(c, reduction, own_y.shape[0])
+        scale.add("y", own_y)
         return _Problem(
             signal=signal,
             rows=rows,
             classes=c,
             reduction=reduction,
-            scale=float(_reduce(torch.from_numpy(own_y), c, reduction)[0]),
+            scale=float(scale.size("y")[0]),
             constant=bool(np.all(y == y[:1])),
             single=np.ndim(outputs) == 2,
+            errors=t * c,
             end=t * c + c,
         )
 
 
-def _ratio(part: torch.Tensor, problem: _Problem, what: str) -> np.ndarray:
-    """Reduce the error columns of ``part`` and divide by its target columns."""
-    c, end = problem.classes, problem.end
-    numerator = _reduce(part[:, : end - c], c, problem.reduction)
-    denominator = _reduce(part[:, end - c : end], c, problem.reduction)[0]
+def _ratio(sums: _Sums, numerator_key, denominator_key, problem: _Problem, what: str) -> np.ndarray:
+    """Size of an error part over the size of the matching target part (NaN where that is zero)."""
+    numerator = sums.size(numerator_key)
+    denominator = sums.size(denominator_key)[0]
     if denominator > ZERO_PART_RTOL * problem.scale:
         return numerator / denominator
     reason = (
@@ -443,17 +593,6 @@ def _finish(columns: list[np.ndarray], single: bool) -> np.ndarray:
     """Stack K per-width columns of length T into (T, K), or (K,) for one snapshot."""
     stacked = np.stack(columns, axis=-1)
     return stacked[0] if single else stacked
-
-
-def _reduce(values: torch.Tensor, classes: int, reduction: str) -> np.ndarray:
-    """Reduce an (N, T * C) block to T sizes: mean row norm or Frobenius norm."""
-    n = values.shape[0]
-    blocks = values.reshape(n, -1, classes)
-    if reduction == "mean":
-        sizes = torch.linalg.vector_norm(blocks, dim=2).mean(dim=0)
-    else:
-        sizes = torch.linalg.vector_norm(blocks, dim=(0, 2))
-    return sizes.cpu().numpy()
 
 
 def relative_errors(

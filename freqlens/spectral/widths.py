@@ -193,7 +193,7 @@ def check_widths(
     )
     check = WidthCheck(widths=bank.widths.copy(), neighbours=counts, n=bank.n, status=status)
     if warn and not check.useful.any():
-        median = float(torch.median(bank._dist[bank._dist > 0]).item()) if bank.n > 1 else 0.0
+        median = bank.median_distance()
         warnings.warn(
             f"Every filter width gives a low part that is ~the signal itself or ~constant "
             f"(median effective neighbours {np.round(counts, 2).tolist()} of N={bank.n}; "
