@@ -230,8 +230,9 @@ class FilterBank:
         centred = torch.empty(x.shape, dtype=self.gram_dtype, device=self.device)
         norms = torch.empty(x.shape[0], dtype=torch.float64, device=self.device)
         for a in range(0, x.shape[0], self.chunk_size):
+            # Not in place: for float64 inputs the block shares memory with the caller's array.
             block = torch.from_numpy(x[a : a + self.chunk_size]).to(self.device, torch.float64)
-            block -= torch.from_numpy(mean).to(self.device)
+            block = block - torch.from_numpy(mean).to(self.device)
             centred[a : a + self.chunk_size] = block
             norms[a : a + self.chunk_size] = block.square().sum(dim=1)
         return centred, norms.to(self.gram_dtype)

@@ -549,3 +549,15 @@ def test_measure_equals_the_separate_methods(reduction, subset, constant):
         bands = bank.band_errors(h, y, reduction=reduction, subset=subset)
     for name, want in {"low": low, "high": high, "bands": bands, "lfr": lfr, "hfr": hfr}.items():
         np.testing.assert_allclose(got[name], want, rtol=SELF_RTOL, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bank_leaves_the_callers_inputs_and_outputs_alone(dtype):
+    x, h, y = ref.random_problem(5, offset=3.0, steps=2)
+    x, h = x.astype(dtype), h.astype(dtype)
+    x_before, h_before = x.copy(), h.copy()
+    bank = FilterBank(x, ref.quantile_widths(x))
+    bank.measure(h, y)
+    bank.split(h[0])
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(h, h_before)
