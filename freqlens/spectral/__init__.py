@@ -22,6 +22,7 @@ from freqlens.spectral.filters import (
     relative_errors,
 )
 from freqlens.spectral.projection import principal_projection, projection_spectrum
+from freqlens.spectral.sketch import RandomProjection, jl_dimension, sketch_inputs
 from freqlens.spectral.widths import WidthCheck, WidthWarning, check_widths, suggest_widths
 
 __all__ = [
@@ -29,15 +30,18 @@ __all__ = [
     "REDUCTIONS",
     "DegenerateTargetWarning",
     "FilterBank",
+    "RandomProjection",
     "WidthCheck",
     "WidthWarning",
     "band_errors",
     "check_widths",
     "convergence_steps",
+    "jl_dimension",
     "joint_relative_errors",
     "pairwise_distances",
     "principal_projection",
     "projection_spectrum",
     "relative_errors",
+    "sketch_inputs",
     "suggest_widths",
 ]

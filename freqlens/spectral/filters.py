@@ -37,6 +37,7 @@ from freqlens._checks import (
     check_choice,
     check_positive_int,
 )
+from freqlens.spectral.sketch import RandomProjection
 
 DISTANCES = ("euclidean", "squared")
 REDUCTIONS = ("mean", "frobenius")
@@ -175,9 +176,18 @@ class FilterBank:
         dtype: ``"float32"`` (default) for the exponentials and products, or
             ``"float64"`` for everything (about twice the time; the same
             numbers as the dense float64 method to rounding).
+        sketch: for very wide inputs, project them first to this many
+            dimensions with :class:`~freqlens.spectral.sketch.RandomProjection`
+            (seed 0), streamed over row chunks: ``inputs`` may then be a
+            memmap or an iterable of row chunks, never held whole. Squared
+            distances are kept within 1 +- eps, eps from
+            :func:`~freqlens.spectral.sketch.jl_dimension`; the kernel then
+            belongs to the sketched inputs, see ``sketch_error``.
 
     Attributes:
         gram_dtype: the dtype of the distance products (float32 or float64).
+        sketch_error: with ``sketch``, the eps that every squared distance is
+            kept within (1 +- eps) with probability 0.99; else None.
 
     Example:
         >>> bank = FilterBank([[0.0], [1.0], [2.0], [3.0]], widths=[0.5, 2.0])
@@ -195,7 +205,13 @@ class FilterBank:
         device: str | torch.device | None = None,
         chunk_size: int | None = None,
         dtype: str | torch.dtype = "float32",
+        sketch: int | None = None,
     ) -> None:
+        self.sketch_error: float | None = None
+        if sketch is not None:
+            projection = RandomProjection(check_positive_int(sketch, "sketch"))
+            inputs = projection.transform(inputs)
+            self.sketch_error = projection.error_bound(inputs.shape[0]) if inputs.shape[0] > 1 else 0.0
         x = as_matrix(inputs, "inputs", keep_float32=True)
         names = {"float32": torch.float32, "float64": torch.float64}
         self.dtype = names.get(dtype, dtype)

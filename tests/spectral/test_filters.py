@@ -561,3 +561,20 @@ def test_bank_leaves_the_callers_inputs_and_outputs_alone(dtype):
     bank.split(h[0])
     np.testing.assert_array_equal(x, x_before)
     np.testing.assert_array_equal(h, h_before)
+
+
+def test_sketched_bank_reads_row_chunks_and_keeps_the_errors_close():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(120, 3000)).astype(np.float32)
+    _, h, y = ref.random_problem(6, n=120, classes=2)
+    widths = ref.quantile_widths(x)
+    exact = FilterBank(x, widths).relative_errors(h, y)
+    chunks = (x[a : a + 50] for a in range(0, 120, 50))  # never the whole matrix
+    bank = FilterBank(chunks, widths, sketch=1500)
+    assert bank.n == 120 and 0 < bank.sketch_error < 1
+    assert bank._x.shape == (120, 1500)
+    sketched = bank.relative_errors(h, y)
+    # distances within 1 +- eps move the errors by far less than eps here
+    np.testing.assert_allclose(sketched, exact, rtol=0.05)
+    with pytest.raises(ValueError, match="`sketch`"):
+        FilterBank(x, widths, sketch=0)
