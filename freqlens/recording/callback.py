@@ -9,9 +9,13 @@ class RecorderCallback(TrainerCallback):
     """Starts the recorder when training begins, steps it after every
     optimisation step, and closes it when training ends.
 
-    Only the main process records (``state.is_world_process_zero``). Each
-    snapshot stores the epoch; the training loss is not stored, because the
-    Trainer logs it after ``on_step_end`` and only every ``logging_steps``
+    Every process calls the recorder: under data-parallel training
+    (``torchrun``, ``accelerate launch``) its snapshots are collectives in which
+    each process predicts a share of the probe rows, and the recorder lets
+    rank 0 alone write (see :class:`~freqlens.Recorder`). So every process
+    builds its own Recorder with the same arguments and passes its callback.
+    Each snapshot stores the epoch; the training loss is not stored, because
+    the Trainer logs it after ``on_step_end`` and only every ``logging_steps``
     (its ``log_history`` has it).
 
     Example::
@@ -26,15 +30,12 @@ class RecorderCallback(TrainerCallback):
         self.recorder = recorder
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero:
-            if model is None:
-                raise ValueError("Expected the Trainer to pass `model` to the callback but got None.")
-            self.recorder.start(model, total_steps=state.max_steps or None, epoch=0.0)
+        if model is None:
+            raise ValueError("Expected the Trainer to pass `model` to the callback but got None.")
+        self.recorder.start(model, total_steps=state.max_steps or None, epoch=0.0)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.recorder.step(state.global_step, epoch=state.epoch)
+        self.recorder.step(state.global_step, epoch=state.epoch)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.recorder.close()
+        self.recorder.close()

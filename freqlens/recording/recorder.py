@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from freqlens import distributed
 from freqlens._checks import check_positive_int
 from freqlens.models import embedding_inputs, predict_proba, resolve_probe_layer
 from freqlens.recording.probes import ProbeSet
@@ -34,6 +35,17 @@ class Recorder:
                 recorder.step(step)
 
     or in a Hugging Face ``Trainer`` via :meth:`callback`.
+
+    Under data-parallel training (``torchrun``, ``accelerate launch``) every
+    process makes its own Recorder with the same arguments and calls
+    :meth:`start`, :meth:`step` and :meth:`record` at the same steps (they are
+    collectives): each process predicts its contiguous share of the probe
+    rows and the outputs are gathered to rank 0 in probe order. Only rank 0
+    touches ``directory`` (kernel inputs, snapshots, meta.json, the closing
+    status); the others write nothing. A wrapper such as
+    ``DistributedDataParallel`` is looked through (its forward would run
+    collectives of its own). :attr:`seconds` and :attr:`recorded_steps` are
+    kept on every process.
 
     Args:
         directory: where the trajectory is written.
@@ -76,11 +88,13 @@ class Recorder:
         self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
         self.embedding_layer = embedding_layer
         self.directory = os.fspath(directory)
-        self._writer = TrajectoryWriter(directory, overwrite=overwrite)
+        # only rank 0 writes (the launcher's RANK decides when torch.distributed is not up yet)
+        self._writer = TrajectoryWriter(directory, overwrite=overwrite) if distributed.is_main() else None
         self._metadata = dict(metadata or {})
         self._model: nn.Module | None = None
         self._due: set[int] | None = None
-        self._joint, self._bounds = _joint_encodings(sets)
+        self._joint = _joint_encodings(sets)
+        self._bounds = np.cumsum([0] + [len(p) for p in sets])
         self._total: int | None = None
         self.seconds = 0.0
         self.recorded_steps: list[int] = []
@@ -106,32 +120,28 @@ class Recorder:
         if self.schedule.kind != "every" or total_steps is not None:
             due = set(self.schedule.steps(total_steps))
         began = time.perf_counter()
+        model = distributed.unwrap(model)
         # A peft wrapper (LoRA, prompt tuning) is looked through: the kernel inputs are the
         # base model's embeddings, without virtual tokens (identical for LoRA at its start).
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         layer, mode = resolve_probe_layer(base, self.embedding_layer)
-        inputs = {
-            name: embedding_inputs(base, probe.encodings, module=layer, mode=mode,
-                                   batch_size=self.batch_size)
-            for name, probe in self.probes.items()
-        }
+        inputs = None
+        if self._writer is not None:  # rank 0 alone: a pass that stops at the embeddings is cheap
+            inputs = {name: embedding_inputs(base, probe.encodings, module=layer, mode=mode,
+                                             batch_size=self.batch_size)
+                      for name, probe in self.probes.items()}
         self._model, self._total, self._due = model, total_steps, due
-        for name, probe in self.probes.items():
-            self._writer.write_probe(
-                name,
-                inputs=inputs[name],
-                labels=probe.labels.numpy(),
-                poison=probe.poison,
-                texts=probe.texts,
-                role=probe.role,
+        if self._writer is not None:
+            for name, probe in self.probes.items():
+                self._writer.write_probe(name, inputs=inputs[name], labels=probe.labels.numpy(),
+                                         poison=probe.poison, texts=probe.texts, role=probe.role)
+            self._writer.update_meta(
+                schedule=str(self.schedule),
+                total_steps=total_steps,
+                model=type(base).__name__ if base is model else f"{type(model).__name__} of {type(base).__name__}",
+                embedding_layer=f"{mode} of {type(layer).__name__}",
+                **self._metadata,
             )
-        self._writer.update_meta(
-            schedule=str(self.schedule),
-            total_steps=total_steps,
-            model=type(base).__name__ if base is model else f"{type(model).__name__} of {type(base).__name__}",
-            embedding_layer=f"{mode} of {type(layer).__name__}",
-            **self._metadata,
-        )
         self.seconds += time.perf_counter() - began
         self.record(0, **scalars)
 
@@ -162,26 +172,44 @@ class Recorder:
             raise RuntimeError("Recorder.record() needs a started, unclosed recorder.")
         began = time.perf_counter()
         outputs = self._predict()
-        self._writer.write_snapshot(step, outputs, **scalars)
+        if self._writer is not None:
+            self._writer.write_snapshot(step, outputs, **scalars)
         self.recorded_steps.append(int(step))
         self._recorded.add(int(step))
         self.seconds += time.perf_counter() - began
 
-    def _predict(self) -> dict:
-        """Outputs per probe set: one length-sorted pass over all sets when they can be
-        joined (fewer, fuller batches), else set by set."""
-        if self._joint is None:
-            return {name: predict_proba(self._model, probe.encodings, batch_size=self.batch_size)
-                    for name, probe in self.probes.items()}
-        joint = predict_proba(self._model, self._joint, batch_size=self.batch_size)
-        return {name: joint[a:b] for name, a, b in zip(self.probes, self._bounds[:-1], self._bounds[1:])}
+    def _predict(self) -> dict | None:
+        """Outputs per probe set (None on ranks other than 0).
+
+        The probe rows, all sets end to end, are split into one contiguous share
+        per process (all of them in a single process). A share is predicted in
+        one length-sorted pass when the sets can be joined (fewer, fuller
+        batches), else set by set; rank 0 gathers the shares in probe order.
+        """
+        bounds, n = self._bounds, int(self._bounds[-1])
+        mine = distributed.shard(n) if distributed.is_distributed() else slice(0, n)
+        parts = []
+        if self._joint is not None and mine.start < mine.stop:
+            rows = {k: v[mine] for k, v in self._joint.items()}
+            parts.append(predict_proba(self._model, rows, batch_size=self.batch_size))
+        elif self._joint is None:
+            for probe, a, b in zip(self.probes.values(), bounds[:-1], bounds[1:]):
+                lo, hi = max(a, mine.start), min(b, mine.stop)
+                if lo < hi:
+                    rows = {k: v[lo - a : hi - a] for k, v in probe.encodings.items()}
+                    parts.append(predict_proba(self._model, rows, batch_size=self.batch_size))
+        whole = distributed.gather_rows(np.concatenate(parts) if parts else None, n)
+        if whole is None:
+            return None
+        return {name: whole[a:b] for name, a, b in zip(self.probes, bounds[:-1], bounds[1:])}
 
     def close(self, status: str = "complete") -> None:
         """Mark the trajectory finished; idempotent."""
         if self.closed:
             return
         self.closed = True
-        self._writer.close(status, recording_seconds=round(self.seconds, 3), snapshots=len(self.recorded_steps))
+        if self._writer is not None:
+            self._writer.close(status, recording_seconds=round(self.seconds, 3), snapshots=len(self.recorded_steps))
         self._model = None
 
     def __enter__(self) -> Recorder:
@@ -191,7 +219,8 @@ class Recorder:
         self.close("complete" if kind is None else "failed")
 
     def trajectory(self) -> Trajectory:
-        """Load what has been recorded so far."""
+        """Load what has been recorded so far (rank 0's files: under data-parallel
+        training other ranks read them only through a shared file system)."""
         return load_trajectory(self.directory)
 
     def callback(self):
@@ -201,12 +230,11 @@ class Recorder:
         return RecorderCallback(self)
 
 
-def _joint_encodings(sets: Sequence[ProbeSet]) -> tuple[dict | None, np.ndarray | None]:
-    """All probe sets' encodings as one batch and each set's row bounds, when they share
-    columns and width; (None, None) for a single set or sets that cannot be joined."""
+def _joint_encodings(sets: Sequence[ProbeSet]) -> dict | None:
+    """All probe sets' encodings as one batch, when they share columns and width; None for
+    a single set or sets that cannot be joined."""
     encodings = [probe.encodings for probe in sets]
     keys, widths = {tuple(e) for e in encodings}, {tuple(v.shape[1] for v in e.values()) for e in encodings}
     if len(encodings) == 1 or len(keys) != 1 or len(widths) != 1:
-        return None, None
-    joint = {k: torch.cat([e[k] for e in encodings]) for k in encodings[0]}
-    return joint, np.cumsum([0] + [len(p) for p in sets])
+        return None
+    return {k: torch.cat([e[k] for e in encodings]) for k in encodings[0]}
