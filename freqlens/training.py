@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from freqlens import distributed
 from freqlens._checks import check_positive_int, check_positive_number
 from freqlens.models import model_device, trim_padding
 
@@ -72,6 +73,18 @@ def train(
     batches (weighted by their sizes, so it equals one big batch), then applies
     gradient alignment (``aligner``), clipping and the AdamW update.
 
+    Under data-parallel training (``torchrun``, ``accelerate launch``; every
+    process calls ``train`` with the same arguments) every process starts from
+    rank 0's weights (one broadcast), takes its contiguous share of each
+    batch, weighted so that the average across processes is the batch mean,
+    and the gradients and the step loss are averaged in one all-reduce per
+    optimisation step, before alignment and clipping: the run takes the steps
+    of a single process with the same seed, up to float rounding (without
+    dropout; with it each process draws its own masks). Pass the plain model:
+    a ``DistributedDataParallel`` wrapper is unwrapped (this loop synchronises
+    itself). The recorder and the aligner are called on every process; the
+    selector too, and rank 0's score decides.
+
     Args:
         model: a classifier whose forward takes ``**encodings, labels=`` and
             returns an object with ``.loss`` (a Hugging Face model). Only
@@ -102,6 +115,9 @@ def train(
         raise ValueError("Expected at least one training example but got none.")
     per_epoch = steps_per_epoch(n, config.batch_size, config.accumulation_steps)
     total = per_epoch * config.epochs
+    model = distributed.unwrap(model)
+    world = distributed.world_size() if distributed.is_distributed() else 1
+    distributed.broadcast_(list(model.parameters()))  # a no-op in a single process
     device = model_device(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
@@ -117,7 +133,8 @@ def train(
         recorder.start(model, total_steps=total, epoch=0.0)
     best_state, best_score = None, -math.inf
     step_rows = config.batch_size * config.accumulation_steps
-    bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc="training", unit="step", disable=not progress or not distributed.is_main(),
+               leave=False)
     model.train()
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator)
@@ -127,12 +144,22 @@ def train(
             step_loss = 0.0
             for micro in range(0, len(rows_of_step), config.batch_size):
                 rows = rows_of_step[micro : micro + config.batch_size]
+                if world > 1:  # this process's share of the batch
+                    rows = rows[distributed.shard(len(rows))]
+                    if len(rows) == 0:
+                        continue
                 batch = trim_padding({k: v[rows] for k, v in encodings.items()})
                 batch = {k: v.to(device) for k, v in batch.items()}
                 loss = loss_fn(model, batch, labels[rows].to(device))
-                weight = len(rows) / len(rows_of_step)
+                weight = world * len(rows) / len(rows_of_step)
                 (loss * weight).backward()
                 step_loss += float(loss.detach()) * weight
+            if world > 1:  # one all-reduce: the step's mean gradients and loss on every process
+                grads, (mean_loss,) = distributed.all_reduce_gradients(
+                    [p.grad for p in parameters], parameters, torch.tensor(step_loss))
+                for p, g in zip(parameters, grads):
+                    p.grad = g
+                step_loss = float(mean_loss)
             if aligner is not None:
                 aligner.align(epoch=epoch, epochs=config.epochs, parameters=parameters)
             if config.max_grad_norm > 0:
@@ -146,7 +173,8 @@ def train(
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.3f}")
         if selector is not None:
-            score = float(selector(model))
+            score = torch.tensor([float(selector(model))], dtype=torch.float64)
+            score = float(distributed.broadcast_([score])[0])  # rank 0's score decides everywhere
             model.train()
             result.epoch_scores.append(score)
             if score > best_score:

@@ -21,6 +21,12 @@ could crash (METHOD.md pitfalls):
 
 Use it from freqlens' loop (:func:`freqlens.training.train` takes
 ``aligner=``) or in a Hugging Face ``Trainer`` through :class:`AlignedTrainerMixin`.
+
+Under data-parallel training the training gradients are already averaged
+across processes when alignment runs; every process draws the same reference
+batch (the same seed), computes the gradient on its contiguous share of it,
+and one all-reduce makes the full batch's mean gradient and loss, so every
+process applies the same aligned gradients.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from freqlens import distributed
 from freqlens._checks import check_positive_int
 from freqlens.models import model_device, trim_padding
 
@@ -155,6 +162,17 @@ class GradientAligner:
     After the gradients of a step are in ``p.grad``, call :meth:`align`; it
     runs one forward/backward pass on the next reference batch and writes the
     aligned gradients back.
+
+    Under data-parallel training every process makes its own aligner with the
+    same arguments (the same seed, so the same reference batches) and calls
+    :meth:`align` at every step (a collective) on gradients that are already
+    synchronised (``DistributedDataParallel`` averages them in backward;
+    :func:`freqlens.training.train` does it itself). Each process takes its
+    contiguous share of the reference batch and the shares' gradients and
+    losses are averaged in one all-reduce: every process ends with the same
+    aligned gradients, equal to a single process's up to float rounding. A
+    ``DistributedDataParallel`` model may be given; the reference forward runs
+    on the module inside it (its gradient hooks must not fire for it).
     """
 
     def __init__(self, model: nn.Module, encodings: Mapping[str, torch.Tensor], labels, config: GAConfig | None = None,
@@ -185,20 +203,31 @@ class GradientAligner:
     def reference_gradients(self, parameters: list[nn.Parameter]) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         """Gradients of the mean reference loss on the next reference batch (p.grad untouched),
         computed in chunks of ``micro_batch_size`` rows (the same numbers, less memory), and
-        the loss as a 0-d tensor on the model's device (no host copy)."""
+        the loss as a 0-d tensor on the model's device (no host copy).
+
+        Under data-parallel training each process computes its share of the batch,
+        weighted by ``world * share / batch``, and the average across processes (one
+        all-reduce, a collective) is the whole batch's mean on every process."""
         batch, labels = self._next_batch()
-        device = model_device(self.model)
+        model, n = distributed.unwrap(self.model), len(labels)
+        world = distributed.world_size() if distributed.is_distributed() else 1
+        if world > 1:
+            mine = distributed.shard(n)
+            batch, labels = {k: v[mine] for k, v in batch.items()}, labels[mine]
+        device = model_device(model)
         total: list[torch.Tensor | None] = [None] * len(parameters)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, len(labels), self.micro_batch_size):
             part = {k: v[start : start + self.micro_batch_size] for k, v in batch.items()}
             part_labels = labels[start : start + self.micro_batch_size]
-            weight = len(part_labels) / len(labels)
-            loss = self.model(**{k: v.to(device) for k, v in trim_padding(part).items()},
-                              labels=part_labels.to(device)).loss
+            weight = world * len(part_labels) / n
+            loss = model(**{k: v.to(device) for k, v in trim_padding(part).items()},
+                         labels=part_labels.to(device)).loss
             grads = torch.autograd.grad(loss * weight, parameters, allow_unused=True)
             total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, grads)]
             loss_sum = loss_sum + loss.detach().double() * weight
+        if world > 1:
+            total, (loss_sum,) = distributed.all_reduce_gradients(total, parameters, loss_sum)
         return total, loss_sum
 
     def align(self, *, epoch: int, epochs: int, parameters: list[nn.Parameter] | None = None) -> AlignStep:
@@ -252,6 +281,13 @@ class AlignedTrainerMixin:
     Alignment runs once per optimisation step, after gradient accumulation and
     before clipping (it hooks the Trainer's gradient-norm step, which the
     Trainer calls exactly there).
+
+    Under data-parallel training (``torchrun`` / ``accelerate launch`` with the
+    Trainer's ``DistributedDataParallel``) that point comes after the step's
+    last backward pass, which ran outside ``no_sync`` (``sync_gradients``
+    true), so ``p.grad`` holds the gradients averaged across processes; the
+    aligner then synchronises the reference gradients (see
+    :class:`GradientAligner`), and every process applies the same update.
     """
 
     def __init__(self, *args, aligner: GradientAligner, **kwargs) -> None:
