@@ -99,13 +99,17 @@ class RecordConfig:
     takes about ``budget`` of the wall time, measured on the model and data at
     hand (:func:`freqlens.recording.budget.plan_probes`); when the budget
     allows fewer than ``min_probe_size`` examples for three sets, the control
-    set is left out (the verdicts use the clean and backdoor sets only).
+    set is left out (the verdicts use the clean and backdoor sets only), and
+    when it cannot pay for ``min_probe_size`` at every snapshot of a log
+    schedule, the schedule is thinned (to no fewer than ``min_snapshots``)
+    rather than the budget overrun. The plan in results.json says which.
     """
 
     schedule: str = "log:50"  # "log:N", "every:K" or "steps:0,10,..."
     probe_size: int | str = "auto"  # examples per probe set (clean, backdoor, control), or "auto"
-    budget: float = 0.10  # with probe_size = "auto": the share of wall time recording may take
+    budget: float = 0.05  # with probe_size = "auto": the share of wall time recording may take
     min_probe_size: int = 16  # with probe_size = "auto": the fewest examples per set
+    min_snapshots: int = 20  # with probe_size = "auto" and a log schedule: the fewest it is thinned to
     max_probe_size: int = 512  # with probe_size = "auto": the most examples per set
     batch_size: int = 32  # probe examples per forward pass (length-sorted; small is fast on CPU)
 
@@ -118,6 +122,7 @@ class RecordConfig:
         if not (isinstance(self.budget, (int, float)) and 0.0 < self.budget < 1.0):
             raise ValueError(f"Expected `record.budget` in (0, 1) but got {self.budget!r}.")
         check_positive_int(self.min_probe_size, "record.min_probe_size")
+        check_positive_int(self.min_snapshots, "record.min_snapshots", minimum=3)
         check_positive_int(self.max_probe_size, "record.max_probe_size", minimum=self.min_probe_size)
         check_positive_int(self.batch_size, "record.batch_size")
 

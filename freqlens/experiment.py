@@ -67,21 +67,27 @@ def _probe_splits(dataset: PoisonedDataset) -> list[tuple[str, str]]:
 
 
 def plan_probe_sets(model, dataset: PoisonedDataset, encodings, *, train_config, record: RecordConfig):
-    """The probe-set size for ``record`` (a :class:`~freqlens.recording.budget.ProbePlan`
-    when ``record.probe_size`` is ``"auto"``, else None) and the number of sets."""
+    """The probe-set size for ``record``, the number of sets, the plan (a
+    :class:`~freqlens.recording.budget.ProbePlan` when ``record.probe_size`` is
+    ``"auto"``, else None) and the schedule (a log schedule thinned when the
+    budget cannot pay for the minimum probe size at every snapshot)."""
     available = len(_probe_splits(dataset))
     if record.probe_size != "auto":
-        return record.probe_size, available, None
+        return record.probe_size, available, None, record.schedule
     total = steps_per_epoch(len(dataset.train), train_config.batch_size,
                             train_config.accumulation_steps) * train_config.epochs
+    schedule = Schedule.parse(record.schedule)
     plan = plan_probes(
         model, encodings, torch.as_tensor(dataset.train.labels), budget=record.budget,
         train_examples=len(dataset.train), epochs=train_config.epochs,
-        snapshots=len(Schedule.parse(record.schedule).steps(total)), num_sets=available,
+        snapshots=len(schedule.steps(total)), num_sets=available,
         optional_sets=1 if available == 3 else 0, batch_size=train_config.batch_size,
         probe_batch_size=record.batch_size, minimum=record.min_probe_size, maximum=record.max_probe_size,
+        min_snapshots=record.min_snapshots if schedule.kind == "log" else None,
     )
-    return plan.size, plan.num_sets, plan
+    if plan.limited == "snapshots":
+        schedule = Schedule.log_fitting(total, plan.snapshots)
+    return plan.size, plan.num_sets, plan, str(schedule)
 
 
 def evaluate(model, tokenizer, dataset: PoisonedDataset, *, max_length: int,
@@ -254,9 +260,10 @@ def train_and_analyse(
     """
     began = time.perf_counter() if began is None else began
     encodings = encode(tokenizer, dataset.train, max_length)
-    size, num_sets, plan = plan_probe_sets(model, dataset, encodings, train_config=train_config, record=record)
+    size, num_sets, plan, schedule = plan_probe_sets(model, dataset, encodings, train_config=train_config,
+                                                     record=record)
     probes = build_probe_sets(dataset, tokenizer, size=size, max_length=max_length, max_sets=num_sets)
-    with Recorder(out / "trajectory", probes, schedule=record.schedule, batch_size=record.batch_size,
+    with Recorder(out / "trajectory", probes, schedule=schedule, batch_size=record.batch_size,
                   overwrite=overwrite,
                   metadata={"dataset": dataset.name, "target_label": dataset.target_label}) as recorder:
         if fit is None:

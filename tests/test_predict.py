@@ -39,3 +39,18 @@ def test_sorted_trimmed_batches_give_the_same_probabilities(family, side):
         got = predict_proba(model, encodings, batch_size=batch_size)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert model.training  # restored
+
+
+def test_length_batches_bound_rows_and_padding_and_keep_every_row_once():
+    from freqlens.models import length_batches
+
+    lengths = torch.tensor([3, 4, 4, 5, 9, 10, 10, 11, 30, 31, 32, 64])
+    order = torch.arange(12) * 10  # any row ids, already sorted by length
+    batches = length_batches(order, lengths, batch_size=3, max_padding=0.3)
+    assert torch.equal(torch.cat(batches), order)
+    for batch in batches:
+        assert 1 <= len(batch) <= 3
+        rows = lengths[batch // 10]
+        if len(batch) > 1:
+            assert rows.max() * len(rows) <= 1.3 * rows.sum()
+    assert [len(b) for b in length_batches(order, None, batch_size=5)] == [5, 5, 2]

@@ -45,9 +45,12 @@ class ProbePlan:
         train_seconds_per_example: measured (forward + backward; the optimizer
             update is not timed, so the plan errs on the small side).
         probe_seconds_per_example: measured (forward under inference_mode).
-        snapshots: snapshots the schedule takes.
+        snapshots: snapshots to take (fewer than asked for when ``limited``
+            is ``"snapshots"``).
         limited: ``"budget"``, ``"minimum"`` (the budget allows fewer than the
-            minimum, which was used anyway) or ``"maximum"``.
+            minimum, which was used anyway), ``"snapshots"`` (the minimum at
+            fewer snapshots) or ``"maximum"``.
+        requested_snapshots: the snapshots the schedule asked for.
     """
 
     size: int
@@ -58,6 +61,7 @@ class ProbePlan:
     probe_seconds_per_example: float
     snapshots: int
     limited: str
+    requested_snapshots: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +69,12 @@ class ProbePlan:
     @property
     def warning(self) -> str | None:
         """A plain sentence when the sets are small enough to blur the spectrum."""
+        if self.limited == "snapshots":
+            return (
+                f"The {self.budget:.0%} recording budget affords {self.size} examples per probe set at "
+                f"{self.snapshots} of the {self.requested_snapshots} snapshots asked for; raise "
+                f"record.budget for more."
+            )
         if self.size >= SMALL_PROBE_SET:
             return None
         return (
@@ -90,6 +100,7 @@ def plan_probes(
     maximum: int = 512,
     repeats: int = 2,
     margin: float = 0.85,
+    min_snapshots: int | None = None,
 ) -> ProbePlan:
     """Measure training and probing costs on ``model`` and size the probe sets.
 
@@ -110,6 +121,10 @@ def plan_probes(
         margin: the share of the budget the plan aims at, leaving room for
             per-snapshot costs the calibration does not see (writing the
             snapshot, a last partial batch, longer probe sentences).
+        min_snapshots: when given (a log-spaced schedule, which can be
+            thinned), a budget that cannot pay for ``minimum`` examples per
+            set at every snapshot keeps the minimum and takes fewer
+            snapshots, down to this many, instead of overrunning.
 
     Returns:
         A :class:`ProbePlan`.
@@ -136,16 +151,19 @@ def plan_probes(
     while per_set < minimum and optional_sets > 0:
         num_sets, optional_sets = num_sets - 1, optional_sets - 1
         per_set = int(allowed / (snapshots * num_sets * probe_time))
-    size, limited = min(max(per_set, minimum), maximum), "budget"
+    size, limited, requested = min(max(per_set, minimum), maximum), "budget", snapshots
     if per_set < minimum:
         limited = "minimum"
+        affordable = int(allowed / (minimum * num_sets * probe_time))
+        if min_snapshots is not None and affordable < snapshots:
+            snapshots, limited = max(affordable, check_positive_int(min_snapshots, "min_snapshots")), "snapshots"
     elif per_set > maximum:
         limited = "maximum"
     recording = size * num_sets * snapshots * probe_time
     share = recording / (recording + train_examples * epochs * train_time)
     return ProbePlan(size=size, num_sets=num_sets, budget=float(budget), expected_share=round(share, 4),
                      train_seconds_per_example=train_time, probe_seconds_per_example=probe_time,
-                     snapshots=snapshots, limited=limited)
+                     snapshots=snapshots, limited=limited, requested_snapshots=requested)
 
 
 def _train_pass(model: nn.Module, batch: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:

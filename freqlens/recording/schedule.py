@@ -62,6 +62,22 @@ class Schedule:
         return cls("log", num)
 
     @classmethod
+    def log_fitting(cls, total_steps: int, snapshots: int) -> Schedule:
+        """The densest log schedule that takes at most ``snapshots`` snapshots
+        (step 0 included) in a run of ``total_steps``.
+
+        Example:
+            >>> Schedule.log_fitting(126, 30)
+            Schedule(kind='log', value=29)
+        """
+        check_positive_int(total_steps, "total_steps")
+        check_positive_int(snapshots, "snapshots", minimum=3)  # log:1 takes 0, 1 and the last step
+        num = 1
+        while num < total_steps and len(_log_steps(total_steps, num + 1)) <= snapshots:
+            num += 1
+        return cls.log(num)
+
+    @classmethod
     def at(cls, steps) -> Schedule:
         """Record at the given steps."""
         return cls("steps", tuple(steps))

@@ -102,3 +102,20 @@ def test_calibration_leaves_no_trace(data):
 def test_bad_arguments_are_named(data, kwargs, match):
     with pytest.raises(ValueError, match=match):
         _plan(tiny_bert(), data, **kwargs)
+
+
+def test_a_log_schedule_is_thinned_rather_than_the_budget_overrun(monkeypatch, data):
+    # 5% of 4,000 examples x 40 ms = 8.4 s; 16 examples x 2 sets x 8 ms = 0.256 s a snapshot
+    _fixed_costs(monkeypatch, 8 * 0.040, 8 * 0.008)
+    plan = _plan(tiny_bert(), data, budget=0.05, num_sets=2, minimum=16, min_snapshots=20)
+    allowed = 0.05 / 0.95 * 4000 * 0.040
+    assert plan.limited == "snapshots" and plan.size == 16
+    assert plan.snapshots == int(allowed / (16 * 2 * 0.008)) and plan.requested_snapshots == 51
+    assert plan.expected_share <= 0.05
+    assert "32 of the 51 snapshots" in plan.warning
+    _fixed_costs(monkeypatch, 8 * 0.040, 8 * 0.008)
+    floor = _plan(tiny_bert(), data, budget=0.05, num_sets=2, minimum=16, min_snapshots=40)
+    assert floor.snapshots == 40 and floor.expected_share > 0.05
+    _fixed_costs(monkeypatch, 8 * 0.040, 8 * 0.008)
+    fixed = _plan(tiny_bert(), data, budget=0.05, num_sets=2, minimum=16)  # not a log schedule
+    assert fixed.limited == "minimum" and fixed.snapshots == 51

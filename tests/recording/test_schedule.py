@@ -124,3 +124,13 @@ ERROR_CASES = [
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("total", [10, 126, 5000])
+@pytest.mark.parametrize("snapshots", [3, 20, 33])
+def test_log_fitting_is_the_densest_log_schedule_within_the_count(total, snapshots):
+    schedule = Schedule.log_fitting(total, snapshots)
+    assert schedule.kind == "log"
+    assert len(schedule.steps(total)) <= snapshots
+    denser = Schedule.log(schedule.value + 1)
+    assert schedule.value >= total or len(denser.steps(total)) > snapshots
