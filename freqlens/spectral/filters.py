@@ -232,8 +232,7 @@ class FilterBank:
             self.gram_dtype = torch.float64
             self._x, self._norms = self._centre(x, mean)
         if n * n * self.dtype.itemsize <= DISTANCE_CACHE_BYTES:
-            self._dist = torch.cat([self._distance_block(torch.arange(a, min(a + self.chunk_size, n)))
-                                    for a in range(0, n, self.chunk_size)])
+            self._dist = self._all_distances()
 
     def _centre(self, x: np.ndarray, mean: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The inputs minus their mean in ``gram_dtype``, and their squared norms.
@@ -243,21 +242,23 @@ class FilterBank:
         distances are translation invariant, and the Gram trick
         |a|^2 + |b|^2 - 2ab loses fewer digits on centred data.
         """
+        # float32 inputs minus a float32 mean lose nothing the Gram products keep
+        work = torch.float32 if x.dtype == np.float32 and self.gram_dtype == torch.float32 else torch.float64
+        shift = torch.from_numpy(mean).to(self.device, work)
         centred = torch.empty(x.shape, dtype=self.gram_dtype, device=self.device)
-        norms = torch.empty(x.shape[0], dtype=torch.float64, device=self.device)
+        norms = torch.empty(x.shape[0], dtype=self.gram_dtype, device=self.device)
         for a in range(0, x.shape[0], self.chunk_size):
-            # Not in place: for float64 inputs the block shares memory with the caller's array.
-            block = torch.from_numpy(x[a : a + self.chunk_size]).to(self.device, torch.float64)
-            block = block - torch.from_numpy(mean).to(self.device)
+            # Not in place: the block may share memory with the caller's array.
+            block = torch.from_numpy(x[a : a + self.chunk_size]).to(self.device, work) - shift
             centred[a : a + self.chunk_size] = block
-            norms[a : a + self.chunk_size] = block.square().sum(dim=1)
-        return centred, norms.to(self.gram_dtype)
+            norms[a : a + self.chunk_size] = torch.linalg.vector_norm(block, dim=1).square()
+        return centred, norms
 
     def _gram_error(self, x: np.ndarray, mean: np.ndarray, sample: int = 64) -> float:
         """How far float32 Gram products move the kernel, measured on sampled rows.
 
-        For up to ``sample`` rows, the largest L1 change of a kernel row (at
-        every width) between float32 and float64 distances. A low part moves
+        For up to ``sample`` rows, the largest L1 change of a kernel row at the
+        narrowest width between float32 and float64 distances. A low part moves
         by at most this times the signal's largest value. Small on spread-out
         data (~1e-7 on sentence-embedding-like inputs); large for tight
         clusters far apart, whose small distances float32 cannot resolve.
@@ -272,11 +273,9 @@ class FilterBank:
             exact[:, a : a + block.shape[0]] = torch.cdist(centred, block)
         if self.distance == "squared":
             exact.square_()
-        worst = 0.0
-        for width in self.widths:
-            change = torch.softmax(single / (-2.0 * width), 1) - torch.softmax(exact / (-2.0 * width), 1)
-            worst = max(worst, float(change.abs().sum(dim=1).max()))
-        return worst
+        width = float(self.widths.min())  # the narrowest filter feels a distance error most
+        change = torch.softmax(single / (-2.0 * width), 1) - torch.softmax(exact / (-2.0 * width), 1)
+        return float(change.abs().sum(dim=1).max())
 
     @property
     def n(self) -> int:
@@ -290,20 +289,45 @@ class FilterBank:
         )
 
     # ----------------------------------------------------------------- kernels
-    def _distance_block(self, rows: torch.Tensor) -> torch.Tensor:
-        """Distances (in ``dtype``) from ``rows`` (a 1-D index tensor) to every input, shape (c, N)."""
+    def _distance_block(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        """Distances (in ``dtype``) from ``rows`` (a slice or a 1-D index tensor) to every
+        input, shape (c, N); a view of the cache when the distances are cached."""
         if self._dist is not None:
-            return self._dist[rows]
-        rows = rows.to(self.device)
+            return self._dist[_on(rows, self.device)]
+        index = _index(rows, self.device)
         x, norms = self._x, self._norms
-        block = torch.addmm(norms[None, :], x[rows], x.T, alpha=-2.0).add_(norms[rows, None]).clamp_(min=0.0)
-        block[torch.arange(rows.numel(), device=self.device), rows] = 0.0
+        block = torch.addmm(norms[None, :], x[index], x.T, alpha=-2.0).add_(norms[index, None]).clamp_(min=0.0)
+        block[torch.arange(index.numel(), device=self.device), index] = 0.0
         if self.distance == "euclidean":
             block.sqrt_()
         return block.to(self.dtype)
 
+    def _all_distances(self, block: int = 768) -> torch.Tensor:
+        """The whole (N, N) distance matrix, from the Gram products of the blocks on and above
+        the diagonal only (it is symmetric: about half the arithmetic of one product)."""
+        n, x, norms = self.n, self._x, self._norms
+        dist = torch.empty((n, n), dtype=self.dtype, device=self.device)
+        for i in range(0, n, block):
+            for j in range(i, n, block):
+                part = torch.addmm(norms[None, j : j + block], x[i : i + block], x[j : j + block].T, alpha=-2.0)
+                part.add_(norms[i : i + block, None]).clamp_(min=0.0)
+                if i == j:  # the product of a block with itself is symmetric only to rounding
+                    part = 0.5 * (part + part.T)
+                    part.fill_diagonal_(0.0)
+                if self.distance == "euclidean":
+                    part.sqrt_()
+                dist[i : i + block, j : j + block] = part
+                if j != i:
+                    dist[j : j + block, i : i + block] = part.T
+        return dist
+
     def _row_chunks(self, rows: torch.Tensor | None):
-        ids = torch.arange(self.n) if rows is None else rows.cpu()
+        """Row chunks: slices of all rows, or index tensors of ``rows``."""
+        if rows is None:
+            for start in range(0, self.n, self.chunk_size):
+                yield slice(start, min(start + self.chunk_size, self.n))
+            return
+        ids = rows.cpu()
         for start in range(0, ids.numel(), self.chunk_size):
             yield ids[start : start + self.chunk_size]
 
@@ -384,7 +408,7 @@ class FilterBank:
         values = self._with_ones(f)
         for rows in self._row_chunks(None):
             for k, low in self._lows(values, rows):
-                out[k, rows.to(self.device)] = low
+                out[k, _on(rows, self.device)] = low
         return out
 
     # ------------------------------------------------------------------ errors
@@ -488,7 +512,7 @@ class FilterBank:
         sums = _Sums(problem.classes, problem.reduction, rows_total)
         values = self._with_ones(problem.signal)
         for rows in self._row_chunks(problem.rows):
-            own = problem.signal[rows.to(self.device)]
+            own = problem.signal[_on(rows, self.device)]
             if ratios:
                 sums.add("whole", own[:, end:])
             previous, band = None, 0
@@ -581,6 +605,18 @@ class FilterBank:
             errors=t * c,
             end=t * c + c,
         )
+
+
+def _on(rows: torch.Tensor | slice, device: torch.device) -> torch.Tensor | slice:
+    """A slice as it is, an index tensor moved to ``device``."""
+    return rows if isinstance(rows, slice) else rows.to(device)
+
+
+def _index(rows: torch.Tensor | slice, device: torch.device) -> torch.Tensor:
+    """Row indices on ``device`` for a slice or an index tensor."""
+    if isinstance(rows, slice):
+        return torch.arange(rows.start, rows.stop, device=device)
+    return rows.to(device)
 
 
 def _ratio(sums: _Sums, numerator_key, denominator_key, problem: _Problem, what: str) -> np.ndarray:

@@ -578,3 +578,13 @@ def test_sketched_bank_reads_row_chunks_and_keeps_the_errors_close():
     np.testing.assert_allclose(sketched, exact, rtol=0.05)
     with pytest.raises(ValueError, match="`sketch`"):
         FilterBank(x, widths, sketch=0)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared"])
+def test_distances_from_symmetric_blocks_match_explicit_differences(distance):
+    x, _, _ = ref.random_problem(11, n=37)
+    bank = FilterBank(x, [1.0], distance=distance, dtype="float64")
+    blocks = bank._all_distances(block=7)  # 6 x 6 blocks, 21 of them computed
+    np.testing.assert_allclose(blocks.numpy(), ref.distances(x, distance), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(blocks.numpy(), blocks.numpy().T)
+    np.testing.assert_array_equal(np.diag(blocks.numpy()), 0.0)
