@@ -267,7 +267,7 @@ def ga_ratio(args, scratch: Path) -> list[str]:
     reference = {k: v[256:512] for k, v in train.items()}, all_labels[256:512]
 
     def build(defense: str):
-        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=2).to(args.device)
+        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=2, dtype=torch.float32).to(args.device)
         model = prepare_model(model, DefenseConfig(name=defense)).model
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=5e-4)
