@@ -72,17 +72,7 @@ def _check_results(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_run_poisons_clean_csvs_and_writes_everything(tmp_path, capsys):
-    model = _save_tiny_bert(tmp_path / "model", make_tokenizer())
-    data = _write_clean_csvs(tmp_path / "data")
-    config = _config(tmp_path, f"""
-[model]
-name = "{model}"
-max_length = 32
-[data]
-path = "{data}"
-[attack]
-name = "addsent"
-rate = 0.1
+    config = _tiny_experiment(tmp_path, """rate = 0.1
 [train]
 epochs = 1
 batch_size = 16
