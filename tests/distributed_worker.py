@@ -63,13 +63,13 @@ def record(directory: Path, kind: str) -> Recorder:
     return recorder
 
 
-def fit() -> tuple[torch.nn.Module, object, int]:
+def fit(subspace: int = 1) -> tuple[torch.nn.Module, object, int]:
     """freqlens' loop with gradient alignment and selection by dev loss.
 
     21 examples, batches of 4, 2 accumulated per step (the last micro-batch has one row:
     rank 1 sits it out), 2 epochs (one pure, one mixed); reference batches of 7 in
     micro-batches of 3. Returns the model, the result and the rows this process ran
-    forward with gradients (training and reference).
+    forward with gradients (training and reference). ``subspace``: GA's reference groups.
     """
     model = tiny_bert(0, dropout=0.0)
     rows = [0]
@@ -77,7 +77,7 @@ def fit() -> tuple[torch.nn.Module, object, int]:
         lambda module, args, kwargs: rows.__setitem__(0, rows[0] + len(kwargs["input_ids"]))
         if torch.is_grad_enabled() else None, with_kwargs=True)
     aligner = GradientAligner(model, random_encodings(10, 10, seed=6, pad_from=3), random_labels(10, seed=6),
-                              GAConfig(loss_threshold=10.0), batch_size=7, micro_batch_size=3, seed=3)
+                              GAConfig(loss_threshold=10.0, subspace=subspace), batch_size=7, micro_batch_size=3, seed=3)
     dev, dev_labels = random_encodings(9, 10, seed=7, pad_from=3), random_labels(9, seed=7)
 
     def negative_dev_loss(m):
@@ -141,6 +141,9 @@ def main(out: Path) -> None:
     np.savez(out / f"train-rank{rank}.npz", **{n: p.detach().numpy() for n, p in model.named_parameters()})
     report["train"] = {"losses": result.losses, "alignment": result.alignment, "scores": result.epoch_scores,
                        "best_epoch": result.best_epoch, "rows": rows}
+    span_model, span_result, _ = fit(subspace=3)
+    np.savez(out / f"train-span-rank{rank}.npz", **{n: p.detach().numpy() for n, p in span_model.named_parameters()})
+    report["train_span"] = {"losses": span_result.losses, "alignment": span_result.alignment}
     report["trainer"] = trainer_run(out)
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     torch.distributed.destroy_process_group()

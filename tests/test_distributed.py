@@ -86,6 +86,24 @@ def test_train_with_alignment_takes_the_single_process_steps(launched):
     assert [r["train"]["rows"] for r in reports] == [46, 38] and rows == 84
 
 
+@pytest.mark.slow
+def test_alignment_on_a_span_of_reference_gradients_takes_the_single_process_steps(launched):
+    out, reports = launched
+    ranks = [np.load(out / f"train-span-rank{r}.npz") for r in range(WORLD)]
+    model, result, _ = worker.fit(subspace=3)
+    single, _, _ = worker.fit(subspace=1)
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(ranks[1][name], ranks[0][name], rtol=0, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(ranks[0][name], p.detach().numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+    assert any(not np.allclose(ranks[0][n], p.detach().numpy()) for n, p in single.named_parameters())
+    for report in reports:
+        got = report["train_span"]
+        assert got["losses"] == pytest.approx(result.losses, rel=1e-5)
+        assert got["alignment"]["branch"] == result.alignment["branch"]
+        for key in ("cosine", "reference_loss", "mean_reference_norm"):
+            assert got["alignment"][key] == pytest.approx(result.alignment[key], rel=1e-4, abs=1e-6), key
+
+
 # ------------------------------------------------------------------ the Hugging Face Trainer (DDP)
 @pytest.mark.slow
 def test_trainer_records_one_trajectory_and_aligned_ranks_stay_in_sync(launched):

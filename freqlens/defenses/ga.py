@@ -58,6 +58,11 @@ class GAConfig:
         pure: pure alignment throughout (the paper's LLM setting).
         batch_size: reference examples per reference gradient (None: the
             training batch size).
+        subspace: how many reference gradients span the direction each tensor's
+            gradient is projected on. 1 is the paper's rule (the reference
+            batch's gradient); with m > 1 the batch is cut into m groups and
+            the training gradient is projected on the span of their m gradients
+            (see :func:`project_on_span`).
     """
 
     loss_threshold: float = 0.4
@@ -66,6 +71,7 @@ class GAConfig:
     mix_from_epoch: int = 1
     pure: bool = False
     batch_size: int | None = None
+    subspace: int = 1
 
     def __post_init__(self) -> None:
         for name in ("loss_threshold", "norm_threshold"):
@@ -77,6 +83,9 @@ class GAConfig:
         check_positive_int(self.mix_from_epoch, "mix_from_epoch", minimum=0)
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "batch_size")
+        check_positive_int(self.subspace, "subspace")
+        if self.batch_size is not None and self.subspace > self.batch_size:
+            raise ValueError(f"Expected `subspace` <= `batch_size` ({self.batch_size}) but got {self.subspace}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,6 +154,46 @@ def align_gradients(
     return out
 
 
+def project_on_span(
+    train_grad: torch.Tensor,
+    group_grads: list[torch.Tensor],
+    weights: list[float] | None = None,
+) -> torch.Tensor:
+    """One tensor's gradient projected on the span of m reference gradients, kept descending.
+
+    The plain statement of the rule behind ``GAConfig.subspace`` (float64
+    throughout); :meth:`GradientAligner.align` computes the same for all
+    tensors at once. With the groups' gradients g_1..g_m as the rows of S,
+    their mean g_c = sum_j w_j g_j (``weights`` w: the groups' shares of the
+    reference batch, equal by default) and the Gram matrix G = S S^T::
+
+        a = G^+ S g                   (least squares: P g = a^T S is the projection)
+        if <P g, g_c> < 0:            (it would raise the reference loss)
+            a = a - 2 <P g, g_c> / ||g_c||^2 w
+
+    The second line reflects the component along g_c, as the paper's
+    ``|<g, g_c>|`` does: for m = 1 the rule is exactly
+    ``|<g, g_c>| / ||g_c||^2 g_c``. G^+ is the pseudo-inverse (groups whose
+    gradients are linearly dependent, or zero, are handled); a tensor whose
+    reference gradients are all zero gets zero.
+    """
+    m = len(group_grads)
+    if m == 0:
+        raise ValueError("Expected at least one reference gradient but got none.")
+    w = torch.full((m,), 1.0 / m, dtype=torch.float64) if weights is None else torch.as_tensor(
+        weights, dtype=torch.float64)
+    rows = torch.stack([g.detach().double().reshape(-1) for g in group_grads])
+    gram = rows @ rows.T
+    a = torch.linalg.pinv(gram, hermitian=True, rtol=SPAN_RTOL) @ (rows @ train_grad.detach().double().reshape(-1))
+    along, mean_sq = a @ gram @ w, w @ gram @ w
+    if along < 0 and mean_sq > 0:
+        a = a - 2 * along / mean_sq * w
+    return (a @ rows).reshape(train_grad.shape).to(train_grad.dtype)
+
+
+SPAN_RTOL = 1e-6  # singular values of the reference Gram matrix below this share of the largest count as zero
+
+
 class GradientAligner:
     """Replaces a model's gradients by their alignment with a clean reference set.
 
@@ -187,6 +236,9 @@ class GradientAligner:
         self.batch_size = min(self.config.batch_size or check_positive_int(batch_size, "batch_size"), len(labels))
         self.micro_batch_size = self.batch_size if micro_batch_size is None else check_positive_int(
             micro_batch_size, "micro_batch_size")
+        if self.config.subspace > self.batch_size:
+            raise ValueError(f"Expected `subspace` <= the reference batch ({self.batch_size} examples) but got "
+                             f"{self.config.subspace}.")
         self._generator = torch.Generator().manual_seed(seed)
         self._order = torch.randperm(len(labels), generator=self._generator)
         self._position = 0
@@ -209,6 +261,27 @@ class GradientAligner:
         weighted by ``world * share / batch``, and the average across processes (one
         all-reduce, a collective) is the whole batch's mean on every process."""
         batch, labels = self._next_batch()
+        return self._gradients(batch, labels, parameters)
+
+    def reference_group_gradients(
+        self, parameters: list[nn.Parameter],
+    ) -> tuple[list[list[torch.Tensor | None]], list[float], torch.Tensor]:
+        """The next reference batch cut into ``config.subspace`` groups (sizes differing by at
+        most one): each group's mean-loss gradients, the groups' shares of the batch, and the
+        batch's mean loss (0-d, on the model's device)."""
+        batch, labels = self._next_batch()
+        parts = torch.arange(len(labels)).tensor_split(self.config.subspace)
+        groups, shares, loss = [], [], None
+        for rows in parts:
+            grads, part_loss = self._gradients({k: v[rows] for k, v in batch.items()}, labels[rows], parameters)
+            share = len(rows) / len(labels)
+            groups.append(grads)
+            shares.append(share)
+            loss = part_loss * share if loss is None else loss + part_loss * share
+        return groups, shares, loss
+
+    def _gradients(self, batch: Mapping[str, torch.Tensor], labels: torch.Tensor,
+                   parameters: list[nn.Parameter]) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         model, n = distributed.unwrap(self.model), len(labels)
         world = distributed.world_size() if distributed.is_distributed() else 1
         if world > 1:
@@ -240,6 +313,8 @@ class GradientAligner:
         """
         if parameters is None:
             parameters = [p for p in self.model.parameters() if p.requires_grad]
+        if self.config.subspace > 1:
+            return self._align_on_span(epoch=epoch, epochs=epochs, parameters=parameters)
         reference, loss = self.reference_gradients(parameters)
         train_grads = [p.grad for p in parameters]
         pairs = [(g, r) for g, r in zip(train_grads, reference)]
@@ -251,10 +326,7 @@ class GradientAligner:
         summary = torch.stack([loss.double(), torch.sqrt(squared).mean() if len(pairs) else zero, dots.sum(),
                                train_squared, squared.sum()]).tolist()
         loss_value, mean_norm, dot, train_sq, ref_sq = summary
-        c = self.config
-        learning = loss_value > c.loss_threshold and mean_norm > c.norm_threshold
-        mu = 0.0 if learning else mixing_weight(c, epoch, epochs)
-        branch = "mixed" if mu > 0 else "pure"
+        branch, mu = self._branch(loss_value, mean_norm, epoch, epochs)
         cosine = dot / math.sqrt(train_sq * ref_sq) if train_sq > 0 and ref_sq > 0 else 0.0
         coefficients = torch.where(squared > 0, dots.abs() / torch.where(squared > 0, squared, 1.0), 0.0)
         for p, g, r, k in zip(parameters, train_grads, reference, coefficients.unbind()):
@@ -263,9 +335,63 @@ class GradientAligner:
                 continue
             aligned = r * k.to(r.dtype)
             p.grad = aligned if mu == 0 or g is None else aligned.mul_(1.0 - mu).add_(g, alpha=mu)
-        step = AlignStep(branch=branch, cosine=cosine, reference_loss=loss_value, mean_reference_norm=mean_norm, mu=mu)
+        return self._log(branch, cosine, loss_value, mean_norm, mu)
+
+    def _branch(self, loss_value: float, mean_norm: float, epoch: int, epochs: int) -> tuple[str, float]:
+        c = self.config
+        learning = loss_value > c.loss_threshold and mean_norm > c.norm_threshold
+        mu = 0.0 if learning else mixing_weight(c, epoch, epochs)
+        return ("mixed" if mu > 0 else "pure"), mu
+
+    def _log(self, branch: str, cosine: float, loss: float, mean_norm: float, mu: float) -> AlignStep:
+        step = AlignStep(branch=branch, cosine=cosine, reference_loss=loss, mean_reference_norm=mean_norm, mu=mu)
         self.log.steps.append(step)
         return step
+
+    def _align_on_span(self, *, epoch: int, epochs: int, parameters: list[nn.Parameter]) -> AlignStep:
+        """:func:`project_on_span` for every tensor at once: the m x m Gram matrices and the
+        training gradient's dot products are stacked (float64) and solved in one batched
+        pseudo-inverse, so one small tensor crosses to the host per step, as in :meth:`align`."""
+        groups, shares, loss = self.reference_group_gradients(parameters)
+        m = len(groups)
+        device = loss.device
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        train_grads = [p.grad for p in parameters]
+        grams, dots = [], []
+        for i, g in enumerate(train_grads):
+            rows = [group[i] for group in groups]
+            gram = torch.stack([torch.stack([
+                torch.sum(a * b, dtype=torch.float64) if a is not None and b is not None else zero for b in rows])
+                for a in rows])
+            grams.append(gram)
+            dots.append(torch.stack([torch.sum(g * a, dtype=torch.float64) if g is not None and a is not None
+                                     else zero for a in rows]))
+        gram, dot = torch.stack(grams), torch.stack(dots)  # (P, m, m), (P, m)
+        w = torch.tensor(shares, dtype=torch.float64, device=device)
+        coefficients = (torch.linalg.pinv(gram, hermitian=True, rtol=SPAN_RTOL) @ dot.unsqueeze(-1)).squeeze(-1)
+        gram_w = gram @ w  # (P, m): <g_j, g_c> per tensor
+        along, mean_sq = (coefficients * gram_w).sum(-1), gram_w @ w  # <P g, g_c>, ||g_c||^2
+        flip = (along < 0) & (mean_sq > 0)
+        coefficients = torch.where(flip.unsqueeze(-1), coefficients - (2 * along / torch.where(
+            mean_sq > 0, mean_sq, 1.0)).unsqueeze(-1) * w, coefficients)
+        train_sq = sum((torch.sum(g * g, dtype=torch.float64) for g in train_grads if g is not None), zero)
+        summary = torch.stack([loss.double(), torch.sqrt(mean_sq).mean() if len(parameters) else zero,
+                               (dot @ w).sum(), train_sq, mean_sq.sum()]).tolist()
+        loss_value, mean_norm, dot_sum, train_sq, ref_sq = summary
+        branch, mu = self._branch(loss_value, mean_norm, epoch, epochs)
+        cosine = dot_sum / math.sqrt(train_sq * ref_sq) if train_sq > 0 and ref_sq > 0 else 0.0
+        for i, (p, g) in enumerate(zip(parameters, train_grads)):
+            rows = [group[i] for group in groups]
+            if all(r is None for r in rows):
+                p.grad = None if g is None else mu * g
+                continue
+            aligned = None
+            for r, k in zip(rows, coefficients[i].unbind()):
+                if r is not None:
+                    term = r * k.to(r.dtype)
+                    aligned = term if aligned is None else aligned.add_(term)
+            p.grad = aligned if mu == 0 or g is None else aligned.mul_(1.0 - mu).add_(g, alpha=mu)
+        return self._log(branch, cosine, loss_value, mean_norm, mu)
 
 
 class AlignedTrainerMixin:

@@ -105,6 +105,7 @@ class DefenseConfig:
     ga_norm_threshold: float = 5e-7
     ga_mu: float = 0.1
     ga_pure: bool = False  # pure alignment throughout (the paper's LLM setting)
+    ga_subspace: int = 1  # reference gradients spanning each tensor's projection (1: the paper's rule)
     prefix_tokens: int = 10  # virtual tokens of prefix tuning
     abl_isolation_rate: float = 0.01  # share of training examples isolated as suspected poison
     abl_isolation_epochs: int = 1  # epochs of local gradient ascent before isolating
@@ -145,7 +146,7 @@ class DefenseConfig:
 
     def ga_config(self) -> GAConfig:
         return GAConfig(loss_threshold=self.ga_loss_threshold, norm_threshold=self.ga_norm_threshold,
-                        mu=self.ga_mu, pure=self.ga_pure)
+                        mu=self.ga_mu, pure=self.ga_pure, subspace=self.ga_subspace)
 
     def mslr_overrides(self) -> dict:
         from freqlens.defenses.mslr import MSLRConfig

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from freqlens.defenses import AlignedTrainerMixin, GAConfig, GradientAligner, align_gradients
-from freqlens.defenses.ga import mixing_weight
+from freqlens.defenses.ga import mixing_weight, project_on_span
 from freqlens.training import TrainConfig, train
 
 from .helpers import build, inputs, labels
@@ -222,27 +222,108 @@ def test_align_gradients_zero_and_missing_tensors():
     assert torch.equal(pure[0], torch.zeros(2))
 
 
+# ------------------------------------------------------------------ projection on a span of reference gradients
+def span_projection(g: np.ndarray, rows: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Least-squares projection of g on the rows' span, its component along the rows' weighted
+    mean reflected when it points against that mean (numpy's lstsq, not a pseudo-inverse)."""
+    coefficients = np.linalg.lstsq(rows.T, g.ravel(), rcond=None)[0]
+    projected = coefficients @ rows
+    mean = shares @ rows
+    along = projected @ mean
+    if along < 0:
+        projected = projected - 2 * along / (mean @ mean) * mean
+    return projected.reshape(g.shape)
+
+
+def twin_groups(model, x, subspace: int) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    """The group gradients the aligner will use: a twin aligner with the same seed draws the same batch."""
+    twin = aligner_for(model, x, GAConfig(subspace=subspace))
+    groups, shares, _ = twin.reference_group_gradients([model.a, model.b])
+    return [[g.numpy() for g in group] for group in groups], np.array(shares)
+
+
+@pytest.mark.parametrize("subspace", [2, 3, 5])
+def test_span_alignment_equals_the_least_squares_projection(subspace):
+    x = reference_inputs()
+    model = TwoTensors(offset=10.0)
+    groups, shares = twin_groups(model, x, subspace)
+    set_training_gradients(model)
+    step = aligner_for(model, x, GAConfig(subspace=subspace)).align(epoch=0, epochs=1)
+    for i, (name, train) in enumerate([("a", TRAIN_A), ("b", TRAIN_B)]):
+        rows = np.stack([group[i].ravel() for group in groups])
+        np.testing.assert_allclose(getattr(model, name).grad.numpy(), span_projection(train, rows, shares),
+                                   rtol=1e-9, atol=1e-12, err_msg=name)
+    # the loss, norm and cosine are the whole batch's, as with one reference gradient
+    ca, cb = hand_reference(x)
+    expected_loss = 10.0 + float(x[:, :3].numpy().mean(0) @ np.array(A0)) + float(np.sum(cb * np.array(B0)))
+    assert step.reference_loss == pytest.approx(expected_loss, rel=1e-12)
+    assert step.mean_reference_norm == pytest.approx((np.linalg.norm(ca) + np.linalg.norm(cb)) / 2, rel=1e-12)
+    assert sum(shares) == pytest.approx(1.0) and len(shares) == subspace
+
+
+def test_a_span_of_the_whole_space_keeps_a_descending_gradient_and_reflects_an_ascending_one():
+    x = reference_inputs()  # 6 rows, one per group: they span R^3 (tensor a) and R^4 (tensor b)
+    model = TwoTensors(offset=10.0)
+    set_training_gradients(model)
+    aligner_for(model, x, GAConfig(subspace=6)).align(epoch=0, epochs=1)
+    for name, train, mean in [("a", TRAIN_A, hand_reference(x)[0]), ("b", TRAIN_B, hand_reference(x)[1])]:
+        along = np.sum(train * mean)
+        expected = train if along >= 0 else train - 2 * along / np.sum(mean * mean) * mean
+        np.testing.assert_allclose(getattr(model, name).grad.numpy(), expected, rtol=1e-9, err_msg=name)
+    assert np.sum(TRAIN_A * hand_reference(x)[0]) * np.sum(TRAIN_B * hand_reference(x)[1]) < 0  # both cases met
+
+
+def test_span_mixed_branch_mixes_in_the_raw_gradient():
+    x = reference_inputs()
+    model = TwoTensors(offset=-10.0)  # below the loss threshold
+    groups, shares = twin_groups(model, x, 2)
+    set_training_gradients(model)
+    step = aligner_for(model, x, GAConfig(subspace=2)).align(epoch=1, epochs=2)
+    assert step.branch == "mixed" and step.mu == pytest.approx(0.1)
+    rows = np.stack([group[0].ravel() for group in groups])
+    np.testing.assert_allclose(model.a.grad.numpy(), 0.9 * span_projection(TRAIN_A, rows, shares) + 0.1 * TRAIN_A,
+                               rtol=1e-9)
+
+
+def test_project_on_span_of_one_gradient_is_the_papers_rule():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        g, gc = rng.normal(size=(2, 4, 3))
+        np.testing.assert_allclose(project_on_span(torch.tensor(g), [torch.tensor(gc)]).numpy(), projection(g, gc),
+                                   rtol=1e-10)
+
+
+def test_project_on_span_of_dependent_or_zero_gradients():
+    rng = np.random.default_rng(4)
+    g, gc = (torch.tensor(v) for v in rng.normal(size=(2, 5)))
+    dependent = project_on_span(g, [gc, 2 * gc, torch.zeros(5), -gc], weights=[0.25, 0.25, 0.25, 0.25])
+    # the mean 0.5 gc points along gc: the rule is the paper's on gc
+    np.testing.assert_allclose(dependent.numpy(), projection(g.numpy(), gc.numpy()), rtol=1e-8)
+    assert torch.equal(project_on_span(g, [torch.zeros(5), torch.zeros(5)]), torch.zeros(5, dtype=g.dtype))
+
+
 # ------------------------------------------------------------------ gradient accumulation
 N = 16
 
 
-def one_step(batch_size: int, accumulation: int, *, aligned: bool):
+def one_step(batch_size: int, accumulation: int, *, aligned: bool, subspace: int = 1):
     model = build("bert", seed=0, dropout=0.0)
     enc = inputs("bert", n=N, length=10, seed=11)
     aligner = None
     if aligned:
         ref = inputs("bert", n=12, length=10, seed=12)
-        aligner = GradientAligner(model, ref, labels(12, seed=1).numpy(), GAConfig(), batch_size=8, seed=3)
+        aligner = GradientAligner(model, ref, labels(12, seed=1).numpy(), GAConfig(subspace=subspace), batch_size=8,
+                                  seed=3)
     config = TrainConfig(epochs=1, batch_size=batch_size, accumulation_steps=accumulation, lr=1e-3, seed=5)
     result = train(model, enc, labels(N), config, aligner=aligner, progress=False)
     assert result.steps == 1
     return model, result
 
 
-@pytest.mark.parametrize("aligned", [True, False], ids=["ga", "no-ga"])
-def test_accumulated_step_equals_one_big_batch(aligned):
-    small, small_result = one_step(8, 2, aligned=aligned)
-    big, big_result = one_step(16, 1, aligned=aligned)
+@pytest.mark.parametrize("aligned, subspace", [(True, 1), (True, 4), (False, 1)], ids=["ga", "ga-span", "no-ga"])
+def test_accumulated_step_equals_one_big_batch(aligned, subspace):
+    small, small_result = one_step(8, 2, aligned=aligned, subspace=subspace)
+    big, big_result = one_step(16, 1, aligned=aligned, subspace=subspace)
     assert small_result.losses == pytest.approx(big_result.losses, rel=1e-5)
     before = dict(build("bert", seed=0, dropout=0.0).named_parameters())
     moved = 0
@@ -349,7 +430,8 @@ def test_trainer_steps_with_the_aligned_gradients(tmp_path, arguments):
 
 # ------------------------------------------------------------------ GAConfig checks
 @pytest.mark.parametrize("field, value", [("loss_threshold", -0.1), ("norm_threshold", -1e-7), ("mu", 1.5),
-                                          ("mu", -0.1), ("mix_from_epoch", -1), ("batch_size", 0)])
+                                          ("mu", -0.1), ("mix_from_epoch", -1), ("batch_size", 0),
+                                          ("subspace", 0)])
 def test_ga_config_rejects_bad_values_by_name(field, value):
     with pytest.raises(ValueError, match=f"`{field}`"):
         GAConfig(**{field: value})
@@ -362,3 +444,13 @@ def test_ga_config_batch_size_sets_the_reference_batch():
     assert aligner_for(TwoTensors(), reference_inputs()).batch_size == 6
     capped = GradientAligner(TwoTensors(), {"x": reference_inputs()}, np.zeros(6, dtype=int), batch_size=32)
     assert capped.batch_size == 6  # never more than the reference set
+
+
+def test_ga_config_refuses_more_groups_than_reference_examples():
+    with pytest.raises(ValueError, match="`subspace` <= `batch_size`"):
+        GAConfig(batch_size=4, subspace=5)
+
+
+def test_aligner_refuses_more_groups_than_its_reference_batch():
+    with pytest.raises(ValueError, match="`subspace` <= the reference batch \\(6 examples\\)"):
+        aligner_for(TwoTensors(), reference_inputs(), GAConfig(subspace=7))
