@@ -349,49 +349,64 @@ class GradientAligner:
         return step
 
     def _align_on_span(self, *, epoch: int, epochs: int, parameters: list[nn.Parameter]) -> AlignStep:
-        """:func:`project_on_span` for every tensor at once: the m x m Gram matrices and the
-        training gradient's dot products are stacked (float64) and solved in one batched
-        pseudo-inverse, so one small tensor crosses to the host per step, as in :meth:`align`."""
+        """:func:`project_on_span` for every tensor at once.
+
+        Per tensor, the m group gradients and the training gradient are stacked as
+        the rows of one matrix whose Gram matrix (float64, built over column
+        chunks) holds every dot product the rule needs; the P systems are solved
+        in one batched pseudo-inverse and each projection is one (1 x m) @ (m x n)
+        product. One small tensor crosses to the host per step, as in :meth:`align`.
+        """
         groups, shares, loss = self.reference_group_gradients(parameters)
         m = len(groups)
-        device = loss.device
-        zero = torch.zeros((), dtype=torch.float64, device=device)
         train_grads = [p.grad for p in parameters]
-        grams, dots = [], []
-        for i, g in enumerate(train_grads):
+        stacks: list[torch.Tensor | None] = []
+        grams = []
+        for i, (p, g) in enumerate(zip(parameters, train_grads)):
             rows = [group[i] for group in groups]
-            gram = torch.stack([torch.stack([
-                torch.sum(a * b, dtype=torch.float64) if a is not None and b is not None else zero for b in rows])
-                for a in rows])
-            grams.append(gram)
-            dots.append(torch.stack([torch.sum(g * a, dtype=torch.float64) if g is not None and a is not None
-                                     else zero for a in rows]))
-        gram, dot = torch.stack(grams), torch.stack(dots)  # (P, m, m), (P, m)
-        w = torch.tensor(shares, dtype=torch.float64, device=device)
+            if all(r is None for r in rows):
+                stacks.append(None)
+                grams.append(torch.zeros((m + 1, m + 1), dtype=torch.float64, device=loss.device))
+                continue
+            flat = [(torch.zeros_like(p) if r is None else r).reshape(-1) for r in rows]
+            stack = torch.stack([*flat, (torch.zeros_like(p) if g is None else g).reshape(-1)])
+            stacks.append(stack)
+            grams.append(_gram64(stack))
+        full = torch.stack(grams)  # (P, m + 1, m + 1): the groups' Gram matrix, then the training gradient
+        gram, dot, train_sq = full[:, :m, :m], full[:, :m, m], full[:, m, m]
+        w = torch.tensor(shares, dtype=torch.float64, device=full.device)
         coefficients = (torch.linalg.pinv(gram, hermitian=True, rtol=SPAN_RTOL) @ dot.unsqueeze(-1)).squeeze(-1)
         gram_w = gram @ w  # (P, m): <g_j, g_c> per tensor
         along, mean_sq = (coefficients * gram_w).sum(-1), gram_w @ w  # <P g, g_c>, ||g_c||^2
         flip = (along < 0) & (mean_sq > 0)
         coefficients = torch.where(flip.unsqueeze(-1), coefficients - (2 * along / torch.where(
             mean_sq > 0, mean_sq, 1.0)).unsqueeze(-1) * w, coefficients)
-        train_sq = sum((torch.sum(g * g, dtype=torch.float64) for g in train_grads if g is not None), zero)
+        zero = torch.zeros((), dtype=torch.float64, device=full.device)
         summary = torch.stack([loss.double(), torch.sqrt(mean_sq).mean() if len(parameters) else zero,
-                               (dot @ w).sum(), train_sq, mean_sq.sum()]).tolist()
-        loss_value, mean_norm, dot_sum, train_sq, ref_sq = summary
+                               (dot @ w).sum(), train_sq.sum(), mean_sq.sum()]).tolist()
+        loss_value, mean_norm, dot_sum, train_total, ref_sq = summary
         branch, mu = self._branch(loss_value, mean_norm, epoch, epochs)
-        cosine = dot_sum / math.sqrt(train_sq * ref_sq) if train_sq > 0 and ref_sq > 0 else 0.0
-        for i, (p, g) in enumerate(zip(parameters, train_grads)):
-            rows = [group[i] for group in groups]
-            if all(r is None for r in rows):
+        cosine = dot_sum / math.sqrt(train_total * ref_sq) if train_total > 0 and ref_sq > 0 else 0.0
+        for p, g, stack, k in zip(parameters, train_grads, stacks, coefficients.unbind()):
+            if stack is None:
                 p.grad = None if g is None else mu * g
                 continue
-            aligned = None
-            for r, k in zip(rows, coefficients[i].unbind()):
-                if r is not None:
-                    term = r * k.to(r.dtype)
-                    aligned = term if aligned is None else aligned.add_(term)
+            aligned = (k.to(stack.dtype) @ stack[:m]).reshape(p.shape)
             p.grad = aligned if mu == 0 or g is None else aligned.mul_(1.0 - mu).add_(g, alpha=mu)
         return self._log(branch, cosine, loss_value, mean_norm, mu)
+
+
+GRAM_CHUNK = 1 << 20  # columns per float64 block of _gram64 (8 MiB a row)
+
+
+def _gram64(rows: torch.Tensor) -> torch.Tensor:
+    """``rows @ rows.T`` accumulated in float64 over column blocks (a float64 copy of a block,
+    never of the whole matrix)."""
+    total = torch.zeros((rows.shape[0], rows.shape[0]), dtype=torch.float64, device=rows.device)
+    for start in range(0, rows.shape[1], GRAM_CHUNK):
+        block = rows[:, start : start + GRAM_CHUNK].double()
+        total += block @ block.T
+    return total
 
 
 class AlignedTrainerMixin:

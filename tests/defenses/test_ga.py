@@ -454,3 +454,13 @@ def test_ga_config_refuses_more_groups_than_reference_examples():
 def test_aligner_refuses_more_groups_than_its_reference_batch():
     with pytest.raises(ValueError, match="`subspace` <= the reference batch \\(6 examples\\)"):
         aligner_for(TwoTensors(), reference_inputs(), GAConfig(subspace=7))
+
+
+def test_the_gram_matrix_is_the_same_over_column_blocks(monkeypatch):
+    import freqlens.defenses.ga as ga
+
+    rows = torch.tensor(np.random.default_rng(5).normal(size=(4, 11)), dtype=torch.float32)
+    whole = ga._gram64(rows)
+    monkeypatch.setattr(ga, "GRAM_CHUNK", 3)  # 11 columns in blocks of 3, 3, 3, 2
+    np.testing.assert_allclose(ga._gram64(rows).numpy(), whole.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(whole.numpy(), rows.double().numpy() @ rows.double().numpy().T, rtol=1e-12)
