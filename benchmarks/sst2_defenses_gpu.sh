@@ -7,6 +7,8 @@
 # Runs live in runs/gpu-defenses/ (kept between calls on a warm machine, so a second
 # call resumes); results.json, heatmap.png and log.txt of each finished run are
 # copied to $OUT/runs/, and the table to $OUT/. LIMIT caps the seconds spent running.
+# Env: ATTACKS, DEFENSES (variants too, e.g. DEFENSES="muscle muscle@ga_subspace=4,ga_pure=true"),
+# SEEDS, PARALLEL, SUFFIX.
 set -u
 out=${OUT:-runs/gpu-defenses-out}
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
