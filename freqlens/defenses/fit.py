@@ -80,10 +80,13 @@ def fit_defense(
         aligner = None
         if spec.ga:
             ref_encodings, ref_labels = reference
-            aligner = GradientAligner(  # one reference batch per optimisation step, as large as its training batch
-                model, ref_encodings, ref_labels, config.ga_config(),
-                batch_size=train_config.batch_size * train_config.accumulation_steps,
-                micro_batch_size=train_config.batch_size, seed=train_config.seed)
+            try:
+                aligner = GradientAligner(  # one reference batch per optimisation step, as large as its training batch
+                    model, ref_encodings, ref_labels, config.ga_config(),
+                    batch_size=train_config.batch_size * train_config.accumulation_steps,
+                    micro_batch_size=train_config.batch_size, seed=train_config.seed)
+            except ValueError as error:  # name the config key
+                raise ValueError(str(error).replace("`subspace`", "`defense.ga_subspace`")) from error
         result = train(model, encodings, labels, run_config, recorder=recorder, progress=progress,
                        aligner=aligner, selector=select)
         if aligner is not None:

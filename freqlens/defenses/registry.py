@@ -145,8 +145,14 @@ class DefenseConfig:
         return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout, targets=self.lora_targets)
 
     def ga_config(self) -> GAConfig:
-        return GAConfig(loss_threshold=self.ga_loss_threshold, norm_threshold=self.ga_norm_threshold,
-                        mu=self.ga_mu, pure=self.ga_pure, subspace=self.ga_subspace)
+        try:
+            return GAConfig(loss_threshold=self.ga_loss_threshold, norm_threshold=self.ga_norm_threshold,
+                            mu=self.ga_mu, pure=self.ga_pure, subspace=self.ga_subspace)
+        except ValueError as error:  # name the config keys, not GAConfig's fields
+            message = str(error)
+            for field in ("loss_threshold", "norm_threshold", "mu", "subspace"):
+                message = message.replace(f"`{field}`", f"`defense.ga_{field}`")
+            raise ValueError(f"Invalid gradient-alignment setting: {message}") from error
 
     def mslr_overrides(self) -> dict:
         from freqlens.defenses.mslr import MSLRConfig

@@ -29,6 +29,18 @@ def state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def test_a_span_larger_than_the_reference_batch_fails_before_training_naming_the_key():
+    config = DefenseConfig(name="muscle", ga_subspace=7)  # the reference batch: 6 examples
+    prepared = prepare_model(build("bert"), config)
+    before = state(prepared.model)
+    enc, y = task()
+    with pytest.raises(ValueError, match=r"`defense\.ga_subspace` <= the reference batch \(6 examples\) but got 7"):
+        fit_defense(prepared.model, enc, y, config, TrainConfig(epochs=1, batch_size=8), reference=reference(),
+                    progress=False)
+    after = state(prepared.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 @pytest.mark.parametrize("name", ["ga", "ga+lora", "muscle", "muscle-paper", "reference-only"])
 def test_a_defense_that_needs_a_reference_set_fails_before_training_without_one(name):
     prepared = prepare_model(build("bert"), DefenseConfig(name=name))
@@ -41,9 +53,9 @@ def test_a_defense_that_needs_a_reference_set_fails_before_training_without_one(
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("name", ["ga", "muscle"])
-def test_gradient_aligned_defenses_align_every_step(name):
-    config = DefenseConfig(name=name)
+@pytest.mark.parametrize("name, subspace", [("ga", 1), ("muscle", 1), ("muscle", 3)])
+def test_gradient_aligned_defenses_align_every_step(name, subspace):
+    config = DefenseConfig(name=name, ga_subspace=subspace)
     prepared = prepare_model(build("bert"), config)
     enc, y = task()
     result, info = fit_defense(prepared.model, enc, y, config, TrainConfig(epochs=2, batch_size=8),

@@ -237,3 +237,10 @@ def test_adapter_defenses_on_a_large_model_use_the_train_lr():
             yield torch.empty(SMALL_MODEL, device="meta")
 
     assert DefenseConfig(name="muscle").learning_rate(Large(), TRAIN_LR) == TRAIN_LR
+
+
+@pytest.mark.parametrize("key, value", [("ga_subspace", 0), ("ga_mu", 1.5), ("ga_loss_threshold", -1.0),
+                                        ("ga_norm_threshold", -1e-9)])
+def test_bad_gradient_alignment_settings_name_the_config_key(key, value):
+    with pytest.raises(ValueError, match=rf"`defense\.{key}`.*{value}"):
+        DefenseConfig(name="muscle", **{key: value})
