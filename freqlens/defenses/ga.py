@@ -154,6 +154,9 @@ def align_gradients(
     return out
 
 
+SPAN_RTOL = 1e-6  # singular values of the reference Gram matrix below this share of the largest count as zero
+
+
 def project_on_span(
     train_grad: torch.Tensor,
     group_grads: list[torch.Tensor],
@@ -190,8 +193,6 @@ def project_on_span(
         a = a - 2 * along / mean_sq * w
     return (a @ rows).reshape(train_grad.shape).to(train_grad.dtype)
 
-
-SPAN_RTOL = 1e-6  # singular values of the reference Gram matrix below this share of the largest count as zero
 
 
 class GradientAligner:
@@ -317,34 +318,31 @@ class GradientAligner:
             return self._align_on_span(epoch=epoch, epochs=epochs, parameters=parameters)
         reference, loss = self.reference_gradients(parameters)
         train_grads = [p.grad for p in parameters]
-        pairs = [(g, r) for g, r in zip(train_grads, reference)]
         zero = torch.zeros((), dtype=torch.float64, device=loss.device)
-        squared = torch.stack([torch.sum(r * r, dtype=torch.float64) if r is not None else zero for _, r in pairs])
+        squared = torch.stack([torch.sum(r * r, dtype=torch.float64) if r is not None else zero for r in reference])
         dots = torch.stack([torch.sum(g * r, dtype=torch.float64) if g is not None and r is not None else zero
-                            for g, r in pairs])
+                            for g, r in zip(train_grads, reference)])
         train_squared = sum((torch.sum(g * g, dtype=torch.float64) for g in train_grads if g is not None), zero)
-        summary = torch.stack([loss.double(), torch.sqrt(squared).mean() if len(pairs) else zero, dots.sum(),
+        step = self._decide(loss, squared, dots, train_squared, epoch=epoch, epochs=epochs)
+        coefficients = torch.where(squared > 0, dots.abs() / torch.where(squared > 0, squared, 1.0), 0.0)
+        aligned = (None if r is None else r * k.to(r.dtype) for r, k in zip(reference, coefficients.unbind()))
+        _write_gradients(parameters, train_grads, aligned, step.mu)
+        return step
+
+    def _decide(self, loss: torch.Tensor, squared: torch.Tensor, dots: torch.Tensor, train_squared: torch.Tensor,
+                *, epoch: int, epochs: int) -> AlignStep:
+        """Choose the branch from the per-tensor ||g_c||^2 (``squared``) and <g, g_c> (``dots``)
+        and the whole ||g||^2; one small tensor crosses to the host. Logs and returns the step."""
+        zero = torch.zeros((), dtype=torch.float64, device=loss.device)
+        summary = torch.stack([loss.double(), torch.sqrt(squared).mean() if len(squared) else zero, dots.sum(),
                                train_squared, squared.sum()]).tolist()
         loss_value, mean_norm, dot, train_sq, ref_sq = summary
-        branch, mu = self._branch(loss_value, mean_norm, epoch, epochs)
-        cosine = dot / math.sqrt(train_sq * ref_sq) if train_sq > 0 and ref_sq > 0 else 0.0
-        coefficients = torch.where(squared > 0, dots.abs() / torch.where(squared > 0, squared, 1.0), 0.0)
-        for p, g, r, k in zip(parameters, train_grads, reference, coefficients.unbind()):
-            if r is None:
-                p.grad = None if g is None else mu * g
-                continue
-            aligned = r * k.to(r.dtype)
-            p.grad = aligned if mu == 0 or g is None else aligned.mul_(1.0 - mu).add_(g, alpha=mu)
-        return self._log(branch, cosine, loss_value, mean_norm, mu)
-
-    def _branch(self, loss_value: float, mean_norm: float, epoch: int, epochs: int) -> tuple[str, float]:
         c = self.config
         learning = loss_value > c.loss_threshold and mean_norm > c.norm_threshold
         mu = 0.0 if learning else mixing_weight(c, epoch, epochs)
-        return ("mixed" if mu > 0 else "pure"), mu
-
-    def _log(self, branch: str, cosine: float, loss: float, mean_norm: float, mu: float) -> AlignStep:
-        step = AlignStep(branch=branch, cosine=cosine, reference_loss=loss, mean_reference_norm=mean_norm, mu=mu)
+        cosine = dot / math.sqrt(train_sq * ref_sq) if train_sq > 0 and ref_sq > 0 else 0.0
+        step = AlignStep(branch="mixed" if mu > 0 else "pure", cosine=cosine, reference_loss=loss_value,
+                         mean_reference_norm=mean_norm, mu=mu)
         self.log.steps.append(step)
         return step
 
@@ -381,19 +379,21 @@ class GradientAligner:
         flip = (along < 0) & (mean_sq > 0)
         coefficients = torch.where(flip.unsqueeze(-1), coefficients - (2 * along / torch.where(
             mean_sq > 0, mean_sq, 1.0)).unsqueeze(-1) * w, coefficients)
-        zero = torch.zeros((), dtype=torch.float64, device=full.device)
-        summary = torch.stack([loss.double(), torch.sqrt(mean_sq).mean() if len(parameters) else zero,
-                               (dot @ w).sum(), train_sq.sum(), mean_sq.sum()]).tolist()
-        loss_value, mean_norm, dot_sum, train_total, ref_sq = summary
-        branch, mu = self._branch(loss_value, mean_norm, epoch, epochs)
-        cosine = dot_sum / math.sqrt(train_total * ref_sq) if train_total > 0 and ref_sq > 0 else 0.0
-        for p, g, stack, k in zip(parameters, train_grads, stacks, coefficients.unbind()):
-            if stack is None:
-                p.grad = None if g is None else mu * g
-                continue
-            aligned = (k.to(stack.dtype) @ stack[:m]).reshape(p.shape)
-            p.grad = aligned if mu == 0 or g is None else aligned.mul_(1.0 - mu).add_(g, alpha=mu)
-        return self._log(branch, cosine, loss_value, mean_norm, mu)
+        step = self._decide(loss, mean_sq, dot @ w, train_sq.sum(), epoch=epoch, epochs=epochs)
+        aligned = (None if stack is None else (k.to(stack.dtype) @ stack[:m]).reshape(p.shape)
+                   for p, stack, k in zip(parameters, stacks, coefficients.unbind()))
+        _write_gradients(parameters, train_grads, aligned, step.mu)
+        return step
+
+
+def _write_gradients(parameters: list[nn.Parameter], train_grads: list[torch.Tensor | None], aligned, mu: float) -> None:
+    """``p.grad = (1 - mu) g_a + mu g`` per tensor (``g_a`` fresh, changed in place); where there
+    is no reference gradient (``g_a`` None), ``mu g``."""
+    for p, g, a in zip(parameters, train_grads, aligned):
+        if a is None:
+            p.grad = None if g is None else mu * g
+        else:
+            p.grad = a if mu == 0 or g is None else a.mul_(1.0 - mu).add_(g, alpha=mu)
 
 
 GRAM_CHUNK = 1 << 20  # columns per float64 block of _gram64 (8 MiB a row)
