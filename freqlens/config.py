@@ -6,18 +6,21 @@ names only what differs::
     [model]
     name = "bert-base-uncased"      # a hub id or a local folder
     [data]
-    path = "../shared/data/sst-2/addsent"
+    path = "../../shared/data/sst-2/addsent"   # relative to this file's folder
     train = "mix/0.1/train-poison.csv"
     max_train = 2000
     [train]
     epochs = 2
 
-Unknown sections or keys are an error that names them.
+Unknown sections or keys are an error that names them. Relative paths in a
+file resolve against the file's folder, those given as overrides against the
+working directory (:meth:`ExperimentConfig.from_toml`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -41,12 +44,29 @@ MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which model to fine-tune."""
+    """Which model to fine-tune, where, and in what precision.
 
-    name: str = "bert-base-uncased"  # hub id or local folder (from_pretrained)
+    ``dtype`` is the *compute* precision. The weights are always loaded and
+    trained in float32 (AdamW's updates of bfloat16 or float16 weights round
+    away); with ``"bfloat16"`` or ``"float16"`` the forward passes of
+    training, recording and evaluation run under ``torch.autocast`` to that
+    dtype on ``device`` (mixed precision), and float16 scales the loss
+    (``torch.amp.GradScaler``). ``"auto"`` computes in the dtype the
+    checkpoint was saved in (bfloat16 or float16; float32 otherwise). A
+    device on which autocast cannot compute in the dtype is refused before
+    training with an error naming ``model.dtype`` (torch 2.13 autocasts to
+    both on CPU and CUDA). A training loss or gradient that becomes NaN/inf
+    stops the run at that step with an error naming the likely cause.
+
+    A relative ``name`` in a config file that starts with ``./``, ``../`` or
+    ``~`` (or names an existing folder there) is a folder relative to the
+    config file (:func:`resolve_config_paths`).
+    """
+
+    name: str = "bert-base-uncased"  # hub id, local folder (from_pretrained) or pkg:PACKAGE/folder
     max_length: int = 64  # tokens per example, padded/truncated (the kernel's L)
     device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
-    dtype: str = "float32"  # weights as trained: "float32", "bfloat16", "float16" or "auto" (as stored)
+    dtype: str = "float32"  # compute precision (weights stay float32): "float32", "bfloat16", "float16", "auto"
 
     def __post_init__(self) -> None:
         check_positive_int(self.max_length, "model.max_length")
@@ -56,7 +76,21 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the data comes from and how much of it to use."""
+    """Where the data comes from and how much of it to use.
+
+    ``splits`` names the train, dev and test splits of a Hugging Face dataset
+    (default ``{train = "train", dev = "validation", test = "test"}``) or the
+    file stems of a clean folder (default ``train``, ``dev``, ``test``); give
+    only those that differ, e.g. ``splits = {test = "validation"}`` for GLUE,
+    whose test labels are hidden (a split with labels < 0 is refused with an
+    error naming ``data.splits.<role>``). A split named for two roles is
+    carved into disjoint parts, seeded by ``train.seed``: dev and test take
+    halves; an evaluation role named for the training split takes
+    ``holdout`` of it. No test example is ever one the model trained on, the
+    gradient-alignment reference set, or a dev example (checked where the
+    splits are made; see ``freqlens.data.splits.check_disjoint``).
+    ``info["splits"]`` in ``results.json``'s ``dataset`` says where each came from.
+    """
 
     path: str = ""  # a dataset folder, file stem or HF dataset name
     format: str = "auto"  # "openbackdoor", "clean" (train/dev/test files), "hf", or "auto"
@@ -67,9 +101,23 @@ class DataConfig:
     max_eval: int | None = None  # cap on each evaluation split
     target_label: int = 1  # the attack's target class
     num_classes: int = 2  # classes of the task
+    config_name: str = ""  # HF dataset configuration (datasets' `name`), e.g. "sst2" for path "glue"
+    splits: dict = field(default_factory=dict)  # {train, dev, test} -> HF split / clean file stem
+    holdout: float = 0.1  # share of the training split an evaluation split named for it takes
 
     def __post_init__(self) -> None:
         check_choice(self.format, "data.format", DATA_FORMATS)
+        if not isinstance(self.config_name, str):
+            raise ValueError(f"Expected `data.config_name` to be a string but got {self.config_name!r}.")
+        if not isinstance(self.splits, Mapping) or set(self.splits) - {"train", "dev", "test"} or not all(
+                isinstance(v, str) and v for v in self.splits.values()):
+            raise ValueError(
+                f"Expected `data.splits` to be a table with some of the keys 'train', 'dev', 'test' "
+                f"and split names as values (e.g. {{test = \"validation\"}}) but got {self.splits!r}."
+            )
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) \
+                or not 0.0 < self.holdout < 0.5:
+            raise ValueError(f"Expected `data.holdout` in (0, 0.5) but got {self.holdout!r}.")
         for name in ("max_train", "max_eval"):
             if getattr(self, name) is not None:
                 check_positive_int(getattr(self, name), f"data.{name}")
@@ -173,7 +221,21 @@ class ExperimentConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
-        """Read a TOML file and apply ``key=value`` overrides (``train.epochs=3``)."""
+        """Read a TOML file and apply ``key=value`` overrides (``train.epochs=3``).
+
+        Relative paths follow the convention of config-driven tools: a
+        ``data.path`` or local ``model.name`` written in the file resolves
+        against the file's folder, one given in ``overrides`` (``freqlens run
+        --set``) against the working directory; both are stored absolute, so
+        the config in ``results.json`` names the files used. What counts as a
+        path is :func:`resolve_config_paths`' rule. (:meth:`from_dict` keeps
+        paths as given: relative ones resolve against the working directory.)
+
+        Raises:
+            FileNotFoundError: if ``path`` is not a file.
+            ValueError: if it is not TOML, an override is malformed, or a
+                section or key is unknown or invalid.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Expected a TOML config file at {path} but there is none.")
@@ -181,8 +243,8 @@ class ExperimentConfig:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"Could not parse {path} as TOML: {error}.") from error
-        for override in overrides:
-            _apply_override(data, override)
+        overridden = {_apply_override(data, override) for override in overrides}
+        resolve_config_paths(data, Path(os.path.abspath(path)).parent, overridden=overridden)
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -203,7 +265,44 @@ def _build_section(section_type, name: str, values: Mapping[str, Any]):
         raise ValueError(f"Invalid value in config section `{name}`: {error}.") from error
 
 
-def _apply_override(data: dict, override: str) -> None:
+def resolve_config_paths(data: dict, folder: Path, *, overridden: Iterable[tuple[str, str]] = ()) -> None:
+    """Make the relative paths in config ``data`` (nested mappings, changed in place) absolute.
+
+    ``data.path`` and ``model.name`` resolve against ``folder`` (the config
+    file's), or against the working directory when their ``(section, key)``
+    is in ``overridden`` (given on the command line). ``~`` is expanded.
+
+    What counts as a path: ``model.name`` when it starts with ``./``, ``../``
+    or ``~``, or when the resolved folder exists (else it is a hub id such as
+    ``prajjwal1/bert-tiny``; ``pkg:...`` is left alone). ``data.path`` always
+    when ``data.format`` is ``"clean"`` or ``"openbackdoor"``, never when it
+    is ``"hf"``, and with ``"auto"`` when it starts with ``./``, ``../`` or
+    ``~`` or the resolved path exists (else it may be a Hugging Face dataset
+    name such as ``glue``, and is left as written).
+    """
+    overridden = set(overridden)
+    explicit = ("./", "../", ".\\", "..\\", "~")
+
+    def resolve(section: str, key: str, always: bool) -> None:
+        table = data.get(section)
+        value = table.get(key) if isinstance(table, Mapping) else None
+        if not isinstance(value, str) or not value or value.startswith("pkg:"):
+            return
+        expanded = Path(value).expanduser()
+        base = Path.cwd() if (section, key) in overridden else folder
+        candidate = Path(os.path.abspath(base / expanded))
+        if expanded.is_absolute() or always or value.startswith(explicit) or value in (".", "..") \
+                or candidate.exists():
+            table[key] = str(candidate)
+
+    resolve("model", "name", always=False)
+    data_table = data.get("data")
+    data_format = data_table.get("format", "auto") if isinstance(data_table, Mapping) else "auto"
+    if data_format != "hf":
+        resolve("data", "path", always=data_format in ("clean", "openbackdoor"))
+
+
+def _apply_override(data: dict, override: str) -> tuple[str, str]:
     key, sep, text = override.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) != 2 or not all(parts):
@@ -214,6 +313,7 @@ def _apply_override(data: dict, override: str) -> None:
     except tomllib.TOMLDecodeError:
         value = text.strip()  # a bare string: model.name=prajjwal1/bert-tiny
     data.setdefault(section, {})[name] = value
+    return section, name
 
 
 def _check_str(value: Any, name: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from freqlens._checks import ArrayLike, to_numpy
@@ -54,3 +57,40 @@ def false_trigger_rate(outputs: ArrayLike, labels: ArrayLike, target_label: int)
     truth = to_numpy(labels, "labels").reshape(-1)
     keep = truth != target_label
     return float(np.mean(predicted[keep] == target_label)) if keep.any() else float("nan")
+
+
+def evaluate_backdoor(probabilities: Callable[[Any], ArrayLike], dataset: Any) -> dict[str, float]:
+    """Clean accuracy, attack success rate, false-trigger rate and net backdoor effect
+    (ASR minus false-trigger rate) on the test splits of a poisoned dataset.
+
+    Args:
+        probabilities: maps a :class:`~freqlens.data.splits.Split` to the
+            model's outputs on it, (N, C) probabilities/logits or (N,) classes.
+        dataset: a :class:`~freqlens.data.splits.PoisonedDataset`.
+
+    The attack success rate is the share of ``dataset.test_poison`` predicted
+    as the target: that split must hold triggered sentences whose source is
+    not of the target class only (the loaders drop the others and count them
+    in ``dataset.info["poison_sources"]``; see
+    :func:`freqlens.data.loaders.load_openbackdoor`). The false-trigger rate
+    is measured on the control split (the same sources without the trigger)
+    where there is one, else on the non-target clean test examples.
+
+    Returns:
+        ``{"cacc", "asr", "false_trigger_rate", "net_backdoor_effect"}``, floats
+        (NaN where a split is empty).
+    """
+    clean = probabilities(dataset.test_clean)
+    metrics: dict[str, float] = {
+        "cacc": accuracy(clean, dataset.test_clean.labels),
+        "asr": attack_success_rate(probabilities(dataset.test_poison), dataset.target_label),
+    }
+    control_split = dataset.test_control
+    if control_split is not None and len(control_split):
+        metrics["false_trigger_rate"] = false_trigger_rate(
+            probabilities(control_split), control_split.labels, dataset.target_label)
+    else:
+        metrics["false_trigger_rate"] = false_trigger_rate(
+            clean, dataset.test_clean.labels, dataset.target_label)
+    metrics["net_backdoor_effect"] = metrics["asr"] - metrics["false_trigger_rate"]
+    return metrics

@@ -29,3 +29,22 @@ def test_mismatched_lengths_raise():
         accuracy(PROBS, [0, 1])
     with pytest.raises(ValueError, match="`outputs`"):
         accuracy(np.zeros((2, 2, 2)), [0, 1])
+
+
+def test_evaluate_backdoor_uses_the_control_split_or_the_non_target_clean_examples():
+    from freqlens.data import PoisonedDataset, Split
+    from freqlens.metrics import evaluate_backdoor
+
+    clean = Split(["a", "b", "c", "d"], [0, 1, 0, 1])
+    poisoned = Split(["a+", "c+"], [1, 1], poison=[True, True], true_labels=[0, 0])
+    control = Split(["a", "c"], [0, 0])
+    predicted = {"a": 1, "b": 1, "c": 0, "d": 1, "a+": 1, "c+": 0}  # "a" triggers falsely
+
+    def probabilities(split):
+        return np.array([predicted[t] for t in split.texts])
+
+    data = PoisonedDataset(clean, clean, poisoned, clean, poisoned, test_control=control)
+    metrics = evaluate_backdoor(probabilities, data)
+    assert metrics == {"cacc": 0.75, "asr": 0.5, "false_trigger_rate": 0.5, "net_backdoor_effect": 0.0}
+    without = evaluate_backdoor(probabilities, PoisonedDataset(clean, clean, poisoned, clean, poisoned))
+    assert without["false_trigger_rate"] == 0.5  # non-target clean test examples "a", "c"

@@ -12,7 +12,7 @@ from freqlens.data.attacks import (
 )
 from freqlens.data.hf import load_hf_dataset
 from freqlens.data.loaders import load_clean, load_openbackdoor, read_table
-from freqlens.data.splits import CleanDataset, PoisonedDataset, Split, cap
+from freqlens.data.splits import CleanDataset, PoisonedDataset, Split, cap, check_disjoint
 
 __all__ = [
     "ATTACKS",
@@ -24,6 +24,7 @@ __all__ = [
     "PoisonedDataset",
     "Split",
     "cap",
+    "check_disjoint",
     "load_clean",
     "load_hf_dataset",
     "load_openbackdoor",

@@ -299,7 +299,7 @@ def _poison_train(train: Split, attack: Attack, rate: float, target: int, rng) -
     for i in chosen:
         texts[i] = attack.apply(texts[i], rng)
     labels[chosen], flags[chosen] = target, True
-    return Split(texts, labels, flags, train.labels.copy())
+    return Split(texts, labels, flags, train.labels.copy(), train.ids)
 
 
 def _poison_eval(split: Split, part: str, attack: Attack, target: int, rng) -> tuple[Split, Split]:
@@ -312,8 +312,9 @@ def _poison_eval(split: Split, part: str, attack: Attack, target: int, rng) -> t
         )
     control = split.subset(index)
     triggered = [attack.apply(text, rng) for text in control.texts]
+    ids = None if control.ids is None else [f"{i}|{attack.name}" for i in control.ids]
     poisoned = Split(
-        triggered, np.full(index.size, target), np.ones(index.size, bool), control.labels
+        triggered, np.full(index.size, target), np.ones(index.size, bool), control.labels, ids
     )
     return poisoned, control
 
@@ -330,7 +331,10 @@ def poison(
     keeps the labels before poisoning. Dev/test: the poison split is every
     non-target example with the trigger, labelled with the target; the control
     split is the same sentences without it, with their true labels; the clean
-    splits are the clean dev/test unchanged.
+    splits are the clean dev/test unchanged. Example ids (:attr:`Split.ids`)
+    follow the examples: a triggered dev/test copy has its source's id plus
+    ``"|<attack name>"``, and ``info["poison_sources"]`` records that every
+    triggered dev/test sentence has a non-target source (none dropped).
 
     Args:
         clean: the clean dataset.
@@ -383,6 +387,14 @@ def poison(
             "num_poisoned_train": int(train.poison.sum()),
             "control": "untriggered originals",
             "source": clean.name,
+            **({"splits": clean.info["splits"]} if "splits" in clean.info else {}),
+            "poison_sources": {
+                f"{part}_poison": {
+                    "rows": len(split), "kept": len(split), "dropped_target_source": 0,
+                    "sources": f"the non-target {part} examples, triggered here",
+                }
+                for part, split in (("dev", dev_poison), ("test", test_poison))
+            },
         },
     )
 

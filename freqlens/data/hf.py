@@ -7,13 +7,14 @@ Install the extra to load by name: ``pip install "freqlens[hf]"``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from freqlens._checks import check_positive_int
-from freqlens.data.loaders import _check_splits_arg, _infer_num_classes, _parse_int
-from freqlens.data.splits import CleanDataset, Split
+from freqlens.data.loaders import _infer_num_classes, _parse_int, check_labelled, split_names
+from freqlens.data.splits import CleanDataset, Split, carve
 
 
 def _import_datasets():
@@ -53,13 +54,27 @@ def _hf_columns(data: Any, columns: tuple[str, str], where: str) -> tuple[list, 
     return texts, labels
 
 
-def _hf_split(dataset: Any, split: str, columns: tuple[str, str], num_classes: int | None) -> Split:
+def is_saved_dataset(path: str) -> bool:
+    """Whether ``path`` is a folder written by ``DatasetDict.save_to_disk``."""
+    return (Path(path).expanduser() / "dataset_dict.json").is_file()
+
+
+def _source(data: Any) -> str:
+    """The identity of a split's examples: a Dataset's fingerprint, else the object's id
+    (the same object under two split names is the same examples)."""
+    fingerprint = getattr(data, "_fingerprint", None)
+    return f"fingerprint {fingerprint}" if isinstance(fingerprint, str) else f"object {id(data):#x}"
+
+
+def _hf_split(dataset: Any, split: str, columns: tuple[str, str]) -> tuple[Split, str]:
+    """One split as a :class:`Split` (ids ``"<source>:<row>"``) and the identity of its source."""
     try:
         data = dataset[split]
-    except (KeyError, IndexError, TypeError) as error:
+    except (KeyError, IndexError, TypeError, ValueError) as error:
         available = list(dataset.keys()) if hasattr(dataset, "keys") else type(dataset).__name__
         raise ValueError(
-            f"Expected a split {split!r} in the dataset (see `splits`) but it has {available}."
+            f"Expected a split {split!r} in the dataset (see `splits`, `data.splits` in a config) "
+            f"but it has {available}."
         ) from error
     where = f"split {split!r}"
     texts, raw = _hf_columns(data, columns, where)
@@ -69,29 +84,20 @@ def _hf_split(dataset: Any, split: str, columns: tuple[str, str], num_classes: i
         _parse_int(value, f"column {columns[1]!r} of {where}, row {i}")
         for i, value in enumerate(raw)
     ]
-    if min(labels) < 0:
-        raise ValueError(
-            f"Expected labels >= 0 in {where} but got {min(labels)}: its labels are hidden (as in "
-            f"GLUE's test splits); pass `splits` naming labelled splits, e.g. "
-            f"('train', 'validation', 'validation')."
-        )
-    for i, (text, label) in enumerate(zip(texts, labels)):
+    for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(
                 f"Expected a string in column {columns[0]!r} of {where}, row {i}, but got {text!r}."
             )
-        if num_classes is not None and label >= num_classes:
-            raise ValueError(
-                f"Expected labels in [0, {num_classes}) in {where} but got {label} in row {i}."
-            )
-    return Split(texts, labels)
+    source = _source(data)
+    return Split(texts, labels, ids=[f"{source}:{i}" for i in range(len(texts))]), source
 
 
 def _hf_num_classes(dataset: Any, split: str, label_column: str) -> int | None:
     """The label feature's class count of a real Hugging Face dataset, if it has one."""
     try:
         feature = dataset[split].features[label_column]
-    except (AttributeError, KeyError, TypeError):
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
     count = getattr(feature, "num_classes", None)
     return int(count) if isinstance(count, (int, np.integer)) and count >= 2 else None
@@ -102,51 +108,81 @@ def load_hf_dataset(
     *,
     text_column: str = "sentence",
     label_column: str = "label",
-    splits: Sequence[str] = ("train", "validation", "test"),
+    splits: Sequence[str] | Mapping[str, str] = ("train", "validation", "test"),
     config: str | None = None,
     num_classes: int | None = None,
+    seed: int = 0,
+    holdout: float = 0.1,
 ) -> CleanDataset:
     """Load a clean dataset from Hugging Face ``datasets`` or an in-memory mapping of splits.
 
-    GLUE hides its test labels (every label is -1): for GLUE tasks pass
-    labelled splits, e.g. ``splits=("train", "validation", "validation")`` or
-    a ``train_test_split`` of your own.
+    A name is loaded with ``datasets.load_dataset(name, config)`` (e.g.
+    ``"glue"``, ``config="sst2"``), a folder written by
+    ``DatasetDict.save_to_disk`` with ``datasets.load_from_disk``. GLUE hides
+    its test labels (every label is -1): such a split is refused with an error naming its role; name a
+    labelled split instead, e.g. ``splits={"test": "validation"}``. A split
+    named for two roles (or the same object under two names) is carved into
+    disjoint parts (:func:`freqlens.data.splits.carve`: dev and test halves,
+    or ``holdout`` of train for each evaluation role, by ``seed``), so no
+    example is both trained on (or selected by) and scored; ``info["splits"]``
+    says where each split came from.
 
     Args:
-        name_or_dataset: a dataset name for ``datasets.load_dataset`` (e.g.
-            "glue" with ``config="sst2"``, or "stanfordnlp/sst2"), or a
-            ``DatasetDict``-like mapping whose splits are Datasets, dicts of
-            columns or sequences of row dicts.
+        name_or_dataset: a dataset name or local folder for
+            ``datasets.load_dataset`` (e.g. "glue" with ``config="sst2"``, or
+            "stanfordnlp/sst2"), or a ``DatasetDict``-like mapping whose splits
+            are Datasets, dicts of columns or sequences of row dicts.
         text_column: the column of the texts.
         label_column: the column of the integer labels.
-        splits: the split names to use as train, dev and test.
-        config: the dataset configuration, for a name.
+        splits: the split names to use as train, dev and test, or a mapping
+            from some of "train", "dev", "test" to split names (the others
+            keep the defaults "train", "validation", "test").
+        config: the dataset configuration (``datasets``' ``name``), for a name.
         num_classes: the number of classes; None takes the label feature's
             class count, else max label + 1 (at least 2).
+        seed: the seed of the carving.
+        holdout: the share of the training split an evaluation role named for
+            it takes, in (0, 0.5).
 
     Returns:
-        The :class:`CleanDataset`.
+        The :class:`CleanDataset` (``ids`` name the split, its source and the row).
 
     Raises:
         ImportError: if a name is given and ``datasets`` is not installed.
         ValueError: if a split or column is missing, a label is not an integer,
-            negative (hidden labels) or outside ``num_classes``.
+            negative (hidden labels; the error names the role and ``data.splits``)
+            or outside ``num_classes``, or a shared split is too small to carve.
         TypeError: if a text is not a string.
 
     Example:
         >>> rows = [{"sentence": "good", "label": 1}, {"sentence": "bad", "label": 0}]
-        >>> data = load_hf_dataset({"train": rows, "validation": rows, "test": rows})
+        >>> data = load_hf_dataset({"train": rows, "validation": list(rows), "test": list(rows)})
         >>> len(data.train), data.num_classes
         (2, 2)
     """
-    names = _check_splits_arg(splits)
+    names = split_names(splits, ("train", "validation", "test"))
     if num_classes is not None:
         num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
-    if isinstance(name_or_dataset, str):
+    if isinstance(name_or_dataset, str) and is_saved_dataset(name_or_dataset):
+        if config:
+            raise ValueError(
+                f"Expected no `config` (`data.config_name`) for the DatasetDict saved with "
+                f"save_to_disk in {name_or_dataset} but got {config!r}."
+            )
+        dataset, name = _import_datasets().load_from_disk(name_or_dataset), name_or_dataset
+    elif isinstance(name_or_dataset, str):
         dataset = _import_datasets().load_dataset(name_or_dataset, config)
         name = name_or_dataset + (f"/{config}" if config else "")
     else:
         dataset, name = name_or_dataset, f"in-memory {type(name_or_dataset).__name__}"
-    num_classes = num_classes or _hf_num_classes(dataset, names[0], label_column)
-    parts = [_hf_split(dataset, split, (text_column, label_column), num_classes) for split in names]
-    return CleanDataset(*parts, num_classes=num_classes or _infer_num_classes(parts), name=name)
+    num_classes = num_classes or _hf_num_classes(dataset, names["train"], label_column)
+    parts, sources = {}, {}
+    for role, split in names.items():
+        parts[role], sources[role] = _hf_split(dataset, split, (text_column, label_column))
+        check_labelled(parts[role], role, f"split {split!r} of {name}", num_classes)
+    parts, notes = carve(parts, sources, seed=seed, holdout=holdout,
+                         names={role: f"split {split!r}" for role, split in names.items()})
+    return CleanDataset(
+        **parts, num_classes=num_classes or _infer_num_classes(list(parts.values())), name=name,
+        info={"splits": {role: notes.get(role, f"split {names[role]!r}") for role in names}},
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -21,12 +21,17 @@ class Split:
         poison: whether each example carries the trigger.
         true_labels: for poisoned examples, the label before poisoning
             (equal to ``labels`` for clean ones).
+        ids: the identity of each example (where it was read from, e.g.
+            ``"path/dev.csv:12"``), or None when unknown. Two splits sharing
+            an id share that example; :func:`check_disjoint` refuses a test
+            split that shares one with a training or reference split.
     """
 
     texts: list[str]
     labels: np.ndarray
     poison: np.ndarray | None = None
     true_labels: np.ndarray | None = None
+    ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.texts = list(self.texts)
@@ -41,6 +46,10 @@ class Split:
                 f"Expected `poison` and `true_labels` of shape ({n},), one per text, but got "
                 f"shapes {self.poison.shape} and {self.true_labels.shape}."
             )
+        if self.ids is not None:
+            self.ids = np.array([str(i) for i in self.ids], dtype=object).reshape(-1)
+            if self.ids.shape != (n,):
+                raise ValueError(f"Expected {n} `ids`, one per text, but got {self.ids.shape[0]}.")
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -88,6 +97,7 @@ class Split:
             self.labels[index],
             self.poison[index],
             self.true_labels[index],
+            None if self.ids is None else self.ids[index],
         )
 
 
@@ -156,6 +166,11 @@ class CleanDataset:
         train, dev, test: the splits (their poison flags are all False).
         num_classes: the number of classes; every label lies in [0, num_classes).
         name: a short description.
+        info: provenance (e.g. ``info["splits"]``: where each split came from).
+
+    Raises:
+        ValueError: if dev or test shares an example id with train, or test
+            with dev (see :func:`check_disjoint`).
     """
 
     train: Split
@@ -163,6 +178,7 @@ class CleanDataset:
     test: Split
     num_classes: int
     name: str = ""
+    info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.num_classes = check_positive_int(self.num_classes, "num_classes", minimum=2)
@@ -171,6 +187,7 @@ class CleanDataset:
             if not isinstance(split, Split):
                 raise TypeError(f"Expected `{part}` to be a Split but got {type(split).__name__}.")
             _check_labels(split, part, self.num_classes)
+        check_disjoint(self)
 
     def capped(
         self, max_train: int | None = None, max_eval: int | None = None, seed: int = 0
@@ -212,6 +229,10 @@ class PoisonedDataset:
         num_classes: the number of classes.
         name: a short description.
         info: provenance (files read, attack settings, the kind of control).
+
+    Raises:
+        ValueError: if an evaluation split shares an example id with train, or
+            a test split with a dev split (see :func:`check_disjoint`).
     """
 
     train: Split
@@ -225,6 +246,9 @@ class PoisonedDataset:
     test_control: Split | None = None
     name: str = ""
     info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_disjoint(self)
 
     def capped(
         self, max_train: int | None = None, max_eval: int | None = None, seed: int = 0
@@ -287,4 +311,116 @@ def split_reference(dataset: PoisonedDataset, size: int, *, seed: int = 0) -> tu
     rows = np.random.default_rng(seed).permutation(len(clean))
     chosen, kept = np.sort(rows[:size]), np.sort(rows[size:])
     info = {**dataset.info, "reference": {"size": size, "seed": seed, "from": "dev_clean"}}
-    return replace(dataset, dev_clean=clean.subset(kept), info=info), clean.subset(chosen)
+    reduced = replace(dataset, dev_clean=clean.subset(kept), info=info)
+    reference = clean.subset(chosen)
+    check_disjoint(reduced, reference=reference)
+    return reduced, reference
+
+
+TRAINED = ("train", "reference")
+EVALUATED = {  # split -> the splits it must share no example with
+    # dev_control holds the clean sources of dev_poison, which are dev_clean examples: the
+    # reference set drawn from dev_clean may hold some of them (control probes, not scores)
+    "dev": TRAINED, "dev_clean": TRAINED, "dev_poison": TRAINED, "dev_control": ("train",),
+    "test": (*TRAINED, "dev"),
+    "test_clean": (*TRAINED, "dev_clean", "dev_poison", "dev_control"),
+    "test_poison": (*TRAINED, "dev_clean", "dev_poison", "dev_control"),
+    "test_control": (*TRAINED, "dev_clean", "dev_poison", "dev_control"),
+}
+
+
+def check_disjoint(dataset: CleanDataset | PoisonedDataset, reference: Split | None = None) -> None:
+    """Refuse a dataset whose evaluation splits share an example with what a model trains on.
+
+    No dev split may share an example id (:attr:`Split.ids`) with ``train`` or
+    the gradient-alignment ``reference`` set, and no test split with those or
+    with a dev split (the checkpoint selection and the probes see dev). Splits
+    without ids (made by hand) are not checked. Example identity is where an
+    example was read from, not its text: the same sentence in two files is
+    two examples.
+
+    Raises:
+        ValueError: naming the two splits, how many examples they share and one of them.
+    """
+    splits = {f.name: getattr(dataset, f.name) for f in fields(dataset)
+              if isinstance(getattr(dataset, f.name), Split)}
+    splits["reference"] = reference
+    for name, others in EVALUATED.items():
+        split = splits.get(name)
+        if split is None or split.ids is None:
+            continue
+        ids = set(split.ids.tolist())
+        for other in others:
+            against = splits.get(other)
+            if against is None or against.ids is None:
+                continue
+            shared = ids.intersection(against.ids.tolist())
+            if shared:
+                raise ValueError(
+                    f"Expected the evaluation split `{name}` to share no example with `{other}` "
+                    f"(no example a model trained on, or selected by, may be scored) but "
+                    f"{len(shared)} of its {len(split)} examples are in both (e.g. "
+                    f"{sorted(shared)[0]!r}). Use different splits; a split named for both dev "
+                    f"and test, or for train and an evaluation split, is carved into disjoint "
+                    f"parts by the loaders (`data.splits`)."
+                )
+
+
+def carve(parts: dict[str, Split], sources: dict[str, Any], *, seed: int = 0,
+          holdout: float = 0.1, names: dict[str, str] | None = None
+          ) -> tuple[dict[str, Split], dict[str, str]]:
+    """Divide a split that serves several roles into disjoint parts, deterministically.
+
+    Roles ("train", "dev", "test") whose ``sources`` are equal read the same
+    examples. Each is given its own rows of a seeded permutation: when the
+    training split is one of them, every evaluation role takes
+    ``round(holdout * n)`` rows (at least 1) and train keeps the rest; else
+    dev takes the first half (rounded up) and test the rest. Row order is kept.
+
+    Args:
+        parts: role -> split as read.
+        sources: role -> the identity of what it was read from (a file path, a
+            split name, a dataset fingerprint).
+        seed: the permutation's seed.
+        names: role -> the name to give its source in the notes (default: the source).
+        holdout: the share of the training split each evaluation role carved
+            from it takes, in (0, 0.5).
+
+    Returns:
+        The parts (disjoint where they shared a source) and, per carved role, a
+        note such as ``"validation: 436 of 872 rows (seed 0)"``.
+
+    Raises:
+        ValueError: if a shared split has too few rows to give each role one.
+    """
+    if not (isinstance(holdout, (int, float)) and 0.0 < holdout < 0.5):
+        raise ValueError(f"Expected `holdout` in (0, 0.5) but got {holdout!r}.")
+    parts, notes = dict(parts), {}
+    groups: dict[Any, list[str]] = {}
+    for role in parts:
+        groups.setdefault(sources[role], []).append(role)
+    for source, roles in groups.items():
+        if len(roles) < 2:
+            continue
+        split = parts[roles[0]]
+        n = len(split)
+        label = names[roles[0]] if names else str(source)
+        rows = np.random.default_rng(seed).permutation(n)
+        evaluation = [role for role in roles if role != "train"]
+        if "train" in roles:
+            k = max(1, round(holdout * n))
+            sizes = [k] * len(evaluation) + [n - k * len(evaluation)]
+            order = [*evaluation, "train"]
+        else:
+            sizes, order = [n - n // 2, n // 2], evaluation
+        if min(sizes) < 1:
+            raise ValueError(
+                f"Expected enough examples in {label} to carve disjoint {', '.join(roles)} "
+                f"splits from it but it has {n}."
+            )
+        start = 0
+        for role, size in zip(order, sizes):
+            parts[role] = split.subset(np.sort(rows[start:start + size]))
+            notes[role] = f"{label}: {size} of {n} rows (seed {seed})"
+            start += size
+    return parts, notes

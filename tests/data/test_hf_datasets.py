@@ -15,9 +15,11 @@ def test_a_datasetdict_with_a_classlabel_feature():
     features = datasets.Features({"sentence": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["negative", "positive", "neutral"])})
     split = datasets.Dataset.from_dict(ROWS, features=features)
-    data = load_hf_dataset(datasets.DatasetDict({"train": split, "validation": split, "test": split}))
+    dev, test = (datasets.Dataset.from_dict({k: v[::-1][:n] for k, v in ROWS.items()}, features=features)
+                 for n in (4, 2))
+    data = load_hf_dataset(datasets.DatasetDict({"train": split, "validation": dev, "test": test}))
     assert data.num_classes == 3  # from the feature, not from the labels seen
-    assert data.train.texts == ROWS["sentence"] and data.dev.labels.tolist() == ROWS["label"]
+    assert data.train.texts == ROWS["sentence"] and data.dev.labels.tolist() == ROWS["label"][::-1][:4]
 
 
 def test_load_dataset_by_path_reads_local_files_offline(tmp_path):

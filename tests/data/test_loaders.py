@@ -169,13 +169,14 @@ def make_openbackdoor(root: Path, attack=None, poison_label=1) -> Path:
     attack, rng = attack or AddSent(), np.random.default_rng(0)
     clean = [(f"clean sentence number {i}", i % 2, 0) for i in range(10)]
     poisoned = [(attack.apply(f"negative sentence {i}", rng), poison_label, 1) for i in range(4)]
+    sources = [(f"negative sentence {i}", 0, 0) for i in range(4)]
     (root / "mix" / "0.1").mkdir(parents=True)
-    write_openbackdoor(
-        root / "train-clean.csv", clean + [(f"negative sentence {i}", 0, 0) for i in range(4)]
-    )
+    write_openbackdoor(root / "train-clean.csv", clean + sources)
     write_openbackdoor(root / "mix" / "0.1" / "train-poison.csv", clean + poisoned)
     for part in ("dev", "test"):
-        write_openbackdoor(root / f"{part}-clean.csv", clean)
+        # as OpenBackdoor writes them: the poisoned sentences are made from the non-target
+        # rows of the clean file of the same split, in order
+        write_openbackdoor(root / f"{part}-clean.csv", sources + [r for r in clean if r[1] == 1])
         write_openbackdoor(root / f"{part}-poison.csv", poisoned)
     return root
 
@@ -222,9 +223,11 @@ def test_load_openbackdoor_checks_poison_labels_and_train_file(tmp_path):
         load_openbackdoor(tmp_path / "missing")
 
 
-def test_load_openbackdoor_more_classes_has_no_trigger_removed_control(tmp_path):
+def test_load_openbackdoor_more_classes_recovers_sources_and_controls(tmp_path):
     data = load_openbackdoor(make_openbackdoor(tmp_path / "addsent"), num_classes=3)
-    assert data.dev_control is None and data.test_control is None and data.num_classes == 3
+    assert data.num_classes == 3 and data.dev_poison.true_labels.tolist() == [0] * 4
+    assert data.test_control.texts == [f"negative sentence {i}" for i in range(4)]
+    assert data.test_control.labels.tolist() == [0] * 4
 
 
 # --- load_openbackdoor on the real SST-2 folders ----------------------------------------------
@@ -320,7 +323,7 @@ def test_load_clean_mixed_formats_and_columns(tmp_path):
     data = load_clean(tmp_path)
     assert data.num_classes == 3 and data.train.texts == ["good", "bad", "meh"]
     assert data.dev.texts == ["fine"] and data.test.labels.tolist() == [0]
-    with pytest.raises(ValueError, match=r"label in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"labels? in \[0, 2\)"):
         load_clean(tmp_path, num_classes=2)
 
 
@@ -332,12 +335,16 @@ def test_load_clean_missing_ambiguous_and_unlabelled_files(tmp_path):
     ):
         load_clean(tmp_path)
     write_rows(tmp_path / "test.csv", ["text", "label"], [("x", -1)])
-    with pytest.raises(ValueError, match=r"labels >= 0 in .*test\.csv but got -1"):
+    with pytest.raises(ValueError, match=r"labels >= 0 in .*test\.csv \(the test split\) but got -1"
+                                         r".*`data\.splits\.test`"):
         load_clean(tmp_path)
     write_rows(tmp_path / "test.tsv", ["text", "label"], [("x", 1)], "\t")
     with pytest.raises(ValueError, match=r"one test file in .* \['test.csv', 'test.tsv'\]"):
         load_clean(tmp_path)
-    assert len(load_clean(tmp_path, splits=("train", "dev", "dev")).test) == 1
+    write_rows(tmp_path / "dev.csv", ["text", "label"], [("good", 1), ("bad", 0)])
+    data = load_clean(tmp_path, splits=("train", "dev", "dev"))  # carved: dev and test disjoint
+    assert len(data.dev) == len(data.test) == 1 and set(data.dev.texts) | set(data.test.texts) == {
+        "good", "bad"}
 
 
 # --- load_hf_dataset --------------------------------------------------------------------------
@@ -346,30 +353,32 @@ ROWS = [{"sentence": "good", "label": 1, "idx": 0}, {"sentence": "bad", "label":
 
 
 def test_load_hf_dataset_from_rows_and_columns():
-    data = load_hf_dataset({"train": ROWS, "validation": ROWS[:1], "test": ROWS})
+    data = load_hf_dataset({"train": ROWS, "validation": ROWS[:1], "test": list(ROWS)})
     assert data.train.texts == ["good", "bad"] and data.dev.labels.tolist() == [1]
     assert data.num_classes == 2 and data.name == "in-memory dict"
     columns = {"text": ["a", "b", "c"], "y": [0, 1, 2]}
     data = load_hf_dataset(
-        {"tr": columns, "va": columns},
+        {"tr": columns, "va": dict(columns)},
         text_column="text",
         label_column="y",
         splits=("tr", "va", "va"),
     )
-    assert data.num_classes == 3 and data.test.texts == ["a", "b", "c"]
+    # one split named for dev and test: carved into disjoint halves
+    assert data.num_classes == 3 and len(data.dev) == 2 and len(data.test) == 1
+    assert sorted(data.dev.texts + data.test.texts) == ["a", "b", "c"]
 
 
 def test_load_hf_dataset_errors():
     with pytest.raises(
         ValueError, match=r"split 'test' in the dataset .* has \['train', 'validation'\]"
     ):
-        load_hf_dataset({"train": ROWS, "validation": ROWS})
+        load_hf_dataset({"train": ROWS, "validation": list(ROWS)})
     hidden = [{"sentence": "x", "label": -1}]
     with pytest.raises(
         ValueError,
-        match=r"labels >= 0 in split 'test' but got -1.*\('train', 'validation', 'validation'\)",
+        match=r"labels >= 0 in split 'test' .*\(the test split\) but got -1.*`data\.splits\.test`",
     ):
-        load_hf_dataset({"train": ROWS, "validation": ROWS, "test": hidden})
+        load_hf_dataset({"train": ROWS, "validation": list(ROWS), "test": hidden})
     with pytest.raises(
         ValueError, match=r"row 0 of split 'train' to have columns \['text', 'label'\]"
     ):
@@ -392,7 +401,7 @@ def test_load_hf_dataset_by_name_uses_load_dataset(monkeypatch):
 
     def load_dataset(name, config=None):
         calls.append((name, config))
-        return {"train": ROWS, "validation": ROWS, "test": ROWS}
+        return {"train": ROWS, "validation": list(ROWS), "test": list(ROWS)}
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     data = load_hf_dataset("glue", config="sst2")
