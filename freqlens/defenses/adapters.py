@@ -5,10 +5,12 @@ LoRA goes on the encoder with peft's own ``LoraConfig`` and
 MSLR layers (and a decoder's added head) are placed before peft wraps the
 model and made trainable again afterwards, since peft freezes everything it
 does not own. A defended model is saved as the peft adapter
-(``adapter_config.json``, ``adapter_model.safetensors``), the MSLR and other
-freqlens-trained weights (``freqlens_weights.safetensors``) and the freqlens
-settings (``freqlens_defense.json``); :func:`load_defended` rebuilds it on the
-base model.
+(``adapter_config.json``, ``adapter_model.safetensors``), every other weight
+that a fresh ``from_pretrained`` of the base would not give back
+(``freqlens_weights.safetensors``, see :func:`weights_to_save`) and the
+freqlens settings (``freqlens_defense.json``, with the list of those
+weights); :func:`load_defended` rebuilds it on the base model and refuses a
+save that lacks any of them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from freqlens._checks import check_positive_int
-from freqlens.defenses.mslr import MSLR_PREFIX, MSLRConfig
+from freqlens.defenses.mslr import MSLR_PREFIX, MSLRConfig, MSLRLinear
 from freqlens.defenses.placement import MSLRHead, apply_mslr, merge_mslr
 
 SETTINGS_FILE = "freqlens_defense.json"
@@ -57,10 +59,12 @@ def add_lora(model: nn.Module, settings: LoraSettings | None = None) -> nn.Modul
     Returns the ``peft.PeftModel``.
     """
     from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
 
     settings = settings or LoraSettings()
+    conv1d = any(isinstance(m, Conv1D) for m in model.modules())  # GPT-2 stores weights (in, out)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.targets) or None)
+                        target_modules=list(settings.targets) or None, fan_in_fan_out=conv1d)
     try:
         wrapped = get_peft_model(model, config)
     except ValueError as error:
@@ -97,6 +101,67 @@ def add_prefix(model: nn.Module, num_virtual_tokens: int = 10) -> nn.Module:
     return wrapped
 
 
+def position_limit(model: nn.Module) -> tuple[int, str] | None:
+    """How many tokens one input may have in ``model``, and where that limit comes from.
+
+    The limit is the config's ``max_position_embeddings`` (``n_positions`` for
+    GPT-2; for rotary models such as Llama the length they were configured
+    for), less the padding offset of RoBERTa-like embeddings, whose positions
+    start at ``padding_idx + 1``. Returns None for a model whose config names
+    no such length.
+    """
+    base = _base_model(model)
+    config = getattr(base, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):  # GPT-2's own name first (the other is its alias)
+        table = getattr(config, key, None)
+        if isinstance(table, int) and not isinstance(table, bool) and table > 0:
+            break
+    else:
+        return None
+    where = f"the positions of {type(base).__name__}: `{key}` = {table} in its config"
+    for module in base.modules():  # RoBERTa-like embeddings number positions from padding_idx + 1
+        pad = getattr(module, "padding_idx", None)
+        if hasattr(module, "create_position_ids_from_input_ids") and isinstance(pad, int) and pad >= 0:
+            return table - pad - 1, f"{where}, less {pad + 1} for positions that start after the padding id"
+    return table, where
+
+
+def virtual_tokens(model: nn.Module) -> int:
+    """Tokens a peft prompt-learning adapter (prefix or prompt tuning) puts before each input; 0 without one."""
+    configs = getattr(model, "peft_config", None) or {}
+    return max((int(getattr(c, "num_virtual_tokens", 0) or 0) for c in configs.values()
+                if getattr(c, "is_prompt_learning", False)), default=0)
+
+
+def check_input_length(model: nn.Module, length: int, *, tokens: int | None = None,
+                       length_key: str = "model.max_length", tokens_key: str = "defense.prefix_tokens") -> None:
+    """Refuse inputs of ``length`` tokens that, with the virtual tokens, pass ``model``'s position table.
+
+    Prefix and prompt tuning put ``tokens`` virtual tokens (default: the
+    model's own adapter, :func:`virtual_tokens`) before every input, so
+    ``length`` + ``tokens`` must fit :func:`position_limit`; otherwise training
+    would stop with a bare size-mismatch error at the first long batch (or, for
+    rotary models, run past the configured length).
+
+    Raises:
+        ValueError: naming ``length_key`` and, with virtual tokens,
+            ``tokens_key``, with the numbers and the limit.
+    """
+    limit = position_limit(model)
+    if limit is None:
+        return
+    table, where = limit
+    tokens = virtual_tokens(model) if tokens is None else tokens
+    if length + tokens <= table:
+        return
+    if tokens:
+        raise ValueError(
+            f"Expected `{length_key}` + `{tokens_key}` <= {table} ({where}) but got {length} + {tokens} = "
+            f"{length + tokens}: prefix/prompt tuning puts its {tokens} virtual tokens before every input. Lower "
+            f"`{length_key}` to {max(table - tokens, 0)} or `{tokens_key}`.")
+    raise ValueError(f"Expected `{length_key}` <= {table} ({where}) but got {length}.")
+
+
 def unfreeze_freqlens_parameters(model: nn.Module) -> list[str]:
     """Make MSLR parameters and a decoder's added second head layer trainable; returns their names."""
     names = []
@@ -112,18 +177,160 @@ def unfreeze_freqlens_parameters(model: nn.Module) -> list[str]:
     return names
 
 
-def freqlens_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights freqlens adds (MSLR and an added head), keyed by name inside the base model."""
+CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "pytorch_model.bin.index.json")  # transformers' order of preference
+
+
+def plain_state(model: nn.Module) -> dict[str, tuple[torch.Tensor, str]]:
+    """Every persistent tensor of ``model`` as the model without peft would name it.
+
+    peft's wrappers are taken off (a LoRA layer stands for its base layer, a
+    ``modules_to_save`` wrapper for its original module; the adapter's own
+    weights are peft's to save), MSLR is kept. Returns, per state-dict key of
+    the plain model, the tensor and the key the base checkpoint would hold it
+    under (an MSLR layer's frozen ``base`` is the layer it replaced).
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    state: dict[str, tuple[torch.Tensor, str]] = {}
+
+    def walk(module: nn.Module, prefix: str, source: str) -> None:
+        while True:  # take peft's wrappers off
+            if isinstance(module, AuxiliaryTrainingWrapper):
+                module = module.original_module
+            elif isinstance(module, BaseTunerLayer):
+                module = module.get_base_layer()
+            else:
+                break
+        tensors = [(n, p) for n, p in module._parameters.items() if p is not None]
+        tensors += [(n, b) for n, b in module._buffers.items()
+                    if b is not None and n not in module._non_persistent_buffers_set]
+        for name, tensor in tensors:
+            state[prefix + name] = (tensor, source + name)
+        for name, child in module._modules.items():
+            if child is not None:
+                inner = source if isinstance(module, MSLRLinear) and name == "base" else f"{source}{name}."
+                walk(child, f"{prefix}{name}.", inner)
+
+    walk(_base_model(model), "", "")
+    return state
+
+
+def checkpoint_shapes(model: nn.Module) -> dict[str, tuple[int, ...]] | None:
+    """Tensor shapes in the checkpoint ``model`` was loaded from (``config._name_or_path``), by key.
+
+    Reads only the files' headers (safetensors) or memory-maps them (``.bin``).
+    Returns None when the model names no checkpoint (built from a config) or
+    its files cannot be found: a local folder, or a hub id in the local
+    Hugging Face cache (no network), holding ``model.safetensors``,
+    ``pytorch_model.bin`` or their sharded index.
+    """
+    source = str(getattr(getattr(_base_model(model), "config", None), "_name_or_path", "") or "")
+    if not source:
+        return None
+    for filename in CHECKPOINT_FILES:
+        path = _checkpoint_file(source, filename)
+        if path is None:
+            continue
+        if filename.endswith(".index.json"):
+            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+            if not all((path.parent / shard).is_file() for shard in shards):
+                return None
+            files = [path.parent / shard for shard in shards]
+        else:
+            files = [path]
+        shapes: dict[str, tuple[int, ...]] = {}
+        for file in files:
+            shapes.update(_tensor_shapes(file))
+        return shapes
+    return None
+
+
+def _checkpoint_file(source: str, filename: str) -> Path | None:
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        path = folder / filename
+        return path if path.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, filename)
+    except Exception:  # not a valid hub id either
+        return None
+    return Path(cached) if isinstance(cached, str) and Path(cached).is_file() else None
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    return {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def _from_checkpoint(source: str, shape: tuple[int, ...], checkpoint: dict[str, tuple[int, ...]],
+                     prefix: str) -> bool:
+    """Whether ``from_pretrained`` fills the tensor saved as ``source`` from the checkpoint.
+
+    A checkpoint of the bare backbone keys its tensors without the head
+    model's ``base_model_prefix`` (``bert.``, ``roberta.``, ``transformer.``,
+    ``model.``), and transformers adds it on loading; a tensor whose shape
+    differs (``ignore_mismatched_sizes``) is initialised anew.
+    """
+    names = [source]
+    if prefix:
+        names.append(source[len(prefix) + 1:] if source.startswith(prefix + ".") else f"{prefix}.{source}")
+    return any(checkpoint.get(name) == tuple(shape) for name in names)
+
+
+def weights_not_in_checkpoint(model: nn.Module) -> set[str] | None:
+    """State-dict keys of ``model`` without peft (:func:`plain_state`) that its checkpoint does not fill.
+
+    These are the weights ``from_pretrained`` initialised at random (a head
+    or pooler the checkpoint lacks, or one of another shape) and the ones
+    added since (MSLR, a decoder's :class:`MSLRHead`). Every key when the
+    model names no checkpoint (built from a config); None when it names one
+    whose files cannot be found (:func:`checkpoint_shapes`).
+    """
     base = _base_model(model)
-    state = {}
-    for name, module in base.named_modules():
-        if isinstance(module, MSLRHead):
-            for key, value in module.state_dict().items():
-                state[f"{name}.{key}"] = value
-    for name, value in base.state_dict().items():
-        if name.rpartition(".")[2].startswith(MSLR_PREFIX):
-            state[name] = value
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    plain = plain_state(model)
+    if not getattr(getattr(base, "config", None), "_name_or_path", ""):
+        return set(plain)
+    checkpoint = checkpoint_shapes(base)
+    if checkpoint is None:
+        return None
+    prefix = getattr(base, "base_model_prefix", "") or ""
+    return {name for name, (tensor, source) in plain.items()
+            if not _from_checkpoint(source, tuple(tensor.shape), checkpoint, prefix)}
+
+
+def weights_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of an adapter or MSLR model that the base checkpoint does not give back, by plain name.
+
+    That is every tensor of the model without peft's wrappers (see
+    :func:`plain_state`) which is
+    - not filled from the base checkpoint (:func:`weights_not_in_checkpoint`):
+      a head, pooler or any weight ``from_pretrained`` initialised at random,
+      frozen or not, and what freqlens added (MSLR, a decoder's
+      :class:`MSLRHead`); every tensor when the model names no checkpoint or
+      its files cannot be found (with a warning in the latter case); or
+    - trainable (``requires_grad``) outside peft's adapter, e.g. a model with
+      MSLR and no adapter whose other layers were trained too.
+    The adapter's own weights and trained ``modules_to_save`` copies are in
+    peft's file.
+    """
+    random = weights_not_in_checkpoint(model)
+    if random is None:
+        import warnings
+
+        warnings.warn(f"The files of {_base_model(model).config._name_or_path!r}, which the model was loaded "
+                      f"from, were not found; the saved model holds every weight.", stacklevel=3)
+    return {name: tensor.detach().cpu().clone().contiguous()
+            for name, (tensor, _) in plain_state(model).items()
+            if random is None or name in random or tensor.requires_grad}
 
 
 @dataclass(frozen=True)
@@ -132,29 +339,61 @@ class DefendedLayout:
 
     mslr: dict | None = None  # MSLRConfig fields, or None
     mslr_targets: tuple[str, ...] = ()  # names given to apply_mslr (empty: the default placement)
-    adapter: str = "none"  # "none", "lora" or "prefix"
+    adapter: str = "none"  # "none", "lora", "prefix" or "prompt"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def save_defended(model: nn.Module, directory: str | Path, layout: DefendedLayout) -> Path:
-    """Save a defended model: peft adapter, freqlens weights and the layout."""
+    """Save a defended model into ``directory`` (created); returns it.
+
+    Full fine-tuning (no adapter, no MSLR) is saved whole by
+    ``save_pretrained``. An adapter or MSLR model is saved as peft's adapter
+    (``adapter_config.json``, ``adapter_model.safetensors``) plus
+    ``freqlens_weights.safetensors`` holding every weight a fresh
+    ``from_pretrained`` of the base would not give back (:func:`weights_to_save`:
+    a randomly initialised head or pooler, MSLR, an added head), so that
+    :func:`load_defended` rebuilds the same model whatever the torch seed;
+    ``freqlens_defense.json`` holds ``layout``, the base checkpoint's name and
+    the list of saved weights.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if layout.adapter != "none" or not layout.mslr:
+    full = layout.adapter == "none" and not layout.mslr
+    if full or layout.adapter != "none":
         model.save_pretrained(directory)  # the adapter, or the whole fine-tuned model
-    state = freqlens_state_dict(model)
+    state = {} if full else weights_to_save(model)
     if state:
         save_file(state, str(directory / WEIGHTS_FILE))
-    (directory / SETTINGS_FILE).write_text(json.dumps(layout.to_dict(), indent=2), encoding="utf-8")
+    base = getattr(getattr(_base_model(model), "config", None), "_name_or_path", "") or ""
+    settings = {**layout.to_dict(), "base": str(base), "weights": sorted(state)}
+    (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
     return directory
 
 
 def load_defended(base_model: nn.Module, directory: str | Path) -> nn.Module:
-    """Rebuild a model saved by :func:`save_defended` on a fresh ``base_model``."""
+    """Rebuild a model saved by :func:`save_defended` on ``base_model``.
+
+    Args:
+        base_model: the base as ``from_pretrained`` gives it (the same
+            checkpoint the defended model was prepared on); changed in place.
+        directory: the folder :func:`save_defended` wrote.
+
+    Returns:
+        The defended model (a ``peft.PeftModel`` when an adapter was saved).
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no ``freqlens_defense.json``.
+        ValueError: ``freqlens_weights.safetensors`` lacks a weight the save
+            listed, or a weight of ``base_model`` that its checkpoint does not
+            provide (``from_pretrained`` drew it at random), or holds a weight
+            that ``base_model`` does not have or has in another shape; a
+            whole saved model lacks a weight of ``base_model``'s class; each
+            named.
+    """
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -162,25 +401,59 @@ def load_defended(base_model: nn.Module, directory: str | Path) -> nn.Module:
     if not settings.is_file():
         raise FileNotFoundError(f"Expected a saved defended model in {directory} but {settings.name} is missing.")
     layout = json.loads(settings.read_text(encoding="utf-8"))
+    adapter = layout.get("adapter", "none")
+    if adapter == "none" and not layout.get("mslr"):  # saved whole by save_pretrained
+        model, info = type(base_model).from_pretrained(str(directory), output_loading_info=True)
+        lost = sorted(set(info["missing_keys"]) | {key for key, *_ in info.get("mismatched_keys", ())})
+        if lost:
+            raise ValueError(f"Expected the model saved in {directory} to hold every weight of "
+                             f"{type(base_model).__name__} but {len(lost)} are missing or of another shape: "
+                             f"{', '.join(lost[:8])}.")
+        return model
     model = base_model
     if layout.get("mslr"):
         config = MSLRConfig(**{**layout["mslr"], "bands": tuple(layout["mslr"]["bands"])})
         apply_mslr(model, config, target=list(layout.get("mslr_targets") or []) or None)
     weights = directory / WEIGHTS_FILE
-    if weights.is_file():
-        state = load_file(str(weights))
-        known = model.state_dict()
-        missing = [k for k in state if k not in known]
-        if missing:
-            raise ValueError(f"Saved freqlens weights {missing[:3]} do not fit {type(model).__name__}.")
-        model.load_state_dict(state, strict=False)
-    if layout.get("adapter", "none") != "none":
+    state = load_file(str(weights)) if weights.is_file() else {}
+    _check_saved_weights(model, state, layout, weights)
+    model.load_state_dict(state, strict=False)
+    if adapter != "none":
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(directory))
-    elif not layout.get("mslr"):
-        model = type(base_model).from_pretrained(str(directory))
     return model
+
+
+def _check_saved_weights(model: nn.Module, state: dict[str, torch.Tensor], layout: dict, weights: Path) -> None:
+    """Refuse a save that would leave a weight of the rebuilt model to the torch seed (see load_defended)."""
+    def listing(names: list[str]) -> str:
+        return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+    listed = layout.get("weights")
+    if listed is not None:
+        lost = sorted(set(listed) - set(state))
+        if lost:
+            raise ValueError(f"Expected {weights.name} in {weights.parent} to hold the {len(listed)} weights the "
+                             f"save listed but {len(lost)} are missing: {listing(lost)}.")
+    plain = plain_state(model)
+    unfit = [f"{k} (saved {tuple(v.shape)}, model {tuple(plain[k][0].shape) if k in plain else 'has none'})"
+             for k, v in state.items() if k not in plain or tuple(plain[k][0].shape) != tuple(v.shape)]
+    if unfit:
+        raise ValueError(f"Expected the weights in {weights} to fit {type(model).__name__} but "
+                         f"{len(unfit)} do not (name, shape): {listing(sorted(unfit))}; was it saved from another "
+                         f"base model?")
+    random = weights_not_in_checkpoint(model)
+    if random is None:
+        return  # the base's files were not found: the saved list above is what can be checked
+    lost = sorted(random - set(state))
+    if lost:
+        source = model.config._name_or_path
+        origin = (f"the base checkpoint {source!r} does not hold them" if source
+                  else "the base model was built from a config, so none of its weights come from a checkpoint")
+        raise ValueError(f"Expected {weights.name} in {weights.parent} to hold every weight of the rebuilt "
+                         f"model that from_pretrained initialises at random ({origin}) but {len(lost)} are "
+                         f"missing: {listing(lost)}; loading would leave them to the torch seed.")
 
 
 def merge_defended(model: nn.Module) -> nn.Module:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from torch import nn
 
 from freqlens._checks import check_choice, check_positive_int
-from freqlens.defenses.adapters import DefendedLayout, LoraSettings, add_lora, add_prefix
+from freqlens.defenses.adapters import DefendedLayout, LoraSettings, add_lora, add_prefix, check_input_length
 from freqlens.defenses.ga import GAConfig
 from freqlens.defenses.placement import apply_mslr, default_mslr_config
 
@@ -207,14 +207,28 @@ class Prepared:
     mslr_layers: list[str]  # names of the MSLR layers placed
 
 
-def prepare_model(model: nn.Module, config: DefenseConfig) -> Prepared:
+def prepare_model(model: nn.Module, config: DefenseConfig, *, max_length: int | None = None) -> Prepared:
     """Place MSLR and adapters for ``config``'s defense; fails before training on a bad setting.
+
+    Args:
+        model: a Hugging Face sequence classifier; changed in place.
+        config: the defense and its settings.
+        max_length: tokens per input (``model.max_length``); when given, it
+            plus prefix tuning's ``defense.prefix_tokens`` virtual tokens must
+            fit the model's position table (checked before the model is
+            changed).
 
     Raises:
         ValueError: MSLR on a module that is not ``nn.Linear``, a model family
-            with no known placement and no ``mslr_target``, bad bands.
+            with no known placement and no ``mslr_target``, bad bands;
+            ``max_length`` (+ ``defense.prefix_tokens``) past the position
+            table, naming ``model.max_length``, ``defense.prefix_tokens`` and
+            the limit.
     """
     spec = config.spec
+    if max_length is not None:
+        check_positive_int(max_length, "model.max_length")
+        check_input_length(model, max_length, tokens=config.prefix_tokens if spec.prefix else 0)
     placed: list[str] = []
     mslr = None
     if spec.mslr:

@@ -36,7 +36,7 @@ def test_save_then_load_gives_the_same_logits(family, name, tmp_path):
     save_defended(prepared.model, tmp_path, prepared.layout)
     assert (tmp_path / SETTINGS_FILE).is_file()
     assert (tmp_path / "adapter_config.json").is_file()
-    assert (tmp_path / WEIGHTS_FILE).is_file() == (name != "lora")
+    assert (tmp_path / WEIGHTS_FILE).is_file()  # a model built from a config: no checkpoint gives its weights back
     loaded = load_defended(build(family), tmp_path)
     torch.testing.assert_close(logits(loaded, enc), expected, atol=1e-5, rtol=1e-5)
 
@@ -170,3 +170,15 @@ def test_prefix_saves_and_loads(tmp_path):
     save_defended(prepared.model, tmp_path, prepared.layout)
     loaded = load_defended(build("bert"), tmp_path)
     torch.testing.assert_close(logits(loaded, enc), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_is_placed_without_a_peft_warning(family):
+    """GPT-2's Conv1D layers store weights (in, out): add_lora says so instead of letting peft warn."""
+    import warnings
+
+    from freqlens.defenses.adapters import add_lora
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        add_lora(build(family))
