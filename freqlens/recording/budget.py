@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from freqlens._checks import check_positive_int
-from freqlens.models import model_device, predict_proba, trim_padding
+from freqlens.models import compute_autocast, model_device, predict_proba, trim_padding
 
 SMALL_PROBE_SET = 32  # below this many examples per set, a spectrum is coarse
 
@@ -173,7 +173,8 @@ def _train_pass(model: nn.Module, batch: Mapping[str, torch.Tensor], labels: tor
     was_training = model.training
     model.train()
     try:
-        loss = model(**{k: v.to(device) for k, v in batch.items()}, labels=labels.to(device)).loss
+        with compute_autocast(model):  # timed in the precision training computes in
+            loss = model(**{k: v.to(device) for k, v in batch.items()}, labels=labels.to(device)).loss
         loss.backward()
     finally:
         model.train(was_training)
