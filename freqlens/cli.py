@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from freqlens import __version__
 
@@ -12,6 +13,7 @@ from freqlens import __version__
 def _demo(args: argparse.Namespace) -> int:
     from freqlens.demo.run import DemoConfig, run_demo
 
+    _check_out(args)
     config = DemoConfig.quick() if args.quick else DemoConfig()
     config = config.with_seed(args.seed)
     if args.epochs is not None:
@@ -28,9 +30,34 @@ def _run(args: argparse.Namespace) -> int:
     from freqlens.experiment import run_experiment
 
     config = ExperimentConfig.from_toml(args.config, overrides=args.set)
-    results = run_experiment(config, args.out, progress=not args.no_progress, overwrite=args.overwrite)
+    results = run_experiment(config, args.out, progress=not args.no_progress, overwrite=args.overwrite,
+                             resume=args.resume, keep_checkpoint=args.keep_checkpoint)
     _print_summary(results, args.out)
     return 0
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an --out that already holds a recording, at once (before anything loads),
+    in the command line's words (``freqlens run`` checks in ``run_experiment``)."""
+    meta = Path(args.out) / "trajectory" / "meta.json"
+    if meta.exists() and not args.overwrite and not getattr(args, "resume", False):
+        raise FileExistsError(f"--out {args.out} already holds a run ({meta} exists); {_OUT_ADVICE[args.command]}.")
+
+
+_OUT_ADVICE = {
+    "run": "pass --overwrite to replace it, --resume to continue it, or choose another --out",
+    "demo": "pass --overwrite to replace it or choose another --out",
+}
+
+
+def _cli_words(error: Exception, command: str) -> str:
+    """An error message with the Python API's advice (``overwrite=True``) put in CLI flags."""
+    message = str(error)
+    if isinstance(error, FileExistsError) and "overwrite=True" in message:
+        advice = message[message.index("pass overwrite=True"):] if "pass overwrite=True" in message else ""
+        message = message.replace(advice, _OUT_ADVICE.get(command, "pass --overwrite to replace it") + ".") \
+            if advice else message.replace("overwrite=True", "--overwrite")
+    return message
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -104,19 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output directory")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set train.epochs=3 (repeatable)")
-    run.add_argument("--overwrite", action="store_true", help="replace a trajectory already in --out")
+    resumption = run.add_mutually_exclusive_group()
+    resumption.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    resumption.add_argument("--resume", action="store_true",
+                            help="continue a killed run in --out from its last epoch checkpoint "
+                                 "(CONFIG must equal the config stored there)")
+    run.add_argument("--keep-checkpoint", action="store_true",
+                     help="keep --out/checkpoint/ (the last epoch's training state) after the run finishes")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
     report = commands.add_parser(
         "report",
-        help="compare finished runs (defenses, attacks) in one HTML + Markdown report and a CSV table",
+        help="compare runs (defenses, attacks) in one HTML + Markdown report and a CSV table",
         description="Read the run directories written by `freqlens run` or `freqlens demo`, re-analyse "
-        "their recordings, group them by dataset and attack, and write report.html (self-contained, "
+        "their recordings, group them by experiment (dataset folder and training file, attack, target, "
+        "caps, model: only the defense and how it ran may differ within a group), and write report.html (self-contained, "
         "opens offline), report.md, runs.csv and figures/ (PDF and PNG) into --out. Each defense is "
-        "compared with the undefended (vanilla) run of its group. A directory that cannot be used is "
+        "compared with the undefended (vanilla) run of its group. A killed run (a trajectory without "
+        "results.json) is included and marked partial. A directory that cannot be used is "
         "named with the reason, and the report covers the rest.",
     )
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with results.json)")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (finished, or partial: a trajectory without results.json)")
     report.add_argument("--out", required=True, help="output directory")
     report.add_argument("--view", choices=("joint", "separate"), default="joint",
                         help="which view the convergence tables use (default joint)")
@@ -135,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         kind = "" if isinstance(error, (ValueError, FileExistsError, FileNotFoundError)) else f"{type(error).__name__}: "
-        print(f"freqlens: error: {kind}{error} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"freqlens: error: {kind}{_cli_words(error, args.command)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         return 2
 
 

@@ -8,6 +8,8 @@ pieces (probe sets, evaluation, outputs) are shared with ``freqlens demo``.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,10 +21,12 @@ import torch
 
 import freqlens
 from freqlens.analysis import SpectralAnalysis, analyse
+from freqlens.checkpoint import Checkpoint
 from freqlens.config import AnalysisConfig, ExperimentConfig, RecordConfig
+from freqlens.data.identity import dataset_identity
 from freqlens.data.splits import PoisonedDataset, Split, split_reference
 from freqlens.defenses import fit_defense, prepare_model, save_defended
-from freqlens.metrics import accuracy, attack_success_rate, false_trigger_rate
+from freqlens.metrics import accuracy, evaluate_backdoor
 from freqlens.models import predict_proba
 from freqlens.plots import plot_error_curves, plot_heatmaps
 from freqlens.recording import ProbeSet, Recorder, Schedule
@@ -93,29 +97,11 @@ def plan_probe_sets(model, dataset: PoisonedDataset, encodings, *, train_config,
 def evaluate(model, tokenizer, dataset: PoisonedDataset, *, max_length: int,
              batch_size: int = 128) -> dict[str, float]:
     """Clean accuracy, attack success rate, false-trigger rate and net backdoor effect
-    (ASR minus false-trigger rate) on the test splits.
-
-    The false-trigger rate is measured on the control split (the triggered
-    sentences without their trigger) where there is one, else on the
-    non-target clean test examples.
-    """
-    def probabilities(split: Split) -> np.ndarray:
-        return predict_proba(model, encode(tokenizer, split, max_length), batch_size=batch_size)
-
-    clean = probabilities(dataset.test_clean)
-    metrics: dict[str, float] = {
-        "cacc": accuracy(clean, dataset.test_clean.labels),
-        "asr": attack_success_rate(probabilities(dataset.test_poison), dataset.target_label),
-    }
-    if dataset.test_control is not None and len(dataset.test_control):
-        control = probabilities(dataset.test_control)
-        metrics["false_trigger_rate"] = false_trigger_rate(
-            control, dataset.test_control.labels, dataset.target_label)
-    else:
-        metrics["false_trigger_rate"] = false_trigger_rate(
-            clean, dataset.test_clean.labels, dataset.target_label)
-    metrics["net_backdoor_effect"] = metrics["asr"] - metrics["false_trigger_rate"]
-    return metrics
+    (ASR minus false-trigger rate) on the test splits: :func:`freqlens.metrics.evaluate_backdoor`
+    with ``model``'s probabilities (inputs tokenised to ``max_length``)."""
+    return evaluate_backdoor(
+        lambda split: predict_proba(model, encode(tokenizer, split, max_length), batch_size=batch_size),
+        dataset)
 
 
 def write_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
@@ -134,43 +120,11 @@ def write_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
 
 
 def load_dataset(config: ExperimentConfig) -> PoisonedDataset:
-    """The poisoned experiment that ``config.data`` and ``config.attack`` describe, capped."""
-    from freqlens.data import hf, loaders
-    from freqlens.data.attacks import make_attack, poison
+    """The poisoned experiment that ``config.data`` and ``config.attack`` describe, capped
+    (:func:`freqlens.data.experiment.load_experiment`)."""
+    from freqlens.data.experiment import load_experiment
 
-    data = config.data
-    if not data.path:
-        raise ValueError("Expected `data.path` (a dataset folder or name) but got an empty string.")
-    kind = data.format
-    if kind == "auto":
-        folder = Path(data.path)
-        kind = "openbackdoor" if (folder / "dev-poison.csv").is_file() else (
-            "clean" if folder.exists() else "hf")
-    text_column = data.text_column or None
-    if kind == "openbackdoor" and config.attack.name != "none":
-        raise ValueError(
-            f"Expected `attack.name` = 'none' for the pre-poisoned folder {data.path} but got "
-            f"{config.attack.name!r}: poison a clean dataset instead (data.format = 'clean')."
-        )
-    if kind != "openbackdoor" and config.attack.name == "none":
-        raise ValueError(
-            f"Expected `attack.name` (e.g. 'badnets' or 'addsent') to poison the clean dataset "
-            f"{data.path} but got 'none'."
-        )
-    if kind == "openbackdoor":
-        dataset = loaders.load_openbackdoor(data.path, train=data.train, target_label=data.target_label,
-                                            num_classes=data.num_classes)
-    else:
-        if kind == "clean":
-            clean = loaders.load_clean(data.path, text_column=text_column, label_column=data.label_column,
-                                       num_classes=data.num_classes)
-        else:
-            clean = hf.load_hf_dataset(data.path, text_column=text_column or "sentence",
-                                       label_column=data.label_column, num_classes=data.num_classes)
-        options = {} if config.attack.clean_label is None else {"clean_label": config.attack.clean_label}
-        dataset = poison(clean, make_attack(config.attack.name, **options), rate=config.attack.rate,
-                         target_label=data.target_label, seed=config.attack.seed)
-    return dataset.capped(max_train=data.max_train, max_eval=data.max_eval, seed=config.train.seed)
+    return load_experiment(config.data, config.attack, seed=config.train.seed)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -203,24 +157,121 @@ def resolve_model_name(name: str) -> str:
 
 
 def load_model(config: ExperimentConfig):
-    """Tokenizer and sequence-classification model of ``config.model.name``.
+    """Tokenizer and sequence-classification model of ``config.model.name``, on
+    ``config.model.device``, with float32 weights computing in ``config.model.dtype``.
 
-    ``from_pretrained`` takes a hub id (with network), a local folder, or a
-    folder inside a Python package (``pkg:...``, see :func:`resolve_model_name`).
-    A tokenizer without a padding token (GPT-2, Llama) pads with its EOS token.
+    ``from_pretrained`` takes a hub id, a local folder, or a folder inside a
+    Python package (``pkg:...``, see :func:`resolve_model_name`). A name that
+    looks like a path (starts with ``.``, ``/`` or ``~``, or has more than one
+    ``/``) must be an existing folder; a hub id is looked up in the local
+    Hugging Face cache first, and when it is not there and the hub cannot be
+    used (``HF_HUB_OFFLINE=1``, or no answer from the hub within a few
+    seconds) the error comes at once instead of after the download retries.
+    The weights are loaded in float32 and ``model.dtype`` is the precision of
+    the forward passes (:func:`freqlens.models.set_compute_dtype`; ``"auto"``:
+    the dtype the checkpoint was saved in). A tokenizer without a padding
+    token (GPT-2, Llama) pads with its EOS token.
+
+    Raises:
+        ValueError: naming ``model.name`` if the folder does not exist, or the
+            hub id is neither cached nor downloadable; naming ``model.dtype``
+            if the device cannot compute in it.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    name = resolve_model_name(config.model.name)
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    dtype = config.model.dtype if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
+    from freqlens.models import check_compute_dtype, set_compute_dtype
+
+    name, options = _model_source(config.model.name)
+    device = resolve_device(config.model.device)
+    dtype = config.model.dtype
+    if dtype != "auto":  # a device that cannot compute in it fails before anything loads
+        check_compute_dtype(dtype, device, name="model.dtype")
+    tokenizer = AutoTokenizer.from_pretrained(name, **options)
+    if dtype == "auto":  # the precision the checkpoint was saved in
+        stored = AutoConfig.from_pretrained(name, **options)
+        stored = getattr(stored, "dtype", None) or getattr(stored, "torch_dtype", None)
+        dtype = str(stored).removeprefix("torch.") if stored is not None else "float32"
+        dtype = dtype if dtype in ("bfloat16", "float16") else "float32"
     model = AutoModelForSequenceClassification.from_pretrained(
-        name, num_labels=config.data.num_classes, dtype=dtype)
+        name, num_labels=config.data.num_classes, dtype=torch.float32, **options)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return tokenizer, model.to(resolve_device(config.model.device))
+    model = model.to(device)
+    set_compute_dtype(model, dtype, name="model.dtype")
+    return tokenizer, model
+
+
+def _looks_like_path(name: str) -> bool:
+    """A model name meant as a folder: it starts with ``.``, ``/`` or ``~``, is absolute,
+    has a Windows separator or more than one ``/`` (a hub id has at most one)."""
+    separators = {os.sep, os.altsep or os.sep} - {"/"}
+    return (name.startswith((".", "/", "~")) or Path(name).is_absolute() or name.count("/") > 1
+            or any(sep in name for sep in separators))
+
+
+def _hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    import huggingface_hub
+
+    flags = (os.environ.get(key, "").upper() for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(flag in ("1", "ON", "YES", "TRUE") for flag in flags) or huggingface_hub.is_offline_mode()
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the hub endpoint answers one request within ``timeout`` seconds (no retries;
+    through the proxies huggingface_hub uses)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # noqa: BLE001 - any failure to connect means "not reachable"
+        return False
+    return True
+
+
+def _model_source(name: str) -> tuple[str, dict]:
+    """The name to pass to ``from_pretrained`` for ``model.name`` ``name``, and its options
+    (``local_files_only`` when the hub is unreachable but the model is cached).
+
+    Raises:
+        ValueError: naming ``model.name`` and what is missing (the folder, or
+            the cached copy and the network), at once.
+    """
+    resolved = resolve_model_name(name)
+    folder = Path(resolved).expanduser()
+    if folder.exists() or _looks_like_path(resolved):
+        folder = folder.resolve()
+        if not folder.is_dir():
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise ValueError(
+                f"Expected `model.name` {name!r} to be a model folder but {folder} {what} (a relative "
+                f"`model.name` is resolved against the config file's folder, one given with --set "
+                f"against the working directory)."
+            )
+        return str(folder), {}
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(resolved, "config.json"), str)
+    if _hub_offline():
+        if not cached:
+            raise ValueError(
+                f"Expected `model.name` {name!r} to be a local model folder or a hub model in the local "
+                f"cache, but there is no folder {Path(resolved).resolve()}, the model is not in the cache "
+                f"({constants.HF_HUB_CACHE}), and the network is off (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE)."
+            )
+        return resolved, {}
+    if not _hub_reachable():
+        if not cached:
+            raise ValueError(
+                f"Expected `model.name` {name!r} to be a local model folder or a hub model in the local "
+                f"cache, but there is no folder {Path(resolved).resolve()}, the model is not in the cache "
+                f"({constants.HF_HUB_CACHE}), and the hub ({constants.ENDPOINT}) cannot be reached."
+            )
+        return resolved, {"local_files_only": True}
+    return resolved, {}
 
 
 def seed_everything(seed: int) -> None:
@@ -245,6 +296,7 @@ def train_and_analyse(
     overwrite: bool = False,
     began: float | None = None,
     fit: Callable | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> dict:
     """Train ``model`` on ``dataset.train`` with the recorder on, evaluate, analyse, write.
 
@@ -255,27 +307,47 @@ def train_and_analyse(
     returns ``(TrainResult, dict)``, the dict going into ``results.json`` as
     ``defense`` (default: plain :func:`~freqlens.training.train`).
 
+    ``checkpoint`` (a :class:`~freqlens.checkpoint.Checkpoint`): save the
+    probe plan and an epoch checkpoint into it (``fit`` then gets
+    ``checkpoint=``); when it holds a training state, resume from it: the
+    stored probe plan is reused and the trajectory in ``out/trajectory`` is
+    continued at the checkpoint's step (see :class:`~freqlens.Recorder`).
+
     Returns:
         The contents of ``results.json``.
     """
     began = time.perf_counter() if began is None else began
     encodings = encode(tokenizer, dataset.train, max_length)
-    size, num_sets, plan, schedule = plan_probe_sets(model, dataset, encodings, train_config=train_config,
-                                                     record=record)
+    resuming = checkpoint is not None and checkpoint.state is not None
+    stored = checkpoint.read_plan() if resuming else None
+    if resuming and stored is None:
+        raise ValueError(f"Expected the probe plan {checkpoint.directory / 'plan.json'} next to the training "
+                         "state but it is missing: the run cannot be continued.")
+    if stored is None:
+        size, num_sets, plan, schedule = plan_probe_sets(model, dataset, encodings, train_config=train_config,
+                                                         record=record)
+        stored = {"size": size, "num_sets": num_sets, "schedule": schedule,
+                  "plan": plan.to_dict() if plan is not None else None,
+                  "warning": plan.warning if plan is not None and plan.warning else None}
+        if checkpoint is not None:
+            checkpoint.write_plan(stored)
+    size, num_sets, schedule = stored["size"], stored["num_sets"], stored["schedule"]
     probes = build_probe_sets(dataset, tokenizer, size=size, max_length=max_length, max_sets=num_sets)
     with Recorder(out / "trajectory", probes, schedule=schedule, batch_size=record.batch_size,
-                  overwrite=overwrite,
+                  overwrite=overwrite and not resuming, resume=resuming,
                   metadata={"dataset": dataset.name, "target_label": dataset.target_label}) as recorder:
+        more = {} if checkpoint is None else {"checkpoint": checkpoint}
         if fit is None:
             trained, defense = train(model, encodings, dataset.train.labels, train_config, recorder=recorder,
-                                     progress=progress), None
+                                     progress=progress, **more), None
         else:
             trained, defense = fit(model, encodings, dataset.train.labels, train_config, recorder=recorder,
-                                   progress=progress)
+                                   progress=progress, **more)
     metrics = evaluate(model, tokenizer, dataset, max_length=max_length, batch_size=record.batch_size)
     analysis_began = time.perf_counter()
     a = analysis_config
-    analysis = analyse(recorder.trajectory(), num_widths=a.num_widths, distance=a.distance,
+    trajectory = recorder.trajectory()
+    analysis = analyse(trajectory, num_widths=a.num_widths, distance=a.distance,
                        reduction=a.reduction, threshold=a.threshold, relative=a.relative)
     train_seconds = trained.seconds - trained.recording_seconds
     wall = train_seconds + recorder.seconds  # training and recording, start included
@@ -287,8 +359,8 @@ def train_and_analyse(
         "analysis_seconds": round(time.perf_counter() - analysis_began, 3),
     }
     probing = {"size": min(size, *(len(p) for p in probes)), "sets": [p.name for p in probes],
-               "plan": plan.to_dict() if plan is not None else None}
-    warnings = [plan.warning] if plan is not None and plan.warning else []
+               "plan": stored["plan"]}
+    warnings = [stored["warning"]] if stored["warning"] else []
     results = {
         "freqlens_version": freqlens.__version__,
         **dict(info or {}),
@@ -302,6 +374,9 @@ def train_and_analyse(
         "probes": probing,
         "warnings": warnings,
     }
+    resumed = trajectory.meta.get("resumed")
+    if resumed:  # the steps a killed run was resumed at (freqlens run --resume)
+        results["resumed_at_steps"] = [entry["step"] for entry in resumed]
     write_outputs(out, title=title, analysis=analysis, metrics=metrics,
                   details={"timings (s)": timings, "probes": probing, **dict(info or {})},
                   warnings=warnings)
@@ -311,16 +386,42 @@ def train_and_analyse(
 
 
 def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool = True,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, resume: bool = False, keep_checkpoint: bool = False) -> dict:
     """Run one experiment and write its outputs into ``out``.
+
+    At the end of every epoch the training state is checkpointed into
+    ``out/checkpoint/`` (the latest only; see :mod:`freqlens.checkpoint`),
+    with the config as run and the probe plan. ``resume=True`` continues a
+    killed run from it: the config must equal the stored one, the training
+    state is restored and the trajectory continues at the checkpoint's step,
+    so ``results.json`` has the same metrics as an uninterrupted run with the
+    same seed. A run killed before its first epoch checkpoint is restarted
+    from scratch (its trajectory replaced); ``resume`` over an empty ``out``
+    just runs. After a successful run the checkpoint is deleted unless
+    ``keep_checkpoint``.
+
+    Args:
+        config: the experiment.
+        out: the output directory.
+        progress: show progress bars.
+        overwrite: replace a run already in ``out``.
+        resume: continue the run in ``out``.
+        keep_checkpoint: keep ``out/checkpoint/`` after a successful run.
 
     Returns:
         The contents of ``results.json``: ``cacc``, ``asr``,
         ``false_trigger_rate``, the config as run, the dataset, the
         convergence summary per probe set, and timings.
+
+    Raises:
+        FileExistsError: ``out`` holds a run and neither ``overwrite`` nor
+            ``resume`` is set (checked before anything is loaded), or
+            ``resume`` finds a finished run.
+        ValueError: ``overwrite`` and ``resume`` together; ``resume`` with a
+            config that differs from the stored one (the keys are named).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = _prepare_out(out, config, overwrite=overwrite, resume=resume)
     began = time.perf_counter()
     seed_everything(config.train.seed)
     dataset = load_dataset(config)
@@ -329,7 +430,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     if defense.spec.needs_reference:
         dataset, reference = split_reference(dataset, defense.resolved_reference_size(), seed=config.train.seed)
     tokenizer, model = load_model(config)
-    prepared = prepare_model(model, defense)  # bad defense settings fail here, before training
+    prepared = prepare_model(model, defense, max_length=config.model.max_length)  # fails before training
     model, max_length = prepared.model, config.model.max_length
     dev = dataset.dev_clean
     dev_encodings = encode(tokenizer, dev, max_length) if defense.selects_best() else None
@@ -337,24 +438,83 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     def dev_accuracy(m) -> float:
         return accuracy(predict_proba(m, dev_encodings, batch_size=config.record.batch_size), dev.labels)
 
-    def fit(m, encodings, labels, train_config, *, recorder, progress):
+    def fit(m, encodings, labels, train_config, *, recorder, progress, checkpoint=None):
         ref = None if reference is None else (encode(tokenizer, reference, max_length), reference.labels)
         trained, done = fit_defense(m, encodings, labels, defense, train_config, reference=ref,
                                     selector=dev_accuracy, poison=dataset.train.poison, recorder=recorder,
-                                    progress=progress)
+                                    progress=progress, checkpoint=checkpoint)
         return trained, {**done, "mslr_layers": prepared.mslr_layers}
 
     info = {
         "config": config.to_dict(),
         "dataset": {"name": dataset.name, "train": len(dataset.train),
-                    "train_poisoned": int(dataset.train.poison.sum()), **dataset.info},
+                    "train_poisoned": int(dataset.train.poison.sum()), **dataset.info,
+                    "identity": dataset_identity(config.to_dict(), dataset.info)},
     }
     results = train_and_analyse(
         model, tokenizer, dataset, out, train_config=config.train, record=config.record,
         analysis_config=config.analysis, max_length=max_length,
         title=f"freqlens run: {config.model.name} on {dataset.name}, defense {defense.name}", info=info,
-        progress=progress, overwrite=overwrite, began=began, fit=fit,
+        progress=progress, overwrite=overwrite or resume, began=began, fit=fit, checkpoint=checkpoint,
     )
     if config.defense.save_model:
         save_defended(model, out / "model", prepared.layout)
+    if not keep_checkpoint:
+        checkpoint.delete()
     return results
+
+
+def _prepare_out(out: Path, config: ExperimentConfig, *, overwrite: bool, resume: bool) -> Checkpoint:
+    """Check ``out`` before anything is loaded and set up its checkpoint directory.
+
+    A new run (or ``overwrite``) deletes a stale checkpoint and stores the
+    config; ``resume`` checks the stored config against ``config``.
+    """
+    if overwrite and resume:
+        raise ValueError("Expected at most one of --overwrite and --resume (overwrite=, resume=) but got both.")
+    checkpoint = Checkpoint(out / "checkpoint")
+    held = [name for name in ("results.json", "trajectory/meta.json") if (out / name).is_file()]
+    if held and not (overwrite or resume):
+        raise FileExistsError(
+            f"Expected `--out` {out} to hold no run yet but it holds one ({', '.join(held)}); pass --overwrite "
+            "to replace it or --resume to continue it (from Python: the `overwrite` or `resume` argument)."
+        )
+    stored = checkpoint.read_config() if resume else None
+    if resume and stored is None and held:
+        finished = "results.json" in held
+        raise FileExistsError(
+            f"Expected a run to resume in `--out` {out} but "
+            + ("it is finished (results.json) and its checkpoint is gone" if finished else
+               f"it has no stored config ({checkpoint.directory / 'config.json'})")
+            + ": there is nothing to continue; pass --overwrite to run it again."
+        )
+    given = json.loads(json.dumps(config.to_dict(), default=str))
+    if stored is not None:
+        differing = _differing_keys(stored, given)
+        if differing:
+            raise ValueError(
+                f"Expected the config of the run in `--out` {out} for --resume but these keys differ "
+                f"(stored -> given): {'; '.join(differing)}. Resume with the stored config "
+                f"({checkpoint.directory / 'config.json'}) or pass --overwrite to start again."
+            )
+    if resume and checkpoint.state is None and (out / "results.json").is_file():
+        raise FileExistsError(f"Expected a run to resume in `--out` {out} but it is finished (results.json); "
+                              "pass --overwrite to run it again.")
+    if checkpoint.state is None or not resume:  # a new run, or one killed before its first epoch ended
+        checkpoint.delete()
+        checkpoint = Checkpoint(out / "checkpoint")
+        checkpoint.write_config(given)
+    out.mkdir(parents=True, exist_ok=True)
+    return checkpoint
+
+
+def _differing_keys(stored: Mapping, given: Mapping, prefix: str = "") -> list[str]:
+    """``section.key (stored -> given)`` for every leaf that differs between two config dicts."""
+    differing = []
+    for key in sorted(set(stored) | set(given)):
+        a, b = stored.get(key, "<absent>"), given.get(key, "<absent>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            differing += _differing_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differing.append(f"{prefix}{key} ({a!r} -> {b!r})")
+    return differing

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -12,9 +13,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from freqlens import checkpoint as checkpoints
 from freqlens import distributed
 from freqlens._checks import check_positive_int, check_positive_number
-from freqlens.models import model_device, trim_padding
+from freqlens.models import check_master_weights, compute_autocast, compute_dtype, model_device, trim_padding
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,20 @@ def train(
     selector: Callable[[nn.Module], float] | None = None,
     loss_fn: Callable | None = None,
     step_offset: int = 0,
+    checkpoint=None,
 ) -> TrainResult:
     """Fine-tune ``model`` on pre-tokenised examples, stepping ``recorder`` each step.
 
     Each optimisation step averages the loss over ``config.accumulation_steps``
     batches (weighted by their sizes, so it equals one big batch), then applies
     gradient alignment (``aligner``), clipping and the AdamW update.
+
+    The weights train in float32 (half-precision trainable weights are
+    refused: AdamW's updates would round away); a compute dtype set by
+    :func:`freqlens.models.set_compute_dtype` (``model.dtype`` in a config)
+    runs each forward pass under ``torch.autocast``, with the loss scaled
+    for float16 (a step whose scaled gradients overflow is skipped and the
+    scale halved, as ``torch.amp.GradScaler`` does).
 
     Under data-parallel training (``torchrun``, ``accelerate launch``; every
     process calls ``train`` with the same arguments) every process starts from
@@ -104,9 +114,29 @@ def train(
             batch) instead of the model's own loss.
         step_offset: steps already taken in an earlier phase of the same run
             (the recorder sees steps ``step_offset + 1, ...``).
+        checkpoint: a :class:`freqlens.checkpoint.Checkpoint`: at the end of
+            every epoch the training state is saved into it (trainable
+            weights and buffers, optimiser, learning-rate schedule, loss
+            scaler, random states including the shuffling generator, epoch
+            index, losses, selection state, the aligner's state); when it
+            holds a state saved by this phase (same ``step_offset``), training
+            restores it and continues with the next epoch, exactly as the
+            uninterrupted run would (same steps, same random draws; the
+            recorder, built with ``resume=True``, continues at the restored
+            global step). Under data-parallel training rank 0 writes it.
 
     Returns:
         A :class:`TrainResult`.
+
+    Raises:
+        FloatingPointError: at the first step whose loss or gradient norm is
+            not finite (NaN or inf), naming the step and the likely cause
+            (float16 overflow, a learning rate too high); the step is not
+            applied.
+        ValueError: if there are no examples, no trainable parameters, or
+            trainable parameters in bfloat16/float16; a checkpoint state
+            written by another run (epochs, steps, examples, trainable
+            parameters or frozen weights differ).
     """
     config = config or TrainConfig()
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -122,21 +152,52 @@ def train(
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError(f"Expected {type(model).__name__} to have trainable parameters but all are frozen.")
+    check_master_weights(model)
+    precision = compute_dtype(model)
+    autocast = compute_autocast(model)  # made once, entered for every forward pass
+    # float16 compute: scale the loss so that small gradients survive (torch's recipe for autocast)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
     loss_fn = loss_fn or _model_loss
     generator = torch.Generator().manual_seed(config.seed)
     result = TrainResult(steps=0)
-    began = time.perf_counter()
-    recorded_before = recorder.seconds if recorder is not None else 0.0
-    if recorder is not None and not recorder.recorded_steps:
-        recorder.start(model, total_steps=total, epoch=0.0)
     best_state, best_score = None, -math.inf
+    first_epoch = 0
+    saved = checkpoint.train_state(step_offset) if checkpoint is not None else None
+    frozen = checkpoints.frozen_fingerprint(model) if checkpoint is not None else None
+    if saved is not None:  # resume: the state at the end of epoch `first_epoch`
+        shape = {"epochs": config.epochs, "total": total, "examples": n}
+        if {k: int(saved[k]) for k in shape} != shape:
+            raise ValueError(f"Expected the checkpoint to come from a run with {shape} but it has "
+                             f"{ {k: int(saved[k]) for k in shape} }: it cannot be continued.")
+        checkpoints.check_frozen(model, saved["frozen"])
+        checkpoints.load_trainable_state(model, saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        scaler.load_state_dict(saved["scaler"])
+        generator.set_state(saved["generator"])
+        if aligner is not None:
+            aligner.load_state_dict(saved["aligner"])
+        done = saved["result"]
+        result = TrainResult(steps=int(done["steps"]), losses=list(done["losses"]), seconds=float(done["seconds"]),
+                             recording_seconds=float(done["recording_seconds"]),
+                             epoch_scores=list(done["epoch_scores"]), best_epoch=done["best_epoch"])
+        best_state, best_score, first_epoch = saved["best_state"], float(saved["best_score"]), int(saved["epoch"])
+        if recorder is not None:
+            recorder.seconds = float(saved["recorder_seconds"])
+    began = time.perf_counter() - result.seconds
+    recorded_before = recorder.seconds - result.recording_seconds if recorder is not None else 0.0
+    if recorder is not None and not recorder.started:
+        recorder.start(model, total_steps=total, step=step_offset + result.steps if saved is not None else 0,
+                       epoch=float(first_epoch))
+    if saved is not None:  # last: nothing above may draw from them
+        checkpoints.set_random_states(saved["random"])
     step_rows = config.batch_size * config.accumulation_steps
-    bar = tqdm(total=total, desc="training", unit="step", disable=not progress or not distributed.is_main(),
-               leave=False)
+    bar = tqdm(total=total, initial=result.steps, desc="training", unit="step",
+               disable=not progress or not distributed.is_main(), leave=False)
     model.train()
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, step_rows):
             rows_of_step = order[start : start + step_rows]
@@ -150,9 +211,10 @@ def train(
                         continue
                 batch = trim_padding({k: v[rows] for k, v in encodings.items()})
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss = loss_fn(model, batch, labels[rows].to(device))
+                with autocast:
+                    loss = loss_fn(model, batch, labels[rows].to(device))
                 weight = world * len(rows) / len(rows_of_step)
-                (loss * weight).backward()
+                scaler.scale(loss * weight).backward()
                 step_loss += float(loss.detach()) * weight
             if world > 1:  # one all-reduce: the step's mean gradients and loss on every process
                 grads, (mean_loss,) = distributed.all_reduce_gradients(
@@ -160,12 +222,34 @@ def train(
                 for p, g in zip(parameters, grads):
                     p.grad = g
                 step_loss = float(mean_loss)
-            if aligner is not None:
-                aligner.align(epoch=epoch, epochs=config.epochs, parameters=parameters)
-            if config.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-            optimizer.step()
-            schedule.step()
+            step = step_offset + result.steps + 1
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(_non_finite_message("training loss", step_loss, step, epoch, config.lr,
+                                                             precision))
+            if scaler.is_enabled() and not _step_gradients_finite(scaler, optimizer, parameters):
+                # a loss-scale overflow: the scaler skips the step and halves the scale; a scale
+                # below 1 means the gradients overflow unscaled, in float16 itself
+                scaler.update()
+                if scaler.get_scale() < 1.0:
+                    raise FloatingPointError(_non_finite_message("gradient", math.nan, step, epoch, config.lr,
+                                                                 precision))
+                with warnings.catch_warnings():  # the skipped optimiser step is intended
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step",
+                                            category=UserWarning)
+                    schedule.step()
+            else:
+                if aligner is not None:
+                    aligner.align(epoch=epoch, epochs=config.epochs, parameters=parameters)
+                grads = [p.grad for p in parameters if p.grad is not None]
+                norm = (nn.utils.clip_grad_norm_(parameters, config.max_grad_norm) if config.max_grad_norm > 0
+                        else nn.utils.get_total_norm(grads) if grads else torch.zeros(()))
+                if not math.isfinite(float(norm)):
+                    raise FloatingPointError(_non_finite_message(
+                        "gradient norm" + (" after gradient alignment" if aligner is not None else ""),
+                        float(norm), step, epoch, config.lr, precision))
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step()
             result.steps += 1
             result.losses.append(step_loss)
             if recorder is not None:
@@ -181,6 +265,21 @@ def train(
                 best_score, result.best_epoch = score, epoch + 1
                 best_state = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()
                               if p.requires_grad}
+        if checkpoint is not None and distributed.is_main():
+            checkpoint.save({
+                "step_offset": step_offset, "epochs": config.epochs, "total": total, "examples": n,
+                "epoch": epoch + 1, "model": checkpoints.trainable_state(model), "frozen": frozen,
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict(), "generator": generator.get_state(),
+                "random": checkpoints.random_states(),
+                "aligner": aligner.state_dict() if aligner is not None else None,
+                "result": {"steps": result.steps, "losses": list(result.losses),
+                           "seconds": time.perf_counter() - began,
+                           "recording_seconds": recorder.seconds - recorded_before if recorder is not None else 0.0,
+                           "epoch_scores": list(result.epoch_scores), "best_epoch": result.best_epoch},
+                "best_state": best_state, "best_score": best_score,
+                "recorder_seconds": recorder.seconds if recorder is not None else 0.0,
+            })
     bar.close()
     if best_state is not None and result.best_epoch != config.epochs:
         with torch.no_grad():
@@ -194,6 +293,26 @@ def train(
     if aligner is not None:
         result.alignment = aligner.log.to_dict()
     return result
+
+
+def _step_gradients_finite(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
+                           parameters: list[nn.Parameter]) -> bool:
+    """Unscale the step's gradients (float16 loss scaling) and say whether all are finite."""
+    scaler.unscale_(optimizer)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return not grads or math.isfinite(float(nn.utils.get_total_norm(grads)))
+
+
+def _non_finite_message(what: str, value: float, step: int, epoch: int, lr: float,
+                        precision: torch.dtype | None) -> str:
+    causes = []
+    if precision == torch.float16:
+        causes.append("float16 overflow (`model.dtype` = 'float16' holds values up to 65504; "
+                      "use 'bfloat16' or 'float32')")
+    causes.append(f"a learning rate too high ({lr:g}: `train.lr`, or the defense's own rate)")
+    causes.append("a loss function or inputs that give NaN/inf")
+    return (f"The {what} is {value} at step {step} (epoch {epoch + 1}); training stopped there. "
+            f"Likely cause: {'; or '.join(causes)}.")
 
 
 def _model_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

@@ -12,17 +12,21 @@ learned faster than clean ones. It trains in three phases:
    on the isolated examples, at a small learning rate.
 
 The recorder sees all phases as one run (steps continue across phases).
+With a training checkpoint (``checkpoint=``, as ``freqlens run`` passes) the
+phases completed, their results and the isolated examples are saved with
+every epoch's state, so a resumed run skips the phases done and continues
+the one it was in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from freqlens.models import model_device, trim_padding
+from freqlens.models import compute_autocast, model_device, trim_padding
 from freqlens.training import TrainConfig, TrainResult, steps_per_epoch, train
 
 
@@ -60,18 +64,28 @@ def per_example_losses(model: nn.Module, encodings, labels, *, batch_size: int =
             for start in range(0, len(labels), batch_size):
                 rows = torch.arange(start, min(start + batch_size, len(labels)))
                 batch = trim_padding({k: v[rows] for k, v in encodings.items()})
-                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+                with compute_autocast(model):
+                    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
                 losses.append(nn.functional.cross_entropy(logits, labels[rows].to(device), reduction="none").cpu())
     finally:
         model.train(was_training)
-    return torch.cat(losses).numpy()
+    losses = torch.cat(losses).numpy()
+    if not np.isfinite(losses).all():
+        raise FloatingPointError(
+            f"Expected finite per-example losses for ABL's isolation but {int((~np.isfinite(losses)).sum())} "
+            f"of {len(losses)} are NaN/inf: the model's outputs are not finite (float16 overflow with "
+            f"`model.dtype` = 'float16', or a learning rate too high in the isolation phase).")
+    return losses
 
 
 def train_abl(model: nn.Module, encodings, labels, config: TrainConfig, *, isolation_rate: float = 0.01,
               isolation_epochs: int = 1, gamma: float = 0.5, unlearn_epochs: int = 1,
               unlearn_lr: float | None = None, poison: np.ndarray | None = None, recorder=None,
-              progress: bool = True, selector=None) -> tuple[TrainResult, ABLResult]:
+              progress: bool = True, selector=None, checkpoint=None) -> tuple[TrainResult, ABLResult]:
     """Train ``model`` with ABL for ``config.epochs`` epochs in all (phases included).
+
+    ``checkpoint``: a :class:`freqlens.checkpoint.Checkpoint` to save each
+    epoch's state into and resume from (see :func:`freqlens.training.train`).
 
     Returns:
         The combined :class:`TrainResult` and an :class:`ABLResult`.
@@ -90,31 +104,44 @@ def train_abl(model: nn.Module, encodings, labels, config: TrainConfig, *, isola
     total = (steps_per_epoch(n, config.batch_size, config.accumulation_steps) * isolation_epochs
              + per_epoch_kept * clean_epochs
              + steps_per_epoch(isolated_count, config.batch_size, config.accumulation_steps) * unlearn_epochs)
-    if recorder is not None and not recorder.recorded_steps:
-        recorder.start(model, total_steps=total, epoch=0.0)
-    phases = []
-    offset = 0
+    saved = checkpoint.state if checkpoint is not None else None
+    done = (saved or {}).get("abl") or {"phases": [], "isolated": None}
+    if recorder is not None and not recorder.started:
+        if saved is not None:  # the weights of the resumed step, for a snapshot due there
+            from freqlens.checkpoint import load_trainable_state
 
-    def phase(enc, lab, epochs, loss_fn, lr, select):
+            load_trainable_state(model, saved["train"]["model"])
+        recorder.start(model, total_steps=total, step=checkpoint.global_step if saved is not None else 0,
+                       epoch=0.0)
+    phases = [TrainResult(**result) for result in done["phases"]]  # completed before the checkpoint
+    offset = sum(p.steps for p in phases)
+    isolated = None if done["isolated"] is None else done["isolated"].numpy()
+
+    def phase(index, enc, lab, epochs, loss_fn, lr, select):
         nonlocal offset
+        if index < len(phases):
+            return
+        if checkpoint is not None:
+            checkpoint.extra["abl"] = {"phases": [asdict(p) for p in phases],
+                                       "isolated": None if isolated is None else torch.as_tensor(isolated)}
         result = train(model, enc, lab, replace(config, epochs=epochs, lr=lr), recorder=recorder,
                        progress=progress, loss_fn=loss_fn, step_offset=offset,
-                       selector=selector if select else None)
+                       selector=selector if select else None, checkpoint=checkpoint)
         offset += result.steps
         phases.append(result)
-        return result
 
-    phase(encodings, labels, isolation_epochs, lga_loss(gamma), config.lr, False)
-    losses = per_example_losses(model, encodings, labels)
-    isolated = np.sort(np.argsort(losses, kind="stable")[:isolated_count])
+    phase(0, encodings, labels, isolation_epochs, lga_loss(gamma), config.lr, False)
+    if isolated is None:
+        losses = per_example_losses(model, encodings, labels)
+        isolated = np.sort(np.argsort(losses, kind="stable")[:isolated_count])
     kept = np.setdiff1d(np.arange(n), isolated)
     rows = torch.as_tensor(kept)
     if clean_epochs:
-        phase({k: v[rows] for k, v in encodings.items()}, labels[kept], clean_epochs, None, config.lr, True)
+        phase(1, {k: v[rows] for k, v in encodings.items()}, labels[kept], clean_epochs, None, config.lr, True)
     if unlearn_epochs:
         rows = torch.as_tensor(isolated)
-        phase({k: v[rows] for k, v in encodings.items()}, labels[isolated], unlearn_epochs, ascent_loss,
-              unlearn_lr or config.lr / 10, False)
+        phase(1 + bool(clean_epochs), {k: v[rows] for k, v in encodings.items()}, labels[isolated], unlearn_epochs,
+              ascent_loss, unlearn_lr or config.lr / 10, False)
     clean_phase = phases[1] if clean_epochs else None
     best = None if clean_phase is None or clean_phase.best_epoch is None else isolation_epochs + clean_phase.best_epoch
     combined = TrainResult(

@@ -41,7 +41,7 @@ from torch import nn
 
 from freqlens import distributed
 from freqlens._checks import check_positive_int
-from freqlens.models import model_device, trim_padding
+from freqlens.models import compute_autocast, model_device, trim_padding
 
 BRANCHES = ("pure", "mixed")
 
@@ -245,6 +245,18 @@ class GradientAligner:
         self._position = 0
         self.log = AlignLog()
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to go on as this aligner would: the reference
+        batches' generator, order and position, and the alignment log."""
+        return {"generator": self._generator.get_state(), "order": self._order.clone(),
+                "position": int(self._position), "log": [asdict(step) for step in self.log.steps]}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a :meth:`state_dict` (a training checkpoint's)."""
+        self._generator.set_state(state["generator"])
+        self._order, self._position = state["order"].clone(), int(state["position"])
+        self.log = AlignLog([AlignStep(**step) for step in state["log"]])
+
     def _next_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         if self._position + self.batch_size > len(self.labels):
             self._order = torch.randperm(len(self.labels), generator=self._generator)
@@ -295,8 +307,9 @@ class GradientAligner:
             part = {k: v[start : start + self.micro_batch_size] for k, v in batch.items()}
             part_labels = labels[start : start + self.micro_batch_size]
             weight = world * len(part_labels) / n
-            loss = model(**{k: v.to(device) for k, v in trim_padding(part).items()},
-                         labels=part_labels.to(device)).loss
+            with compute_autocast(model, unscaled_gradients=True):  # float16: reference gradients in float32
+                loss = model(**{k: v.to(device) for k, v in trim_padding(part).items()},
+                             labels=part_labels.to(device)).loss
             grads = torch.autograd.grad(loss * weight, parameters, allow_unused=True)
             total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, grads)]
             loss_sum = loss_sum + loss.detach().double() * weight

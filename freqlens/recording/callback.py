@@ -24,6 +24,16 @@ class RecorderCallback(TrainerCallback):
         trainer = Trainer(model=model, args=args, train_dataset=train,
                           callbacks=[recorder.callback()])
         trainer.train()
+
+    Resuming: a run restarted with ``trainer.train(resume_from_checkpoint=...)``
+    begins at the checkpoint's ``state.global_step`` > 0. Build the recorder
+    with ``resume=True`` over the directory the first run recorded into: the
+    callback then continues the trajectory at that step (``Recorder.start``
+    with ``step=state.global_step``): the step-0 kernel inputs and the
+    snapshots up to the checkpoint are kept, the snapshots the killed run
+    recorded after it are recorded again as the resumed run re-takes those
+    steps. A recorder without ``resume=True`` refuses a resumed run
+    (``ValueError``) rather than take trained embeddings as kernel inputs.
     """
 
     def __init__(self, recorder) -> None:
@@ -32,7 +42,8 @@ class RecorderCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise ValueError("Expected the Trainer to pass `model` to the callback but got None.")
-        self.recorder.start(model, total_steps=state.max_steps or None, epoch=0.0)
+        self.recorder.start(model, total_steps=state.max_steps or None, step=int(state.global_step),
+                            epoch=float(state.epoch or 0.0))
 
     def on_step_end(self, args, state, control, **kwargs):
         self.recorder.step(state.global_step, epoch=state.epoch)

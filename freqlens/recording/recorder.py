@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +40,26 @@ class Recorder:
 
     or in a Hugging Face ``Trainer`` via :meth:`callback`.
 
+    **Resuming.** A run restarted from a training checkpoint continues its
+    recording with ``resume=True`` over the same directory and
+    ``start(model, total_steps, step=k)``, ``k`` being the checkpoint's
+    global step (the model already restored to it). The trajectory goes on
+    under the true global step: its step-0 kernel inputs and the snapshots at
+    steps <= k are kept; snapshots after ``k`` that the killed run recorded
+    before it died belong to steps the resumed run takes again, and are
+    deleted at ``start`` and recorded anew as it re-takes them (a step is
+    never relabelled). Continuing is refused (``ValueError``) when the probe
+    sets differ from the stored ones (examples, labels, poison flags, texts),
+    or the schedule or ``total_steps`` differ from the stored ones. ``resume``
+    with ``step=0`` (a run restarted from scratch) replaces the trajectory;
+    ``resume`` over a directory without a trajectory starts a new one. The
+    callback does all this from the ``Trainer``'s state (see
+    :class:`~freqlens.recording.callback.RecorderCallback`)::
+
+        recorder = Recorder("run/trajectory", probes, resume=True)
+        trainer = Trainer(..., callbacks=[recorder.callback()])
+        trainer.train(resume_from_checkpoint=True)
+
     Under data-parallel training (``torchrun``, ``accelerate launch``) every
     process makes its own Recorder with the same arguments and calls
     :meth:`start`, :meth:`step` and :meth:`record` at the same steps (they are
@@ -57,11 +81,20 @@ class Recorder:
             :func:`freqlens.models.probe_embedding_layer` says: GPT-2's first
             block at its input, other families at the embeddings' output).
         overwrite: replace a trajectory already in ``directory``.
+        resume: continue a trajectory already in ``directory`` (see above).
         metadata: extra JSON-serialisable fields for meta.json.
+
+    Raises:
+        FileExistsError: ``directory`` holds a trajectory and neither
+            ``overwrite`` nor ``resume`` is set.
+        ValueError: bad arguments; with ``resume``, probe sets that differ
+            from the stored ones.
 
     Attributes:
         seconds: wall time spent recording (kernel inputs and snapshots).
-        recorded_steps: the steps recorded so far.
+        recorded_steps: the steps recorded so far (resumed: with those kept
+            from the stored trajectory).
+        started: whether :meth:`start` has been called.
     """
 
     def __init__(
@@ -73,6 +106,7 @@ class Recorder:
         batch_size: int = 128,
         embedding_layer: nn.Module | None = None,
         overwrite: bool = False,
+        resume: bool = False,
         metadata: Mapping | None = None,
     ) -> None:
         if isinstance(probes, ProbeSet):
@@ -89,7 +123,11 @@ class Recorder:
         self.embedding_layer = embedding_layer
         self.directory = os.fspath(directory)
         # only rank 0 writes (the launcher's RANK decides when torch.distributed is not up yet)
-        self._writer = TrajectoryWriter(directory, overwrite=overwrite) if distributed.is_main() else None
+        self.resume = bool(resume)
+        self._writer = (TrajectoryWriter(directory, overwrite=overwrite, resume=resume)
+                        if distributed.is_main() else None)
+        if self._writer is not None and self._writer.existing is not None:
+            _check_same_probes(self._writer, self.probes)
         self._metadata = dict(metadata or {})
         self._model: nn.Module | None = None
         self._due: set[int] | None = None
@@ -102,23 +140,45 @@ class Recorder:
         self.closed = False
 
     # ----------------------------------------------------------------- control
-    def start(self, model: nn.Module, total_steps: int | None = None, **scalars: float) -> None:
-        """Compute the kernel inputs from ``model`` as it is now and record step 0.
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has been called (and the recorder not closed since)."""
+        return self._model is not None
+
+    def start(self, model: nn.Module, total_steps: int | None = None, *, step: int = 0, **scalars: float) -> None:
+        """Compute the kernel inputs from ``model`` as it is now and record step 0;
+        or, resuming at ``step`` > 0, continue the stored trajectory.
 
         Args:
-            model: the model about to be trained.
+            model: the model about to be trained (when resuming: restored to
+                the checkpoint of ``step``).
             total_steps: the run's number of optimisation steps (needed by the
                 log-spaced schedule).
-            **scalars: numbers stored with the step-0 snapshot.
+            step: the optimisation steps the model has already taken: 0 for a
+                new run, the checkpoint's global step for a resumed one (needs
+                ``resume=True`` and the trajectory the run recorded so far).
+            **scalars: numbers stored with the step-0 snapshot (or with the
+                snapshot at ``step``, where one is due but missing).
+
+        Raises:
+            ValueError: ``step`` > 0 without a trajectory to continue, or with
+                a schedule or ``total_steps`` other than the stored ones.
+            RuntimeError: called twice, or after :meth:`close`.
         """
         if self._model is not None:
             raise RuntimeError("Recorder.start() was called twice; use one Recorder per run.")
         if self.closed:
             raise RuntimeError("Recorder is closed; use a new Recorder for a new run.")
+        step = check_positive_int(step, "step", minimum=0)
         # Everything that can fail on a bad argument runs before any state is kept.
         due = None
         if self.schedule.kind != "every" or total_steps is not None:
             due = set(self.schedule.steps(total_steps))
+        if step > 0:
+            self._continue(model, total_steps, due, step, scalars)
+            return
+        if self._writer is not None and self._writer.existing is not None:
+            self._writer.clear()  # resumed from scratch: the run re-takes every step, so it records anew
         began = time.perf_counter()
         model = distributed.unwrap(model)
         # A peft wrapper (LoRA, prompt tuning) is looked through: the kernel inputs are the
@@ -134,7 +194,8 @@ class Recorder:
         if self._writer is not None:
             for name, probe in self.probes.items():
                 self._writer.write_probe(name, inputs=inputs[name], labels=probe.labels.numpy(),
-                                         poison=probe.poison, texts=probe.texts, role=probe.role)
+                                         poison=probe.poison, texts=probe.texts, role=probe.role,
+                                         fingerprint=_fingerprint(probe))
             self._writer.update_meta(
                 schedule=str(self.schedule),
                 total_steps=total_steps,
@@ -144,6 +205,51 @@ class Recorder:
             )
         self.seconds += time.perf_counter() - began
         self.record(0, **scalars)
+
+    def _continue(self, model: nn.Module, total_steps: int | None, due: set[int] | None, step: int,
+                  scalars: Mapping) -> None:
+        """``start`` at ``step`` > 0: keep the stored trajectory up to ``step`` and go on."""
+        if not self.resume:
+            raise ValueError(
+                f"Expected `step` = 0 for a new recording but got {step}: the model has already trained "
+                f"{step} steps, so its kernel inputs would come from trained embeddings. To continue the "
+                f"recording of a resumed run, pass resume=True with the directory it recorded into."
+            )
+        kept: list[int] = []
+        if self._writer is not None:
+            writer, meta = self._writer, self._writer.existing
+            if meta is None:
+                raise ValueError(
+                    f"Expected a trajectory in {self.directory} to continue at step {step} but there is none: "
+                    "the kernel inputs must come from the model before training. Record the run from its "
+                    "start, or resume it from step 0."
+                )
+            stored_schedule, stored_total = meta.get("schedule"), meta.get("total_steps")
+            if stored_schedule != str(self.schedule) or stored_total != total_steps:
+                raise ValueError(
+                    f"Expected the resumed run to record with the stored schedule {stored_schedule!r} over "
+                    f"total_steps={stored_total} but got {str(self.schedule)!r} over total_steps={total_steps}: "
+                    f"the trajectory in {self.directory} cannot be continued by this run."
+                )
+            missing = [name for name in self.probes if not (Path(self.directory) / "probes" / f"{name}.npz").is_file()]
+            if missing:
+                raise ValueError(f"Expected the kernel inputs of probe set(s) {missing} in "
+                                 f"{Path(self.directory) / 'probes'} but they are missing: it cannot be continued.")
+            removed = writer.remove_snapshots_after(step)
+            kept = writer.snapshot_steps()
+            resumed = list(meta.get("resumed", [])) + [{
+                "step": step, "replaced_steps": removed,
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+            writer.update_meta(status="recording", resumed=resumed, **self._metadata)
+        model = distributed.unwrap(model)
+        self._model, self._total, self._due = model, total_steps, due
+        self.recorded_steps = list(kept)
+        self._recorded = set(kept)
+        # The snapshot at the checkpoint's step is normally on disk (recorded before the
+        # checkpoint was written); where it is due but missing, record it now (rank 0 decides).
+        needed = torch.tensor([float(self._writer is not None and self.due(step) and step not in self._recorded)])
+        if float(distributed.broadcast_([needed])[0][0]) > 0:
+            self.record(step, **scalars)
 
     def due(self, step: int) -> bool:
         """Whether the schedule records ``step``."""
@@ -228,6 +334,57 @@ class Recorder:
         from freqlens.recording.callback import RecorderCallback
 
         return RecorderCallback(self)
+
+
+def _fingerprint(probe: ProbeSet) -> str:
+    """A SHA-256 of a probe set's examples: encodings (names, dtypes, shapes, values),
+    labels, poison flags and texts."""
+    digest = hashlib.sha256()
+    for key in sorted(probe.encodings):
+        value = probe.encodings[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.numpy().tobytes())
+    digest.update(probe.labels.detach().cpu().to(torch.int64).numpy().tobytes())
+    digest.update(np.asarray(probe.poison, dtype=bool).tobytes())
+    if probe.texts is not None:
+        digest.update("\x1f".join(probe.texts).encode())
+    return digest.hexdigest()
+
+
+def _check_same_probes(writer: TrajectoryWriter, probes: Mapping[str, ProbeSet]) -> None:
+    """Refuse to continue a stored trajectory whose probe sets differ from ``probes``."""
+    where = writer.directory
+    stored = writer.existing.get("probe_sets", {})
+    if list(stored) != list(probes):
+        raise ValueError(
+            f"Expected the probe sets {list(probes)} to match those of the trajectory in {where} "
+            f"({list(stored)}) but they differ: it cannot be continued with other probe sets."
+        )
+    for name, probe in probes.items():
+        info = stored[name]
+        problem = None
+        if int(info.get("n", -1)) != len(probe):
+            problem = f"{len(probe)} examples against {info.get('n')} stored"
+        elif "fingerprint" in info:
+            if info["fingerprint"] != _fingerprint(probe):
+                problem = "its examples (encodings, labels, poison flags or texts) differ"
+        else:  # a trajectory from before fingerprints: compare what is stored
+            path = where / "probes" / f"{name}.npz"
+            if path.is_file():
+                with np.load(path, allow_pickle=False) as data:
+                    if not np.array_equal(data["labels"], probe.labels.numpy()):
+                        problem = "its labels differ"
+                    elif not np.array_equal(data["poison"], np.asarray(probe.poison, bool)):
+                        problem = "its poison flags differ"
+            text_path = where / "probes" / f"{name}.json"
+            texts = json.loads(text_path.read_text())["texts"] if text_path.is_file() else None
+            if problem is None and texts is not None and probe.texts is not None and texts != list(probe.texts):
+                problem = "its texts differ"
+        if problem:
+            raise ValueError(
+                f"Expected probe set {name!r} to be the one stored in {where} but {problem}: "
+                "the trajectory cannot be continued with other probe examples."
+            )
 
 
 def _joint_encodings(sets: Sequence[ProbeSet]) -> dict | None:

@@ -12,7 +12,9 @@ Layout of a trajectory directory::
 Every file is written to a temporary name in its directory, flushed to disk
 and renamed into place, so a process killed at any moment leaves either the
 whole file or none of it: every snapshot finished before the kill is kept,
-and :func:`load_trajectory` reads them back.
+and :func:`load_trajectory` reads them back. meta.json records, per probe
+set, a fingerprint of its examples, and ``resumed``: the steps at which a
+killed run was continued (see :class:`~freqlens.Recorder`, ``resume=True``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -35,10 +37,31 @@ VERSION = 1
 _SCALAR_PREFIX = "__"
 
 
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new, empty temporary file next to ``path``: its descriptor and name.
+
+    Created with mode 0666 less the process umask (0644 under umask 022), as
+    ``open()`` creates files: ``tempfile.mkstemp`` would give 0600, and the
+    rename would carry that private mode over to ``path``.
+    """
+    for _ in range(100):
+        temporary = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"Expected to create a temporary file next to {path} but every name tried exists.")
+
+
 def _atomic_write(path: Path, write) -> None:
-    """Write via ``write(file)`` to a temporary file, fsync, and rename to ``path``."""
+    """Write via ``write(file)`` to a temporary file, fsync, and rename to ``path``.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (0666
+    less the umask).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = _create_temporary(path)
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
@@ -93,32 +116,68 @@ class TrajectoryWriter:
 
     Args:
         directory: where to write; created if missing. A directory that
-            already holds a trajectory is refused unless ``overwrite``.
+            already holds a trajectory is refused unless ``overwrite`` or
+            ``resume``.
         overwrite: replace an existing trajectory's snapshots.
+        resume: open an existing trajectory to continue it: its meta.json,
+            kernel inputs and snapshots are kept (:attr:`existing` holds the
+            meta it had); without one, start a new trajectory.
+
+    Raises:
+        FileExistsError: a trajectory exists and neither flag is set.
+        ValueError: both flags are set, or ``resume`` finds a meta.json that
+            is not a freqlens trajectory this version can continue.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
+    def __init__(self, directory: str | os.PathLike, *, overwrite: bool = False, resume: bool = False) -> None:
+        if overwrite and resume:
+            raise ValueError("Expected at most one of `overwrite` and `resume` but got both.")
         self.directory = Path(directory)
         meta = self.directory / "meta.json"
-        if meta.exists() and not overwrite:
+        if meta.exists() and not (overwrite or resume):
             raise FileExistsError(
                 f"Expected `directory` to hold no trajectory yet but {meta} exists; "
-                "pass overwrite=True to replace it."
+                "pass overwrite=True to replace it or resume=True to continue it."
             )
+        self.existing: dict | None = None
+        if resume and meta.exists():
+            self.existing = _read_meta(meta)
         if overwrite:
-            meta.unlink(missing_ok=True)  # first: a half-cleared directory is no trajectory
-            for pattern in ("snapshots/step-*.npz", "probes/*.npz", "probes/*.json"):
-                for old in self.directory.glob(pattern):
-                    old.unlink()
+            self.clear()
         (self.directory / "snapshots").mkdir(parents=True, exist_ok=True)
         (self.directory / "probes").mkdir(parents=True, exist_ok=True)
-        self.meta: dict = {
+        self.meta: dict = dict(self.existing) if self.existing is not None else self._new_meta()
+
+    @staticmethod
+    def _new_meta() -> dict:
+        return {
             "format": FORMAT,
             "version": VERSION,
             "status": "recording",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "probe_sets": {},
         }
+
+    def clear(self) -> None:
+        """Delete the trajectory in the directory (meta.json first: a half-cleared
+        directory is no trajectory) and start a new, empty one in memory."""
+        (self.directory / "meta.json").unlink(missing_ok=True)
+        for pattern in ("snapshots/step-*.npz", "probes/*.npz", "probes/*.json"):
+            for old in self.directory.glob(pattern):
+                old.unlink()
+        self.existing = None
+        self.meta = self._new_meta()
+
+    def snapshot_steps(self) -> list[int]:
+        """The steps of the snapshot files on disk, increasing (from their names)."""
+        return sorted(int(path.stem[len("step-"):]) for path in (self.directory / "snapshots").glob("step-*.npz"))
+
+    def remove_snapshots_after(self, step: int) -> list[int]:
+        """Delete the snapshots of steps after ``step``; returns their steps."""
+        removed = [s for s in self.snapshot_steps() if s > step]
+        for s in removed:
+            (self.directory / "snapshots" / f"step-{s:09d}.npz").unlink(missing_ok=True)
+        return removed
 
     def update_meta(self, **fields) -> None:
         """Merge ``fields`` into meta.json and write it."""
@@ -134,8 +193,11 @@ class TrajectoryWriter:
         poison: np.ndarray | None = None,
         texts: list[str] | None = None,
         role: str | None = None,
+        fingerprint: str | None = None,
     ) -> None:
-        """Write one probe set's kernel inputs, labels and texts."""
+        """Write one probe set's kernel inputs, labels and texts (``fingerprint``, a
+        hash of the set's encodings, labels, flags and texts, goes into meta.json,
+        so that a resumed recording can check it probes the same examples)."""
         arrays = {
             "inputs": np.asarray(inputs, dtype=np.float32),
             "labels": np.asarray(labels, dtype=np.int64),
@@ -148,6 +210,7 @@ class TrajectoryWriter:
             "n": int(arrays["inputs"].shape[0]),
             "dim": int(arrays["inputs"].shape[1]),
             "role": role or name,
+            **({"fingerprint": fingerprint} if fingerprint is not None else {}),
         }
         self.update_meta()
 
@@ -165,6 +228,19 @@ class TrajectoryWriter:
     def close(self, status: str = "complete", **fields) -> None:
         """Mark the trajectory finished (or ``"failed"``) in meta.json."""
         self.update_meta(status=status, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
+
+
+def _read_meta(meta_path: Path) -> dict:
+    """The contents of a trajectory's meta.json, checked for format and version."""
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"Expected {meta_path} to have format {FORMAT!r} but got {meta.get('format')!r}.")
+    if int(meta.get("version", 0)) > VERSION:
+        raise ValueError(
+            f"Expected a trajectory of format version <= {VERSION} but {meta_path} has version "
+            f"{meta['version']}: upgrade freqlens to read it."
+        )
+    return meta
 
 
 @dataclass
@@ -243,14 +319,7 @@ def load_trajectory(directory: str | os.PathLike) -> Trajectory:
     meta_path = root / "meta.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"Expected `directory` to hold a freqlens trajectory but {meta_path} does not exist.")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"Expected {meta_path} to have format {FORMAT!r} but got {meta.get('format')!r}.")
-    if int(meta.get("version", 0)) > VERSION:
-        raise ValueError(
-            f"Expected a trajectory of format version <= {VERSION} but {meta_path} has version "
-            f"{meta['version']}: upgrade freqlens to read it."
-        )
+    meta = _read_meta(meta_path)
     inputs, labels, poison, texts = {}, {}, {}, {}
     for name in meta.get("probe_sets", {}):
         with np.load(root / "probes" / f"{name}.npz", allow_pickle=False) as data:

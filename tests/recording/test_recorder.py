@@ -31,7 +31,9 @@ def test_manual_loop_records_the_schedule(bert, probes, directory, manual_loop):
     assert meta["embedding_layer"] == "output of BertEmbeddings"
     assert meta["snapshots"] == 4 and meta["run"] == "manual"
     assert meta["recording_seconds"] >= 0
-    assert meta["probe_sets"]["backdoor"] == {"n": 6, "dim": LENGTH * HIDDEN, "role": "backdoor"}
+    backdoor = dict(meta["probe_sets"]["backdoor"])
+    assert len(backdoor.pop("fingerprint")) == 64  # a SHA-256, checked when a run resumes
+    assert backdoor == {"n": 6, "dim": LENGTH * HIDDEN, "role": "backdoor"}
 
 
 def test_trajectory_shapes_and_probabilities(bert, probes, directory, manual_loop):
