@@ -1,13 +1,23 @@
-"""Compare finished runs side by side: ``freqlens report RUN_DIR [RUN_DIR ...] --out DIR``.
+"""Compare runs side by side: ``freqlens report RUN_DIR [RUN_DIR ...] --out DIR``.
 
 A run directory is what ``freqlens run`` or ``freqlens demo`` wrote:
 ``results.json`` and ``trajectory/``. :func:`load_runs` reads them (and says
-plainly what is wrong with one it cannot use), re-analyses each trajectory with
-the settings it was analysed with, and groups runs by dataset and attack so
-that different attacks are never mixed. :func:`comparison_rows` gives one row
-per run: the config differences, CACC, ASR, false-trigger rate, the
-convergence step per probe set and frequency band, and the shift against the
-undefended run of its group. :func:`write_comparison` writes
+plainly what is wrong with one it cannot use) and re-analyses each trajectory
+with the settings it was analysed with. A run that was killed (a trajectory
+with snapshots but no ``results.json``, or a recording that was not closed) is
+a *partial* run: its snapshots are analysed, its label says ``(partial)``, and
+its missing metrics are shown as missing, never as zero.
+
+Runs are grouped by *experiment*: everything in the config that defines the
+data a model was trained and evaluated on and the model itself (the dataset's
+folder and training file, its identity as recorded by the run, the attack, the
+target label, the caps on training and evaluation examples, the model) must
+be equal; only the defense and how it was trained, recorded and analysed
+(``defense.*``, ``train.*``, ``record.*``, ``analysis.*``) may differ within a
+group. :func:`comparison_rows` gives one row per run: CACC, ASR,
+false-trigger rate, the convergence step per probe set and frequency band, and
+the shift against the complete undefended (vanilla) run of its group (of the
+same ``train.seed`` where there is one). :func:`write_comparison` writes
 ``report.html`` (self-contained), ``report.md``, ``runs.csv`` and the figures.
 """
 
@@ -16,6 +26,8 @@ from __future__ import annotations
 import csv
 import html
 import json
+import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +36,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from freqlens.analysis import SpectralAnalysis, analyse
+from freqlens.data.identity import dataset_identity
 from freqlens.recording.storage import load_trajectory
-from freqlens.report import STYLE, _table, figure_to_data_uri
+from freqlens.report import STYLE, _table, figure_to_data_uri, render_value
 
 UNDEFENDED = "vanilla"
+CHECKPOINT_CONFIG = "checkpoint/config.json"  # the config a `freqlens run` stores before training
+UNKNOWN_DEFENSE = "unknown defense"
 METRICS = ("cacc", "asr", "false_trigger_rate", "net_backdoor_effect")
+
+# Config entries that may differ between the runs of one group: the defense and how it was trained,
+# recorded and analysed. Everything else in a run's config defines its experiment.
+VARYING_SECTIONS = ("defense.", "train.", "record.", "analysis.")
+VARYING_KEYS = frozenset({
+    "model.device",  # where it ran
+    "probe_size", "snapshots", "num_widths", "threshold", "threads",  # the demo's recording and analysis
+})
 
 
 class RunError(ValueError):
@@ -37,95 +60,287 @@ class RunError(ValueError):
 
 @dataclass
 class Run:
-    """One finished run, re-analysed."""
+    """One run, re-analysed.
+
+    Attributes:
+        directory: the run directory.
+        results: the contents of ``results.json`` (empty for a partial run without one).
+        analysis: the spectral analysis of the snapshots recorded.
+        label: the defense, plus ``(partial)`` and the directory name where needed.
+        group: the readable name of its experiment (set by :func:`load_runs`).
+        config: the config as run, flattened to ``"section.key"`` (empty when not recorded).
+        experiment: the entries that define its experiment (see :func:`experiment_fields`).
+        partial: None for a finished run, else e.g. ``"partial: killed at step 40 of 120"``.
+        trajectory_meta: the trajectory's ``meta.json``.
+    """
 
     directory: Path
     results: dict
     analysis: SpectralAnalysis
-    label: str  # the defense (or the directory name when the defense is unknown)
-    group: str  # the dataset and attack
-    config: dict = field(default_factory=dict)  # the config as run, flattened to "section.key"
+    label: str
+    group: str
+    config: dict = field(default_factory=dict)
+    experiment: dict = field(default_factory=dict)
+    partial: str | None = None
+    trajectory_meta: dict = field(default_factory=dict)
+    dataset_name: str | None = None  # the readable name of its dataset identity, where there is one
+
+    @property
+    def key(self) -> str:
+        """The experiment as one string: runs with equal keys are grouped."""
+        return json.dumps(self.experiment, sort_keys=True, default=str)
 
     @property
     def defense(self) -> str:
-        return self.results.get("defense", {}).get("name") or self.config.get("defense.name") or UNDEFENDED
+        name = self.results.get("defense", {}).get("name") or self.config.get("defense.name")
+        if name:
+            return str(name)
+        return UNDEFENDED if self.config else UNKNOWN_DEFENSE  # the demo has no defense section
+
+    @property
+    def seed(self):
+        return self.config.get("train.seed")
+
+    @property
+    def status(self) -> str:
+        return self.partial or "complete"
 
     def metric(self, name: str) -> float | None:
+        """A metric from results.json; None where it was not measured (e.g. a partial run)."""
         if name == "net_backdoor_effect" and "net_backdoor_effect" not in self.results:
-            asr, ftr = self.results.get("asr"), self.results.get("false_trigger_rate")
+            asr, ftr = self.metric("asr"), self.metric("false_trigger_rate")
             return None if asr is None or ftr is None else asr - ftr
         value = self.results.get(name)
         return None if value is None else float(value)
 
 
+def experiment_fields(results: Mapping, meta: Mapping, directory: Path | None = None) -> dict:
+    """The entries that define a run's experiment: runs are grouped when these are equal.
+
+    The dataset's name and identity (recorded by the run, or taken from an
+    absolute ``data.path`` that exists; see :func:`dataset_identity`), the target
+    label, and every config entry except the defense, training, recording and
+    analysis settings (:data:`VARYING_SECTIONS`, :data:`VARYING_KEYS`). With an
+    identity the folder as written in the config (``data.path``, relative to
+    where the run was started) gives way to the resolved one. A run that
+    recorded no config at all cannot be matched safely: its directory is part
+    of its experiment, so it forms a group of its own.
+
+    Args:
+        results: ``results.json`` (empty for a partial run).
+        meta: the trajectory's ``meta.json``.
+        directory: the run directory.
+    """
+    config = _flatten(results.get("config") or meta.get("config") or {})
+    dataset = results.get("dataset") or {}
+    identity = _identity(results, meta)
+    if not identity.get("train_sha256"):  # names no files (a hub dataset): the config says as much
+        identity = {}
+    fields = {"dataset": dataset.get("name") or meta.get("dataset"), "target_label": meta.get("target_label")}
+    fields.update({f"dataset.identity.{k}": v for k, v in identity.items() if k != "name"})
+    for key, value in config.items():
+        if key.startswith(VARYING_SECTIONS) or key in VARYING_KEYS or (identity and key == "data.path"):
+            continue
+        fields[key] = value
+    if not config:
+        fields["run directory"] = str(Path(directory).resolve()) if directory is not None else None
+    return fields
+
+
+def _identity(results: Mapping, meta: Mapping) -> dict:
+    """The dataset identity the run recorded; else, for a config naming an absolute folder that exists
+    (``freqlens run`` stores paths absolute), the identity of that folder now; else none."""
+    found = (results.get("dataset") or {}).get("identity") or meta.get("dataset_identity")
+    if found:
+        return dict(found)
+    config = results.get("config") or meta.get("config") or {}
+    path = str((config.get("data") or {}).get("path") or "") if isinstance(config, Mapping) else ""
+    if path and Path(path).is_absolute() and Path(path).exists():
+        return dataset_identity(config)
+    return {}
+
+
 def load_run(directory: str | Path) -> Run:
-    """Read and re-analyse one run directory.
+    """Read and re-analyse one run directory, finished or partial.
+
+    A finished run has ``results.json`` and a closed trajectory. A run killed
+    while training has a trajectory with snapshots but no ``results.json``
+    (or a trajectory whose status is not ``complete``): it is loaded as a
+    partial run, analysed with the settings of its config (from
+    ``results.json``, the trajectory's meta.json, or the
+    ``checkpoint/config.json`` that ``freqlens run`` stores before training;
+    else the defaults), and its metrics are None. A partial run without any
+    stored config forms a group of its own.
 
     Raises:
-        RunError: no ``results.json`` (the run did not finish), no readable
-            trajectory, or a results file without what a comparison needs
-            (e.g. from an older freqlens).
+        RunError: neither ``results.json`` nor a trajectory, a trajectory
+            without a readable snapshot, or a results file without what a
+            comparison needs (e.g. from an older freqlens).
     """
     directory = Path(directory)
     path = directory / "results.json"
     if not directory.is_dir():
         raise RunError(f"{directory}: not a directory.")
-    if not path.is_file():
-        raise RunError(f"{directory}: no results.json (the run did not finish, or this is not a run directory).")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise RunError(f"{path}: not valid JSON ({error}).") from error
-    missing = [k for k in ("cacc", "asr", "analysis", "widths") if k not in results]
-    if missing:
-        version = results.get("freqlens_version", "unknown")
-        raise RunError(f"{path}: lacks {missing} (written by freqlens {version}); rerun it with this version.")
+    results: dict = {}
+    if path.is_file():
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise RunError(f"{path}: not valid JSON ({error}).") from error
+        missing = [k for k in ("cacc", "asr", "analysis", "widths") if k not in results]
+        if missing:
+            version = results.get("freqlens_version", "unknown")
+            raise RunError(f"{path}: lacks {missing} (written by freqlens {version}); rerun it with this version.")
+    elif not (directory / "trajectory" / "meta.json").is_file():
+        raise RunError(f"{directory}: no results.json and no trajectory/meta.json (not a run directory, or the "
+                       "run stopped before it recorded anything).")
     try:
         trajectory = load_trajectory(directory / "trajectory")
     except (FileNotFoundError, ValueError) as error:
         raise RunError(f"{directory}: the trajectory cannot be read ({error}).") from error
-    settings = results["analysis"]
-    analysis = analyse(trajectory, widths=np.asarray(results["widths"], dtype=float),
-                       distance=settings.get("distance", "euclidean"),
-                       reduction=settings.get("reduction", "mean"),
-                       threshold=settings.get("threshold", 0.5),
-                       relative=settings.get("threshold_relative_to_first_value", True))
-    config = _flatten(results.get("config", {}))
-    dataset = results.get("dataset", {})
-    group = dataset.get("name") or trajectory.meta.get("dataset") or "unknown dataset"
-    run = Run(directory=directory, results=results, analysis=analysis, label="", group=str(group), config=config)
-    run.label = run.defense
+    meta = trajectory.meta
+    stored = results.get("config") or meta.get("config") or _checkpoint_config(directory)
+    config = _flatten(stored or {})
+    if results:
+        settings = results["analysis"]
+        analysis = analyse(trajectory, widths=np.asarray(results["widths"], dtype=float),
+                           distance=settings.get("distance", "euclidean"),
+                           reduction=settings.get("reduction", "mean"),
+                           threshold=settings.get("threshold", 0.5),
+                           relative=settings.get("threshold_relative_to_first_value", True))
+    else:  # partial: the settings the run would have analysed with
+        def setting(name, default):
+            return config.get(f"analysis.{name}", config.get(name, default))
+
+        analysis = analyse(trajectory, num_widths=int(setting("num_widths", 12)),
+                           distance=setting("distance", "euclidean"), reduction=setting("reduction", "mean"),
+                           threshold=float(setting("threshold", 0.5)), relative=bool(setting("relative", True)))
+    partial = None
+    if not results or not trajectory.complete:
+        partial = _partial_note(trajectory)
+    with_config = {**results, "config": stored} if stored else results
+    experiment = experiment_fields(with_config, meta, directory)
+    run = Run(directory=directory, results=results, analysis=analysis, label="",
+              group=str(experiment["dataset"] or "unknown dataset"), config=config, experiment=experiment,
+              partial=partial, trajectory_meta=dict(meta), dataset_name=_identity(with_config, meta).get("name"))
+    run.label = run.defense + (" (partial)" if partial else "")
     return run
 
 
+def _checkpoint_config(directory: Path) -> dict | None:
+    """The config a killed ``freqlens run`` stored for ``--resume`` (``checkpoint/config.json``), if any."""
+    path = directory / CHECKPOINT_CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _partial_note(trajectory) -> str:
+    status = trajectory.meta.get("status", "unknown")
+    total = trajectory.meta.get("total_steps")
+    last = int(trajectory.steps[-1])
+    how = {"recording": "killed", "failed": "failed", "complete": "stopped before results.json, recorded"}.get(
+        status, f"status {status!r}")
+    return f"partial: {how} at step {last} of {total if total is not None else 'an unknown number'}"
+
+
+def partial_details(run: Run) -> str:
+    """One sentence on what a partial run has and lacks."""
+    status = run.trajectory_meta.get("status", "unknown")
+    why = "no results.json" if not run.results else f"trajectory status {status!r}"
+    if status != "complete":
+        why += "; the recording was not closed: the run was killed, failed or is still running"
+    return (f"{run.directory} is a partial run, {run.partial.removeprefix('partial: ')} ({why}). Analysed its "
+            f"{run.analysis.steps.size} snapshot(s) up to step {int(run.analysis.steps[-1])}; metrics it did "
+            "not reach are missing (–), not zero.")
+
+
 def load_runs(directories: Iterable[str | Path]) -> tuple[list[Run], list[str]]:
-    """Load every run that can be compared; the others become one-line problems."""
+    """Load every run that can be compared; the others become one-line problems.
+
+    Sets each run's ``group`` to a readable name that differs between
+    experiments, and makes labels unique within a group.
+    """
     runs, problems = [], []
     for directory in directories:
         try:
             runs.append(load_run(directory))
         except RunError as error:
             problems.append(str(error))
+    _group_names(runs)
     _unique_labels(runs)
     return runs, problems
 
 
+def _group_names(runs: list[Run]) -> None:
+    """Name each experiment by its dataset; where two experiments share a name, add what tells them apart."""
+    experiments: dict[str, Run] = {}
+    for run in runs:
+        experiments.setdefault(run.key, run)
+    base = {key: _dataset_name(run) for key, run in experiments.items()}
+    names = {}
+    for key, run in experiments.items():
+        twins = [experiments[k] for k in experiments if base[k] == base[key]]
+        if not run.experiment.get("run directory"):  # told apart from the others by what they recorded
+            twins = [t for t in twins if not t.experiment.get("run directory")]
+        if len(twins) == 1:
+            names[key] = base[key]
+            continue
+        if run.experiment.get("run directory"):
+            names[key] = f"{base[key]} [settings not recorded: {run.experiment['run directory']}]"
+            continue
+        entries = sorted({k for t in twins for k in t.experiment} - {"dataset", "run directory"})
+        differing = [k for k in entries
+                     if len({json.dumps(t.experiment.get(k), sort_keys=True, default=str) for t in twins}) > 1]
+        shown = ", ".join(f"{k}={_short(run.experiment.get(k))}" for k in differing[:3])
+        more = f", +{len(differing) - 3} more" if len(differing) > 3 else ""
+        names[key] = f"{base[key]} [{shown}{more}]"
+    seen: dict[str, int] = {}
+    for key in experiments:  # still alike (they differ only past what is shown): number them
+        seen[names[key]] = seen.get(names[key], 0) + 1
+        if seen[names[key]] > 1:
+            names[key] += f" #{seen[names[key]]}"
+    for run in runs:
+        run.group = names[run.key]
+
+
+def _dataset_name(run: Run) -> str:
+    return str(run.dataset_name or run.experiment.get("dataset") or "unknown dataset")
+
+
+def _short(value, limit: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+
+
 def _unique_labels(runs: list[Run]) -> None:
-    """Runs of one group with the same defense get the directory name appended."""
+    """Runs of one group with the same label get the directory name appended."""
     seen: dict[tuple[str, str], int] = {}
     for run in runs:
-        seen[(run.group, run.label)] = seen.get((run.group, run.label), 0) + 1
+        seen[(run.key, run.label)] = seen.get((run.key, run.label), 0) + 1
     for run in runs:
-        if seen[(run.group, run.label)] > 1:
+        if seen[(run.key, run.label)] > 1:
             run.label = f"{run.label} ({run.directory.name})"
 
 
 def groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
-    """Runs by dataset and attack, in the order given."""
-    out: dict[str, list[Run]] = {}
+    """Runs by experiment (see :func:`experiment_fields`), keyed by the group name, in the order given."""
+    by_key: dict[str, list[Run]] = {}
     for run in runs:
-        out.setdefault(run.group, []).append(run)
-    return out
+        by_key.setdefault(run.key, []).append(run)
+    return {members[0].group: members for members in by_key.values()}
+
+
+def baseline(run: Run, members: Sequence[Run]) -> Run | None:
+    """The run a member's shift is measured against: a complete vanilla run of its group.
+
+    The one with the same ``train.seed`` where there is one, else the first;
+    None when the group has no complete vanilla run.
+    """
+    vanilla = [m for m in members if m.defense == UNDEFENDED and m.partial is None]
+    return next((m for m in vanilla if m.seed == run.seed), vanilla[0] if vanilla else None)
 
 
 def config_differences(runs: Sequence[Run]) -> dict[str, list]:
@@ -136,27 +351,34 @@ def config_differences(runs: Sequence[Run]) -> dict[str, list]:
 
 
 def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
-    """One row per run: metrics, convergence steps per probe set and band, shift vs the undefended run."""
+    """One row per run: status, metrics, convergence steps per probe set and band, shift vs its baseline.
+
+    ``baseline`` names the run the shifts are against (see :func:`baseline`);
+    shifts are None when there is none, and every value a run did not reach
+    (a partial run's metrics, a band that never converged) is None.
+    """
     rows = []
     for group, members in groups(runs).items():
-        baseline = next((r for r in members if r.defense == UNDEFENDED), None)
-        base_bands = _band_steps(baseline, view) if baseline is not None else {}
         for run in members:
-            row = {"group": group, "run": run.label, "defense": run.defense, "directory": str(run.directory)}
+            base = baseline(run, members)
+            base_bands = _band_steps(base, view) if base is not None else {}
+            row = {"group": group, "run": run.label, "defense": run.defense, "status": run.status,
+                   "baseline": None if base is None else base.label, "directory": str(run.directory)}
             for name in METRICS:
                 row[name] = run.metric(name)
             for name in METRICS:
-                base = baseline.metric(name) if baseline is not None else None
+                reference = base.metric(name) if base is not None else None
                 value = row[name]
-                row[f"shift_{name}"] = None if base is None or value is None else value - base
+                row[f"shift_{name}"] = None if reference is None or value is None else value - reference
             bands = _band_steps(run, view)
             for role, steps in bands.items():
                 for band, step in enumerate(steps):
                     row[f"{role}_band{band}_step"] = None if np.isnan(step) else float(step)
-                    base = base_bands.get(role)
+                    reference = base_bands.get(role)
                     shift = None
-                    if base is not None and band < base.size and np.isfinite(step) and np.isfinite(base[band]):
-                        shift = float(step - base[band])
+                    if (reference is not None and band < reference.size and np.isfinite(step)
+                            and np.isfinite(reference[band])):
+                        shift = float(step - reference[band])
                     row[f"shift_{role}_band{band}_step"] = shift
             rows.append(row)
     return rows
@@ -182,12 +404,25 @@ def _flatten(config: Mapping, prefix: str = "") -> dict:
 
 
 # --------------------------------------------------------------------------- writing
+FIGURE_KINDS = ("metrics", "convergence_spectrum", "heatmap", "error_curves", "band_spectrum",
+                "frequency_ratios", "projection_spectrum")
+
+
 def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence[str] = (),
                      view: str = "joint") -> dict[str, Path]:
     """Write ``report.html``, ``report.md``, ``runs.csv`` and ``figures/`` into ``out``.
 
+    Figures are named by group and kind, ``<group>_metrics``,
+    ``<group>_convergence_spectrum`` and ``<group>_<run>_<kind>`` (kinds in
+    :data:`FIGURE_KINDS`; names reduced to letters, digits, ``.``, ``-`` and
+    ``_``), each as PDF and PNG. Partial runs are marked in every table and
+    figure.
+
     Returns:
         The paths written, by kind.
+
+    Raises:
+        ValueError: no run.
     """
     from freqlens import plots
 
@@ -206,10 +441,24 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
         md.append(f"> Left out: {problem}")
     if problems:
         md.append("")
-    for g, (group, members) in enumerate(groups(runs).items()):
+    used_stems: set[str] = set()
+    group_stems: dict[str, str] = {}
+    for group, members in groups(runs).items():
+        group_stems[group] = _unique_stem([_dataset_name(members[0])], set(group_stems.values()))
         group_rows = [r for r in rows if r["group"] == group]
         html_parts.append(f"<h2>{html.escape(group)}</h2>")
         md += [f"## {group}", ""]
+        notes = [partial_details(m) for m in members if m.partial]
+        if not any(m.defense == UNDEFENDED and m.partial is None for m in members):
+            notes.append("No complete vanilla (undefended) run in this group: the shifts (Δ) are not computed. "
+                         "Runs of other experiments (another dataset, training file, attack, target label, cap "
+                         "or model) are never used as the baseline.")
+        for note in notes:
+            html_parts.append(f'<p class="warning">{html.escape(note)}</p>')
+            md += [f"> {note}", ""]
+        experiment = {k: v for k, v in members[0].experiment.items() if v is not None}
+        html_parts.append("<details><summary>Experiment: the same in every run of this group</summary>"
+                          f"{render_value(experiment)}</details>")
         header, table = _summary_table(group_rows)
         html_parts.append(_html_table(header, table))
         md += _md_table(header, table) + [""]
@@ -225,11 +474,10 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
                            _html_table(header, table)]
             md += [f"### Convergence step per frequency band ({view} view; 0 = lowest band)", ""]
             md += _md_table(header, table) + [""]
-        figures = _group_figures(members, view, plots)
-        for i, (caption, fig) in enumerate(figures):
-            stem = figures_dir / f"group{g + 1}-{i + 1:02d}"
-            plots.save_figure(fig, stem)
-            md.append(f"![{caption}](figures/{stem.name}.png)")
+        for (*names, kind), caption, fig in _group_figures(group, members, view, plots):
+            stem = _unique_stem([group_stems[group], *names], used_stems, kind)
+            plots.save_figure(fig, figures_dir / stem)
+            md.append(f"![{caption}](figures/{stem}.png)")
             html_parts.append(f'<figure><img alt="{html.escape(caption)}" src="{figure_to_data_uri(fig)}">'
                               f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         md.append("")
@@ -246,42 +494,78 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
     return paths
 
 
+def slug(text: str, limit: int = 80) -> str:
+    """``text`` as a file-name part: letters, digits, ``.`` and ``-`` only, lower case, at most ``limit``."""
+    cleaned = re.sub(r"[^a-z0-9.]+", "-", str(text).lower()).strip("-.")
+    if len(cleaned) > limit:  # cut at a word boundary where there is one
+        cut = cleaned[:limit + 1]
+        cleaned = cut.rsplit("-", 1)[0] if "-" in cut else cut[:limit]
+    return cleaned.rstrip("-.") or "run"
+
+
+def _unique_stem(parts: Sequence[str], used: set[str], kind: str = "") -> str:
+    """``parts`` slugged and joined by ``_``, then ``kind``; ``-2``, ``-3``, ... where taken."""
+    stem = "_".join(slug(p, 48) for p in parts)
+    candidate, n = stem, 1
+    while (full := f"{candidate}_{kind}" if kind else candidate) in used:
+        n += 1
+        candidate = f"{stem}-{n}"
+    used.add(full)
+    return full
+
+
 def _summary_table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    header = ["run", "CACC", "ASR", "false-trigger", "net", "Δ CACC", "Δ ASR", "Δ net"]
-    table = [[r["run"], r["cacc"], r["asr"], r["false_trigger_rate"], r["net_backdoor_effect"],
-              r["shift_cacc"], r["shift_asr"], r["shift_net_backdoor_effect"]] for r in rows]
+    header = ["run", "status", "CACC", "ASR", "false-trigger", "net", "Δ vs", "Δ CACC", "Δ ASR", "Δ net"]
+    table = [[r["run"], r["status"], r["cacc"], r["asr"], r["false_trigger_rate"], r["net_backdoor_effect"],
+              r["baseline"], r["shift_cacc"], r["shift_asr"], r["shift_net_backdoor_effect"]] for r in rows]
     return header, table
 
 
 def _band_table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    keys = [k for k in rows[0] if k.endswith("_step") and not k.startswith("shift_")] if rows else []
+    keys = list(dict.fromkeys(k for r in rows for k in r if k.endswith("_step") and not k.startswith("shift_")))
     table = []
     for role in ("backdoor", "clean"):
         role_keys = [k for k in keys if k.startswith(f"{role}_band")]
         for r in rows:
             if role_keys:
-                table.append([f"{r['run']}: {role}"] + [r[k] for k in role_keys])
+                table.append([f"{r['run']}: {role}"] + [r.get(k) for k in role_keys])
     width = max((len(t) for t in table), default=1) - 1
     return ["run: probe set"] + [f"band {b}" for b in range(width)], table
 
 
-def _group_figures(members: Sequence[Run], view: str, plots) -> list[tuple[str, object]]:
+def _headed(fig, heading: str):
+    """Put ``heading`` (the run, and whether it is partial) above a figure's own title."""
+    own = fig.get_suptitle()
+    wrapped = "\n".join(textwrap.fill(line, 110) for line in heading.split("\n"))
+    fig.suptitle(wrapped + (f"\n{own}" if own else ""), fontsize=10)
+    return fig
+
+
+def _group_figures(group: str, members: Sequence[Run], view: str, plots) -> list[tuple[tuple, str, object]]:
+    """(file-name parts, caption, figure) for a group's comparison figures and each run's figures."""
     analyses = {m.label: m.analysis for m in members}
-    records = [{"attack": m.group, "defense": m.label, "cacc": m.metric("cacc"), "asr": m.metric("asr"),
+    records = [{"attack": group, "defense": m.label, "cacc": m.metric("cacc"), "asr": m.metric("asr"),
                 "false_trigger_rate": m.metric("false_trigger_rate")} for m in members]
-    figures = [("CACC, ASR and false-trigger rate per run", plots.plot_defense_comparison(records)),
-               ("Convergence spectrum: steps to converge per frequency band, one line per probe set and run",
-                plots.plot_convergence_spectrum(analyses, view=view))]
+    partial = [f"{m.label}: {m.partial.removeprefix('partial: ')}" for m in members if m.partial]
+    mark = f" (partial runs, metrics missing: {'; '.join(partial)})" if partial else ""
+    measured = any(r[k] is not None for r in records for k in ("cacc", "asr", "false_trigger_rate"))
+    figures = [(("metrics",), f"CACC, ASR and false-trigger rate per run{mark}",
+                plots.plot_defense_comparison(records))] if measured else []  # else: the table says missing
+    figures += [(("convergence_spectrum",),
+                f"Convergence spectrum: steps to converge per frequency band, one line per probe set and run{mark}",
+                _headed(plots.plot_convergence_spectrum(analyses, view=view), group))]
     for m in members:
         a = m.analysis
         v = view if view in a.curves else "separate"
-        figures += [
-            (f"{m.label}: heat map ({v} view)", plots.plot_heatmaps(a, view=v)),
-            (f"{m.label}: relative-error curves", plots.plot_error_curves(a, view=v)),
-            (f"{m.label}: band spectrum over training", plots.plot_band_spectrum(a, view=v)),
-            (f"{m.label}: LFR / HFR over training", plots.plot_frequency_ratios(a, view=v)),
-            (f"{m.label}: projection spectrum", plots.plot_projection_spectrum(a)),
-        ]
+        heading = f"{group}\n{m.label}" + (f": {m.partial.removeprefix('partial: ')}" if m.partial else "")
+        caption = m.label + (f" [{m.partial}]" if m.partial else "")
+        draw = (("heatmap", f"heat map ({v} view)", lambda: plots.plot_heatmaps(a, view=v)),
+                ("error_curves", "relative-error curves", lambda: plots.plot_error_curves(a, view=v)),
+                ("band_spectrum", "band spectrum over training", lambda: plots.plot_band_spectrum(a, view=v)),
+                ("frequency_ratios", "LFR / HFR over training", lambda: plots.plot_frequency_ratios(a, view=v)),
+                ("projection_spectrum", "projection spectrum", lambda: plots.plot_projection_spectrum(a)))
+        figures += [((m.label, kind), f"{caption}: {what}", _headed(make(), heading))
+                    for kind, what, make in draw]
     return figures
 
 

@@ -19,11 +19,17 @@ CMAP = "viridis"  # perceptually uniform and colour-blind safe
 
 
 def _step_edges(steps: np.ndarray) -> np.ndarray:
+    """Cell edges around each recorded step; never below step 0 (there are no negative steps)."""
     steps = np.asarray(steps, dtype=float)
     if steps.size == 1:
-        return np.array([steps[0] - 0.5, steps[0] + 0.5])
-    middle = (steps[1:] + steps[:-1]) / 2.0
-    return np.concatenate([[steps[0] - (middle[0] - steps[0])], middle, [steps[-1] + (steps[-1] - middle[-1])]])
+        edges = np.array([steps[0] - 0.5, steps[0] + 0.5])
+    else:
+        middle = (steps[1:] + steps[:-1]) / 2.0
+        edges = np.concatenate([[steps[0] - (middle[0] - steps[0])], middle,
+                                [steps[-1] + (steps[-1] - middle[-1])]])
+    if steps[0] >= 0:
+        edges[0] = max(edges[0], 0.0)
+    return edges
 
 
 def _check_view(analysis: SpectralAnalysis, view: str) -> None:
@@ -31,11 +37,20 @@ def _check_view(analysis: SpectralAnalysis, view: str) -> None:
         raise ValueError(f"Expected `view` to be one of {tuple(analysis.curves)} but got {view!r}.")
 
 
-def _step_axis(ax: plt.Axes, steps: np.ndarray) -> None:
-    """A symmetric-log step axis when the snapshots are log-spaced, else linear."""
+def _step_axis(ax: plt.Axes, steps: np.ndarray, *, cells: bool = False) -> None:
+    """A symmetric-log step axis when the snapshots are log-spaced, else linear; limits from the data.
+
+    The axis runs from the first to the last recorded step (``cells``: the
+    edges of the cells drawn around them), never into negative steps.
+    """
     if steps.size > 2 and steps[-1] > 20 * max(steps[1], 1):
         ax.set_xscale("symlog", linthresh=max(1.0, float(steps[1])))
     ax.set_xlabel("training step")
+    if cells or steps.size == 1:
+        edges = _step_edges(steps)
+        ax.set_xlim(edges[0], edges[-1])
+    else:
+        ax.set_xlim(float(steps[0]), float(steps[-1]))
 
 
 def _width_index(analysis: SpectralAnalysis, width_index: int | None) -> int:
@@ -98,15 +113,16 @@ def plot_heatmap(
     )
     ax.add_patch(plt.Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, hatch="//",
                                edgecolor="#9a9a9a", linewidth=0, zorder=0))
-    _step_axis(ax, analysis.steps)
+    _step_axis(ax, analysis.steps, cells=True)
     ax.set_yticks(np.arange(len(rows)) + 0.5, labels)
     ax.invert_yaxis()
     title = f"{view} view, width {analysis.widths[k]:.3g}"
-    ax.set_title(title, fontsize=10)
-    if missing:
+    ax.set_title(title, fontsize=10, loc="left")
+    if missing:  # above the axes, right of the title: never over a row
         ax.legend(handles=[Patch(facecolor="#d9d9d9", hatch="//", edgecolor="#9a9a9a",
                                  label="undefined (NaN): " + ", ".join(missing))],
-                  loc="upper right", fontsize=7, framealpha=0.9)
+                  loc="lower right", bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2, fontsize=7,
+                  frameon=False)
     if colorbar:
         fig.colorbar(mesh, ax=ax, label="relative error", fraction=0.05, pad=0.02)
     return fig
@@ -188,7 +204,7 @@ def plot_band_spectrum(analysis: SpectralAnalysis, *, view: str = "joint", probe
                          norm=Normalize(vmin=vmin, vmax=vmax), shading="flat")
     ax.add_patch(plt.Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, hatch="//",
                                edgecolor="#9a9a9a", linewidth=0, zorder=0))
-    _step_axis(ax, analysis.steps)
+    _step_axis(ax, analysis.steps, cells=True)
     ax.set_ylabel("frequency band (low → high)")
     ax.set_title(probe_set, fontsize=10)
     if np.all(np.isnan(bands)):
@@ -238,8 +254,12 @@ def plot_convergence_spectrum(analyses, *, view: str = "joint", ax: plt.Axes | N
     if ax.lines:
         ax.legend(fontsize=7, ncol=2)
     if never:
-        ax.text(0.01, 0.99, "never converged / undefined: " + "; ".join(never), transform=ax.transAxes,
-                va="top", fontsize=6.5, color="#555555", wrap=True)
+        import textwrap
+
+        note = textwrap.fill("never converged / undefined: " + "; ".join(never), 130)
+        ax.annotate(note, xy=(0.0, 0.0), xycoords=("axes fraction", ax.xaxis.label), xytext=(0, -3),
+                    textcoords="offset points", va="top", fontsize=6.5, color="#555555",
+                    annotation_clip=False)  # under the x label, off the lines
     return ax.figure
 
 
@@ -265,7 +285,7 @@ def plot_frequency_ratios(analysis: SpectralAnalysis, *, width_index: int | None
             ax.plot(analysis.steps, series, style, color=ROLE_COLOURS.get(analysis_role(analysis, name)),
                     label=f"{name} {part}", marker="o" if analysis.steps.size == 1 else None)
     _step_axis(ax, analysis.steps)
-    ax.set_ylabel("frequency ratio (norm of the part / norm of the output)")
+    ax.set_ylabel("LFR, HFR (share of output norm)")
     ax.set_ylim(bottom=0.0)
     ax.set_title(f"Low/high-frequency ratios ({view} view, width {analysis.widths[k]:.3g})", fontsize=10)
     if ax.lines:
@@ -292,7 +312,7 @@ def plot_projection_spectrum(analysis: SpectralAnalysis, *, probe_set: str | Non
                             [frequencies[-1] + 0.5]]) if frequencies.size > 1 else np.array(
         [frequencies[0] - 0.5, frequencies[0] + 0.5])
     mesh = ax.pcolormesh(_step_edges(analysis.steps), edges, data, cmap=CMAP, shading="flat")
-    _step_axis(ax, analysis.steps)
+    _step_axis(ax, analysis.steps, cells=True)
     ax.set_ylabel("frequency (projection)")
     ax.set_title(f"Projection spectrum of the error, {name}", fontsize=10)
     if np.all(np.isnan(np.asarray(errors))):
@@ -302,6 +322,11 @@ def plot_projection_spectrum(analysis: SpectralAnalysis, *, probe_set: str | Non
 
 
 DEFENSE_METRICS = (("cacc", "CACC"), ("asr", "ASR"), ("false_trigger_rate", "false-trigger rate"))
+METRIC_AXIS_LABELS = {  # what each rate counts (all in [0, 1])
+    "cacc": "share of clean test inputs correct",
+    "asr": "share of triggered inputs → target",
+    "false_trigger_rate": "share of clean non-target inputs → target",
+}
 
 
 def plot_defense_comparison(rows, *, ax=None, metrics=DEFENSE_METRICS):
@@ -313,7 +338,11 @@ def plot_defense_comparison(rows, *, ax=None, metrics=DEFENSE_METRICS):
             defense) are seeds, drawn as mean ± standard deviation with the
             seeds as dots.
         ax: a sequence of one axes per metric (default: a new figure).
-        metrics: (column, label) pairs.
+        metrics: (column, label) pairs; each panel's y axis is labelled with
+            what the rate counts (:data:`METRIC_AXIS_LABELS`, else the label).
+
+    The legend (one colour per attack) is drawn right of the last panel; with
+    one attack there is none, and a new figure is titled with the attack.
     """
     import seaborn as sns
 
@@ -335,23 +364,38 @@ def plot_defense_comparison(rows, *, ax=None, metrics=DEFENSE_METRICS):
     defenses = list(dict.fromkeys(r["defense"] for r in records))
     attacks = list(dict.fromkeys(r["attack"] for r in records))
     palette = dict(zip(attacks, sns.color_palette("colorblind", len(attacks))))
-    for axis, (_, label) in zip(axes, metrics):
+    for axis, (column, label) in zip(axes, metrics):
+        axis.set_ylabel(f"{METRIC_AXIS_LABELS.get(column, label)} (0–1)", fontsize=8)
         data = [r for r in long if r["metric"] == label]
         if not data:
-            _missing_note(axis, label)
+            axis.text(0.5, 0.5, f"not measured: {label}", transform=axis.transAxes, ha="center", va="center",
+                      fontsize=8, color="#555555")
             continue
         sns.barplot(x=[r["defense"] for r in data], y=[r["value"] for r in data], hue=[r["attack"] for r in data],
                     order=defenses, hue_order=attacks, palette=palette, errorbar="sd", ax=axis, alpha=0.85)
         sns.stripplot(x=[r["defense"] for r in data], y=[r["value"] for r in data],
                       hue=[r["attack"] for r in data], order=defenses, hue_order=attacks, dodge=True,
                       palette=palette, size=3, color="black", ax=axis, legend=False, edgecolor="black", linewidth=0.5)
+        for x, defense in enumerate(defenses):  # a run without the metric (e.g. partial): missing, not zero
+            if not any(r["defense"] == defense for r in data):
+                axis.text(x, 0.02, "not\nmeasured", ha="center", va="bottom", fontsize=7, color="#555555")
         axis.set_title(label, fontsize=10)
         axis.set_ylim(0, 1.02)
+        axis.set_ylabel(f"{METRIC_AXIS_LABELS.get(column, label)} (0–1)", fontsize=8)
         axis.tick_params(axis="x", rotation=45, labelsize=8)
         for tick in axis.get_xticklabels():
             tick.set_horizontalalignment("right")
-        if axis is not axes[0] and axis.get_legend():
+        if axis.get_legend():
             axis.get_legend().remove()
+    handles = {label: (handle, label) for axis in axes for handle, label in zip(*axis.get_legend_handles_labels())}
+    if len(attacks) == 1:  # one colour: the attack is named above the panels instead of in a legend
+        if ax is None:
+            import textwrap
+
+            fig.suptitle(textwrap.fill(f"attack: {attacks[0]}", 110), fontsize=10)
+    elif handles:  # outside the panels, so no bar is covered
+        axes[-1].legend(*zip(*handles.values()), title="attack", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                        borderaxespad=0.0, fontsize=7, title_fontsize=7, frameon=False)
     return fig
 
 
@@ -360,10 +404,11 @@ def save_figure(fig, path) -> list:
     from pathlib import Path
 
     stem = Path(path)
-    stem = stem.with_suffix("") if stem.suffix in (".pdf", ".png") else stem
+    stem = stem.with_suffix("") if stem.suffix in (".pdf", ".png") else stem  # "a_0.1" keeps its ".1"
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    for suffix, options in ((".pdf", {}), (".png", {"dpi": 150})):
-        fig.savefig(stem.with_suffix(suffix), **options)
-        written.append(stem.with_suffix(suffix))
+    for suffix, options in ((".pdf", {}), (".png", {"dpi": 150})):  # tight: no label or legend cut off
+        target = stem.parent / f"{stem.name}{suffix}"
+        fig.savefig(target, bbox_inches="tight", pad_inches=0.05, **options)
+        written.append(target)
     return written

@@ -20,6 +20,10 @@ table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
 th:first-child,td:first-child{text-align:left}
 thead th{background:#f2f2f2}
+table.mapping{margin:0;font-size:1em}
+table.mapping th{text-align:left;font-weight:normal;color:#555;background:#fafafa}
+table.mapping td{text-align:left}
+td ol{margin:0;padding-left:1.4em}
 .verdict{padding:.7em 1em;border-left:4px solid #0072B2;background:#f4f8fb}
 .warning{padding:.7em 1em;border-left:4px solid #D55E00;background:#fdf3ec}
 .note{color:#555;font-size:.9em}
@@ -36,9 +40,9 @@ METRIC_NAMES = {
 
 
 def figure_to_data_uri(fig) -> str:
-    """A PNG data URI of a matplotlib figure (closes the figure)."""
+    """A PNG data URI of a matplotlib figure (closes the figure); nothing drawn is cut off."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
@@ -49,6 +53,25 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return html.escape(str(value))
+
+
+def render_value(value) -> str:
+    """``value`` as escaped HTML: a mapping as a two-column table (nested mappings nested),
+    a list of plain values as one comma-separated line, a list with mappings as a numbered list."""
+    if isinstance(value, Mapping):
+        if not value:
+            return "&ndash;"
+        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{render_value(v)}</td></tr>" for k, v in value.items())
+        return f'<table class="mapping"><tbody>{rows}</tbody></table>'
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "&ndash;"
+        if any(isinstance(v, (Mapping, list, tuple)) for v in value):
+            return "<ol>" + "".join(f"<li>{render_value(v)}</li>" for v in value) + "</ol>"
+        return ", ".join(_cell(v) for v in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return _cell(value)
 
 
 def _table(header: list[str], rows: list[list], cell=_cell) -> str:
@@ -88,7 +111,8 @@ def write_report(
         analysis: the analysed run.
         metrics: headline numbers (clean accuracy, attack success rate, ...).
         figures: caption -> matplotlib figure (embedded as PNG; closed here).
-        details: further key -> value rows (settings, timings).
+        details: further key -> value rows (settings, timings); a mapping
+            value is shown as a nested table, a list as one line.
         warnings: sentences shown under the title (e.g. small probe sets).
 
     Returns:
@@ -130,7 +154,7 @@ def write_report(
         parts.append(_table(header, rows))
     if details:
         parts.append("<h2>Run</h2>")
-        parts.append(_table(["setting", "value"], [[k, v] for k, v in details.items()]))
+        parts.append(_table(["setting", "value"], [[k, v] for k, v in details.items()], cell=render_value))
     page = (
         f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"

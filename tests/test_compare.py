@@ -17,10 +17,14 @@ from freqlens.compare import RunError, comparison_rows, config_differences, load
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two quick demo runs (seeds 0, 1) and a copy of the first relabelled as a defense."""
+    """A quick demo run, a copy relabelled as a defense, and a copy that differs only in ``train.seed``."""
     root = tmp_path_factory.mktemp("runs")
-    for seed in (0, 1):
-        assert main(["demo", "--quick", "--seed", str(seed), "--out", str(root / f"seed{seed}"), "--no-progress"]) == 0
+    assert main(["demo", "--quick", "--seed", "0", "--out", str(root / "seed0"), "--no-progress"]) == 0
+    seed1 = root / "seed1"
+    shutil.copytree(root / "seed0", seed1)
+    results = json.loads((seed1 / "results.json").read_text())
+    results["config"]["train"]["seed"] = 1
+    (seed1 / "results.json").write_text(json.dumps(results))
     defended = root / "muscle"
     shutil.copytree(root / "seed0", defended)
     results = json.loads((defended / "results.json").read_text())
@@ -150,3 +154,293 @@ def test_html_report_renders_every_figure_in_headless_chromium(report):
     loaded_count = int(re.search(r'data-figures-loaded="(\d+)"', body).group(1))
     assert total == paths["html"].read_text().count("<img") > 0
     assert loaded_count == total
+
+
+# ------------------------------------------------------------- grouping: one experiment, several defenses
+from freqlens.compare import dataset_identity, experiment_fields, groups  # noqa: E402
+from freqlens.config import ExperimentConfig  # noqa: E402
+
+OB_TRAIN = "mix/0.1/train-poison.csv"
+
+
+def _ob_config(path="/data/poison_data/sst-2/1/addsent", *, train=OB_TRAIN, target=1, max_train=None,
+               max_eval=None, defense="vanilla", seed=0, lr=4e-5, epochs=2, model="minilm", fmt="openbackdoor",
+               attack="none", rate=0.1):
+    """A config as `freqlens run` stores it (ExperimentConfig.to_dict())."""
+    defense_section = {"name": defense, **({"lora_r": 8} if defense == "lora" else {})}
+    return ExperimentConfig.from_dict({
+        "model": {"name": model}, "data": {"path": path, "train": train, "target_label": target,
+                                           "max_train": max_train, "max_eval": max_eval, "format": fmt},
+        "attack": {"name": attack, "rate": rate}, "defense": defense_section,
+        "train": {"seed": seed, "lr": lr, "epochs": epochs}}).to_dict()
+
+
+def _ob_name(config) -> str:
+    """The name freqlens.data.loaders.load_openbackdoor gives: the last two folders and the training file."""
+    root = Path(config["data"]["path"])
+    return f"{root.parent.name}/{root.name} ({config['data']['train']})"
+
+
+def _variant(runs, root, name, config, *, asr, cacc=0.8, identity=None):
+    """A copy of the demo run whose results.json says it ran ``config`` with these metrics."""
+    target = root / name
+    shutil.copytree(runs / "seed0", target)
+    results = json.loads((target / "results.json").read_text())
+    results["config"] = config
+    results["dataset"] = {"name": _ob_name(config), **({"identity": identity} if identity else {})}
+    results.pop("defense", None)
+    results.update(asr=asr, cacc=cacc, false_trigger_rate=0.1)
+    (target / "results.json").write_text(json.dumps(results))
+    return target
+
+
+DIFFERENT_EXPERIMENTS = {  # the same folder and file names where it matters: only this one setting differs
+    "dataset path (same basenames)": {"path": "/data/poison_data/hsol/1/addsent"},
+    "training file": {"train": "clean/0.1/train-poison.csv"},
+    "target label": {"target": 0},
+    "training cap": {"max_train": 2000},
+    "evaluation cap": {"max_eval": 400},
+    "model": {"model": "roberta"},
+    "attack (clean data poisoned here)": {"fmt": "clean", "attack": "badnets"},
+    "poison rate": {"rate": 0.2},
+}
+
+
+@pytest.mark.parametrize("change", sorted(DIFFERENT_EXPERIMENTS))
+def test_runs_of_different_experiments_are_never_grouped_nor_compared(runs, tmp_path, change):
+    other = DIFFERENT_EXPERIMENTS[change]
+    base = {"fmt": "clean", "attack": "addsent"} if "attack" in other or "rate" in other else {}
+    a_vanilla = _variant(runs, tmp_path, "a-vanilla", _ob_config(**base), asr=1.0)
+    b_vanilla = _variant(runs, tmp_path, "b-vanilla", _ob_config(**{**base, **other}), asr=0.9)
+    b_muscle = _variant(runs, tmp_path, "b-muscle", _ob_config(**{**base, **other}, defense="muscle", lr=1e-3),
+                        asr=0.3)
+    loaded, problems = load_runs([a_vanilla, b_vanilla, b_muscle])
+    assert not problems
+    grouped = groups(loaded)
+    assert len(grouped) == 2 and [len(m) for m in grouped.values()] == [1, 2]
+    a_name, b_name = grouped
+    assert a_name != b_name  # readable names that tell the experiments apart:
+    if _ob_name(_ob_config(**base)) == _ob_name(_ob_config(**{**base, **other})):  # the dataset, and what differs
+        assert re.search(r" \[.+=.+\]$", b_name)
+    rows = {r["directory"]: r for r in comparison_rows(loaded)}
+    defended = rows[str(b_muscle)]
+    assert defended["group"] == b_name and defended["baseline"] == "vanilla"
+    assert defended["shift_asr"] == pytest.approx(0.3 - 0.9)  # against its own vanilla run, not 1.0
+    assert rows[str(a_vanilla)]["shift_asr"] == 0.0
+
+
+def test_openbackdoor_layout_two_datasets_one_attack_name(runs, tmp_path, monkeypatch):
+    """poison_data/<dataset>/<target>/<attack>: sst-2 and hsol are both `1/addsent` to the loader."""
+    sst2, hsol = (_ob_config(f"/data/poison_data/{d}/1/addsent") for d in ("sst-2", "hsol"))
+    assert _ob_name(sst2) == _ob_name(hsol)
+    dirs = [_variant(runs, tmp_path, "sst2-vanilla", sst2, asr=1.0),
+            _variant(runs, tmp_path, "hsol-vanilla", hsol, asr=0.95),
+            _variant(runs, tmp_path, "hsol-muscle", _ob_config("/data/poison_data/hsol/1/addsent",
+                                                               defense="muscle"), asr=0.15)]
+    loaded, _ = load_runs(dirs)
+    names = list(groups(loaded))
+    assert len(names) == 2 and any("sst-2" in n for n in names) and any("hsol" in n for n in names)
+    muscle = next(r for r in comparison_rows(loaded) if r["defense"] == "muscle")
+    assert "hsol" in muscle["group"] and muscle["shift_asr"] == pytest.approx(0.15 - 0.95)
+    out = tmp_path / "report"
+    import freqlens.compare as compare
+    import matplotlib.pyplot as plt
+
+    def one_figure_each(group, members, view, plots):  # the names, without drawing the real figures
+        return [(("convergence_spectrum",), "c", plt.figure())] + [
+            ((m.label, "heatmap"), m.label, plt.figure()) for m in members]
+
+    monkeypatch.setattr(compare, "_group_figures", one_figure_each)
+    write_comparison(loaded, out)
+    stems = sorted(p.stem for p in (out / "figures").glob("*.png"))
+    assert stems == sorted(p.stem for p in (out / "figures").glob("*.pdf")) and len(stems) == 2 + 3
+    assert len({s.split("_")[0] for s in stems}) == 2  # one file-name prefix per experiment, never `group1-01`
+    assert {s.split("_", 1)[1] for s in stems} == {"convergence_spectrum", "vanilla_heatmap", "muscle_heatmap"}
+    assert all(re.fullmatch(r"[a-z0-9.-]+(_[a-z0-9.-]+)*", s) for s in stems)
+
+
+def test_runs_of_one_experiment_with_different_defenses_are_grouped(runs, tmp_path):
+    dirs = [_variant(runs, tmp_path, "vanilla", _ob_config(), asr=1.0),
+            _variant(runs, tmp_path, "muscle", _ob_config(defense="muscle", lr=1e-3, epochs=3), asr=0.2),
+            _variant(runs, tmp_path, "lora", _ob_config(defense="lora", lr=2e-4), asr=0.6)]
+    loaded, _ = load_runs(dirs)
+    assert len(groups(loaded)) == 1
+    rows = {r["run"]: r for r in comparison_rows(loaded)}
+    assert rows["muscle"]["shift_asr"] == pytest.approx(-0.8) and rows["lora"]["shift_asr"] == pytest.approx(-0.4)
+    assert set(config_differences(loaded)) >= {"defense.name", "train.lr"}
+
+
+def test_each_seed_is_compared_with_the_vanilla_run_of_its_seed(runs, tmp_path):
+    dirs = [_variant(runs, tmp_path, "v0", _ob_config(seed=0), asr=1.0),
+            _variant(runs, tmp_path, "v1", _ob_config(seed=1), asr=0.8),
+            _variant(runs, tmp_path, "m1", _ob_config(seed=1, defense="muscle"), asr=0.1)]
+    loaded, _ = load_runs(dirs)
+    rows = {Path(r["directory"]).name: r for r in comparison_rows(loaded)}
+    assert rows["m1"]["baseline"] == "vanilla (v1)" and rows["m1"]["shift_asr"] == pytest.approx(0.1 - 0.8)
+
+
+def test_a_recorded_dataset_identity_groups_by_content_not_by_how_the_path_was_written(runs, tmp_path):
+    identity = {"name": "sst-2/1/addsent (mix/0.1/train-poison.csv)", "path": "/data/poison_data/sst-2/1/addsent",
+                "train_file": "/data/poison_data/sst-2/1/addsent/mix/0.1/train-poison.csv", "train_sha256": "ab"}
+    same = [_variant(runs, tmp_path, "rel", _ob_config("../poison_data/sst-2/1/addsent"), asr=1.0,
+                     identity=identity),
+            _variant(runs, tmp_path, "abs", _ob_config(defense="muscle"), asr=0.2, identity=identity)]
+    changed = _variant(runs, tmp_path, "changed", _ob_config(defense="lora"), asr=0.5,
+                       identity={**identity, "train_sha256": "cd"})  # the file was regenerated
+    loaded, _ = load_runs([*same, changed])
+    assert [len(m) for m in groups(loaded).values()] == [2, 1]
+    assert next(iter(groups(loaded))).startswith("sst-2/1/addsent")
+
+
+def test_dataset_identity_names_the_folder_and_the_training_file(tmp_path, monkeypatch):
+    import hashlib
+
+    for dataset, text in (("sst-2", "a,1\n"), ("hsol", "b,0\n")):
+        folder = tmp_path / "poison_data" / dataset / "1" / "addsent" / "mix" / "0.1"
+        folder.mkdir(parents=True)
+        (folder / "train-poison.csv").write_text(text)
+    monkeypatch.chdir(tmp_path / "poison_data")
+    ids = {d: dataset_identity({"data": {"path": f"{d}/1/addsent", "train": OB_TRAIN}}) for d in ("sst-2", "hsol")}
+    sst2 = ids["sst-2"]
+    assert sst2["name"] == "sst-2/1/addsent (mix/0.1/train-poison.csv)" and ids["hsol"]["name"].startswith("hsol/")
+    assert sst2["path"] == str((tmp_path / "poison_data/sst-2/1/addsent").resolve())
+    assert sst2["train_file"] == str((tmp_path / "poison_data/sst-2/1/addsent" / OB_TRAIN).resolve())
+    assert sst2["train_sha256"] == hashlib.sha256(b"a,1\n").hexdigest() != ids["hsol"]["train_sha256"]
+    hub = dataset_identity({"data": {"path": "glue"}})
+    assert hub == {"name": "glue", "path": "glue", "train_file": None, "train_sha256": None}
+
+
+def test_what_may_differ_within_a_group_is_the_defense_and_how_it_ran():
+    fields = experiment_fields({"config": _ob_config(defense="muscle"), "dataset": {"name": "n"}}, {})
+    assert not any(k.startswith(("defense.", "train.", "record.", "analysis.")) for k in fields)
+    assert {"data.path", "data.train", "data.target_label", "data.max_train", "data.max_eval", "attack.name",
+            "attack.rate", "attack.seed", "model.name", "model.max_length", "dataset"} <= set(fields)
+    no_config = experiment_fields({}, {"dataset": "n"}, Path("somewhere"))
+    assert no_config["run directory"] == str(Path("somewhere").resolve())  # a group of its own
+
+
+# ------------------------------------------------------------- partial runs (killed: no results.json)
+def _killed(runs, root, name, *, keep=5, results=False, config=None):
+    """A copy of the demo run as a SIGKILL leaves it: the first snapshots, meta.json never closed."""
+    target = root / name
+    shutil.copytree(runs / "seed0", target)
+    snapshots = sorted((target / "trajectory" / "snapshots").glob("step-*.npz"))
+    for path in snapshots[keep:]:
+        path.unlink()
+    meta_path = target / "trajectory" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["status"] = "recording"
+    for key in ("finished", "recording_seconds", "snapshots"):
+        meta.pop(key)
+    if config is not None:
+        meta["config"] = config
+    meta_path.write_text(json.dumps(meta))
+    if not results:
+        (target / "results.json").unlink()
+    steps = [int(p.stem.split("-")[1]) for p in snapshots[:keep]]
+    return target, steps, meta["total_steps"]
+
+
+def test_a_killed_run_is_a_partial_run_of_the_snapshots_it_has(runs, tmp_path):
+    directory, steps, total = _killed(runs, tmp_path, "killed")
+    run = load_run(directory)
+    assert run.partial == f"partial: killed at step {steps[-1]} of {total}" and run.label.endswith("(partial)")
+    assert run.analysis.steps.tolist() == steps
+    assert all(run.metric(m) is None for m in ("cacc", "asr", "false_trigger_rate", "net_backdoor_effect"))
+    assert run.analysis.widths.size == 12  # no config recorded: the default analysis settings
+    demo_config = json.loads((runs / "seed0" / "results.json").read_text())["config"]
+    with_config, _, _ = _killed(runs, tmp_path, "killed-with-config", config=demo_config)
+    assert load_run(with_config).analysis.widths.size == demo_config["num_widths"] == 5  # the run's own settings
+
+
+def test_a_run_whose_recording_was_not_closed_is_partial_even_with_results(runs, tmp_path):
+    directory, steps, total = _killed(runs, tmp_path, "not-closed", results=True)
+    run = load_run(directory)
+    assert run.partial == f"partial: killed at step {steps[-1]} of {total}" and run.metric("asr") is not None
+
+
+@pytest.mark.parametrize("where", ["checkpoint/config.json", "trajectory meta"])
+def test_a_partial_run_is_never_the_baseline_and_is_grouped_by_its_recorded_config(runs, tmp_path, where):
+    config = _ob_config()
+    vanilla, _, _ = _killed(runs, tmp_path, "vanilla-killed", config=config if where == "trajectory meta" else None)
+    if where == "checkpoint/config.json":  # what `freqlens run` stores before training, for --resume
+        (vanilla / "checkpoint").mkdir()
+        (vanilla / "checkpoint" / "config.json").write_text(json.dumps(config))
+    muscle = _variant(runs, tmp_path, "muscle", _ob_config(defense="muscle"), asr=0.2)
+    meta_path = vanilla / "trajectory" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["dataset"] = _ob_name(config)
+    meta_path.write_text(json.dumps(meta))
+    loaded, _ = load_runs([vanilla, muscle])
+    assert len(groups(loaded)) == 1
+    rows = {r["defense"]: r for r in comparison_rows(loaded)}
+    assert rows["muscle"]["baseline"] is None and rows["muscle"]["shift_asr"] is None
+    assert rows["vanilla"]["status"].startswith("partial: killed")
+
+
+def test_a_trajectory_without_a_snapshot_is_named(runs, tmp_path):
+    directory, _, _ = _killed(runs, tmp_path, "no-snapshot", keep=0)
+    with pytest.raises(RunError, match="trajectory cannot be read.*snapshot"):
+        load_run(directory)
+
+
+def test_report_includes_a_partial_run_marked_everywhere(runs, tmp_path):
+    killed, steps, total = _killed(runs, tmp_path, "killed")
+    out = tmp_path / "out"
+    assert main(["report", str(runs / "seed0"), str(killed), "--out", str(out)]) == 0
+    note = f"partial: killed at step {steps[-1]} of {total}"
+    page, markdown = (out / "report.html").read_text(), (out / "report.md").read_text()
+    assert "Left out" not in page
+    for text in (page, markdown):
+        assert note in text and "missing (–), not zero" in text
+        assert text.count("No complete vanilla (undefended) run in this group") == 1  # its own group: no config
+    row = next(line for line in markdown.splitlines() if line.startswith("| unknown defense (partial) |"))
+    assert row.split(" | ")[1:6] == [note, "–", "–", "–", "–"]
+    with open(out / "runs.csv") as file:
+        table = {r["directory"]: r for r in csv.DictReader(file)}
+    assert table[str(killed)]["status"] == note
+    assert table[str(killed)]["cacc"] == table[str(killed)]["asr"] == ""  # missing, not 0
+    figures = re.findall(r'<figure><img alt="([^"]*)"', page)
+    own = [f for f in figures if f.startswith("unknown defense (partial)")]
+    assert len(own) == 5 and all(note in f for f in own)  # its heat map, curves, bands, ratios, projection
+    assert len([f for f in figures if "unknown defense (partial)" in f]) == 5 + 1  # + the convergence spectrum
+
+
+def test_report_figures_are_named_by_group_run_and_kind(report):
+    names = sorted(p.stem for p in (report / "figures").glob("*.png"))
+    prefix = {n.split("_")[0] for n in names}
+    assert len(prefix) == 1 and re.fullmatch(r"[a-z0-9.-]+", prefix.pop())
+    kinds = {n.split("_", 1)[1] for n in names}
+    assert kinds == {"metrics", "convergence_spectrum"} | {f"{run}_{kind}" for run in ("vanilla", "muscle")
+                                                          for kind in ("heatmap", "error_curves", "band_spectrum",
+                                                                       "frequency_ratios", "projection_spectrum")}
+    markdown = (report / "report.md").read_text()
+    assert all(f"](figures/{n}.png)" in markdown for n in names)
+
+
+def test_absolute_dataset_folders_are_identified_by_their_files(runs, tmp_path):
+    """`freqlens run` stores data.path absolute: the report names each folder by its last three parts."""
+    for dataset in ("sst-2", "hsol"):
+        folder = tmp_path / "poison_data" / dataset / "1" / "addsent" / "mix" / "0.1"
+        folder.mkdir(parents=True)
+        (folder / "train-poison.csv").write_text(f"{dataset},1\n")
+    sst2, hsol = (str(tmp_path / "poison_data" / d / "1" / "addsent") for d in ("sst-2", "hsol"))
+    dirs = [_variant(runs, tmp_path, "sst2-vanilla", _ob_config(sst2), asr=1.0),
+            _variant(runs, tmp_path, "sst2-muscle", _ob_config(sst2, defense="muscle"), asr=0.1),
+            _variant(runs, tmp_path, "hsol-vanilla", _ob_config(hsol), asr=0.9)]
+    loaded, _ = load_runs(dirs)
+    assert list(groups(loaded)) == ["sst-2/1/addsent (mix/0.1/train-poison.csv)",
+                                    "hsol/1/addsent (mix/0.1/train-poison.csv)"]
+    digests = [run.experiment["dataset.identity.train_sha256"] for run in loaded]
+    assert digests[0] == digests[1] != digests[2]
+
+
+def test_an_identity_that_names_no_file_falls_back_to_the_config(runs, tmp_path):
+    """A hub dataset has no local file to hash: with or without a recorded identity, one group."""
+    hub = _ob_config("glue", fmt="hf")
+    identity = dataset_identity(hub)
+    assert identity["train_sha256"] is None
+    dirs = [_variant(runs, tmp_path, "with", hub, asr=1.0, identity=identity),
+            _variant(runs, tmp_path, "without", _ob_config("glue", fmt="hf", defense="muscle"), asr=0.3)]
+    loaded, _ = load_runs(dirs)
+    assert len(groups(loaded)) == 1

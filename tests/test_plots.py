@@ -120,6 +120,11 @@ def test_convergence_spectrum_notes_bands_that_never_converged(analysis):
     fig = plot_convergence_spectrum(analysis, view="separate")  # backdoor high bands are undefined
     notes = " ".join(t.get_text() for t in fig.axes[0].texts)
     assert "never converged / undefined" in notes and "backdoor" in notes
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    note = next(t for t in fig.axes[0].texts if "never converged" in t.get_text()).get_window_extent(renderer)
+    assert not note.overlaps(fig.axes[0].get_window_extent(renderer))  # off the lines
+    assert not note.overlaps(fig.axes[0].xaxis.label.get_window_extent(renderer))
     plt.close(fig)
 
 
@@ -150,7 +155,7 @@ def test_defense_comparison_one_panel_per_metric_with_seed_spread(tmp_path):
 def test_defense_comparison_single_seed_and_missing_metric():
     rows = [{**r, "false_trigger_rate": None} for r in _rows(seeds=1)]
     fig = plot_defense_comparison(rows)
-    assert any("undefined (NaN)" in t.get_text() for t in fig.axes[2].texts)
+    assert any("not measured" in t.get_text() for t in fig.axes[2].texts)
     plt.close(fig)
 
 
@@ -168,3 +173,108 @@ def test_spectrum_plot_bad_arguments(analysis):
         plot_frequency_ratios(analysis, view="nope")
     with pytest.raises(ValueError, match="at least one analysis"):
         plot_convergence_spectrum({})
+
+
+# ------------------------------------------------------------- what a reader sees: limits, labels, legends
+STEP_PLOTS = {  # every figure with training steps on x: (draw, drawn as cells around the steps)
+    "heatmap": (lambda a: plot_heatmap(a, view="separate"), True),
+    "heatmaps": (lambda a: plot_heatmaps(a, view="separate"), True),
+    "error_curves": (lambda a: plot_error_curves(a), False),
+    "band_spectrum": (lambda a: plot_band_spectrum(a), True),
+    "frequency_ratios": (lambda a: plot_frequency_ratios(a), False),
+    "projection_spectrum": (lambda a: plot_projection_spectrum(a), True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STEP_PLOTS))
+@pytest.mark.parametrize("steps", [None, np.array([0, 5, 10, 15, 20]), np.array([3])],
+                         ids=["log-spaced", "linear", "single"])
+def test_step_axis_runs_over_the_recorded_steps_never_below_zero(name, steps):
+    draw, cells = STEP_PLOTS[name]
+    analysis = analyse(make_trajectory(steps=steps), num_widths=3)
+    fig = draw(analysis)
+    first, last = float(analysis.steps[0]), float(analysis.steps[-1])
+    for ax in fig.axes:
+        if ax.get_xlabel() != "training step":
+            continue  # colour bars
+        low, high = ax.get_xlim()
+        assert low >= 0.0
+        if analysis.steps.size > 1 and not cells:
+            assert (low, high) == (first, last)
+        else:  # cells: from the first cell's edge (clamped at 0) to the last cell's
+            assert low <= first and last <= high <= last + max(0.5, (last - first) / 2)
+            assert low >= max(0.0, first - max(0.5, (last - first) / 2))
+    plt.close(fig)
+
+
+def _inside(extent, box, slack=1.0) -> bool:
+    return (extent.x0 >= box.x0 - slack and extent.y0 >= box.y0 - slack
+            and extent.x1 <= box.x1 + slack and extent.y1 <= box.y1 + slack)
+
+
+def test_separate_heatmap_legend_is_outside_the_rows(analysis):
+    for fig in (plot_heatmap(analysis, view="separate"), plot_heatmaps(analysis, view="separate")):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in [a for a in fig.axes if a.get_legend() is not None]:
+            legend = ax.get_legend().get_window_extent(renderer)
+            rows = ax.get_window_extent(renderer)
+            assert not legend.overlaps(rows), "the NaN legend covers heat-map rows"
+            assert _inside(legend, fig.bbox)
+        plt.close(fig)
+
+
+ALL_PLOTS = {
+    **{name: draw for name, (draw, _) in STEP_PLOTS.items()},
+    "convergence_spectrum": lambda a: plot_convergence_spectrum(a, view="separate"),  # with its note
+    "defense_comparison": lambda a: plot_defense_comparison(_rows()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_PLOTS))
+def test_no_label_title_or_legend_is_cut_off(analysis, name):
+    fig = ALL_PLOTS[name](analysis)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [fig.get_suptitle() and fig._suptitle]  # noqa: SLF001 (the figure's own title artist)
+    for ax in fig.axes:
+        texts += [ax.xaxis.label, ax.yaxis.label, ax.title, ax._left_title, ax.get_legend(), *ax.texts]  # noqa: SLF001
+    for artist in [t for t in texts if t and (not hasattr(t, "get_text") or t.get_text())]:
+        extent = artist.get_window_extent(renderer)
+        assert _inside(extent, fig.bbox), f"{name}: {getattr(artist, 'get_text', lambda: artist)()!r} is cut off"
+    plt.close(fig)
+
+
+def test_defense_comparison_panels_say_what_they_count():
+    fig = plot_defense_comparison(_rows())
+    labels = [ax.get_ylabel() for ax in fig.axes[:3]]
+    assert all(labels) and len(set(labels)) == 3 and all("(0–1)" in label for label in labels)
+    legend = fig.axes[2].get_legend()
+    assert sorted(t.get_text() for t in legend.get_texts()) == ["addsent", "badnets"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert not any(legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+    plt.close(fig)
+
+
+def test_defense_comparison_shows_a_run_without_metrics_as_not_measured():
+    rows = _rows(seeds=1)[:2] + [{"attack": "badnets", "defense": "muscle (partial)", "cacc": None, "asr": None,
+                                  "false_trigger_rate": None}]
+    fig = plot_defense_comparison(rows)
+    for ax in fig.axes[:3]:
+        ticks = [t.get_text() for t in ax.get_xticklabels()]
+        assert "muscle (partial)" in ticks
+        notes = [t for t in ax.texts if "not\nmeasured" in t.get_text()]
+        assert len(notes) == 1 and notes[0].get_position()[0] == ticks.index("muscle (partial)")
+    plt.close(fig)
+
+
+def test_saved_figures_keep_everything_inside(analysis, tmp_path):
+    fig = plot_frequency_ratios(analysis)
+    fig.set_size_inches(3.0, 1.6)  # too small for its labels: saving must still not cut them
+    pdf, png = save_figure(fig, tmp_path / "ratios")
+    from matplotlib.image import imread
+
+    image = imread(png)
+    assert image.shape[1] > 3.0 * 150  # the saved canvas grew to hold the labels
+    plt.close(fig)

@@ -1,0 +1,53 @@
+"""The per-run HTML report renders nested settings as tables, never as Python reprs."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import matplotlib.pyplot as plt
+
+from freqlens import analyse
+from freqlens.report import write_report
+from tests.synthetic import make_trajectory
+
+DETAILS = {
+    "timings (s)": {"train_seconds": 12.5, "recording_share": 0.051},
+    "probes": {"size": 16, "sets": ["clean", "backdoor"], "plan": {"probe_size": 16, "snapshots": 30}},
+    "config": {"model": {"name": "tiny", "max_length": 32}, "data": {"path": "d/<x>", "max_train": None}},
+    "warnings": [],
+    "runs": [{"seed": 0}, {"seed": 1}],
+}
+
+
+def _values(mapping, prefix=()):
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            yield from _values(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def test_nested_details_become_nested_tables(tmp_path):
+    analysis = analyse(make_trajectory(), num_widths=3)
+    page = write_report(tmp_path / "report.html", title="t", analysis=analysis, metrics={"cacc": 0.9},
+                        figures={}, details=DETAILS).read_text()
+    run = page[page.index("<h2>Run</h2>"):]
+    assert "{" not in run and "[" not in run  # no dict or list repr anywhere
+    for path, value in _values(DETAILS):
+        for key in path[1:]:  # every nested key is a header cell of its own
+            assert f"<th>{html.escape(key)}</th>" in run
+    assert "<td>clean, backdoor</td>" in run  # a list of names: one line
+    assert "<td>d/&lt;x&gt;</td>" in run  # escaped
+    assert re.search(r"<th>max_train</th><td>&ndash;</td>", run)  # None: missing
+    assert run.count('<table class="mapping">') == 1 + 2 + 3 + 2  # timings, probes (+plan), config (+model, data), runs
+    plt.close("all")
+
+
+def test_render_value_of_plain_and_empty_values():
+    from freqlens.report import render_value
+
+    assert render_value(0.123456) == "0.1235"
+    assert render_value(True) == "true"
+    assert render_value({}) == render_value([]) == render_value(None) == "&ndash;"
+    assert render_value("<b>") == "&lt;b&gt;"
