@@ -8,9 +8,13 @@ has learned and when. See ``METHOD.md`` and the module docstrings.
 
 Pure functions take arrays (numpy or torch); :class:`FilterBank` is the
 stateful form that builds the kernels once for many snapshots.
+:func:`eigenbasis` gives the whole graph-Fourier spectrum over a probe set
+(eigenmodes of the normalised kernel), and :func:`learning_speed` a speed
+that every error curve has, also one that never halves.
 """
 
 from freqlens.spectral.convergence import convergence_steps
+from freqlens.spectral.eigenmodes import EigenBasis, eigenbasis
 from freqlens.spectral.filters import (
     DISTANCES,
     REDUCTIONS,
@@ -23,12 +27,15 @@ from freqlens.spectral.filters import (
 )
 from freqlens.spectral.projection import principal_projection, projection_spectrum
 from freqlens.spectral.sketch import RandomProjection, jl_dimension, sketch_inputs
+from freqlens.spectral.speed import SPEEDS, learning_speed
 from freqlens.spectral.widths import WidthCheck, WidthWarning, check_widths, suggest_widths
 
 __all__ = [
     "DISTANCES",
     "REDUCTIONS",
+    "SPEEDS",
     "DegenerateTargetWarning",
+    "EigenBasis",
     "FilterBank",
     "RandomProjection",
     "WidthCheck",
@@ -36,7 +43,9 @@ __all__ = [
     "band_errors",
     "check_widths",
     "convergence_steps",
+    "eigenbasis",
     "jl_dimension",
+    "learning_speed",
     "joint_relative_errors",
     "pairwise_distances",
     "principal_projection",

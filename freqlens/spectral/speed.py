@@ -1,0 +1,83 @@
+"""Learning speeds of error curves that are defined for every curve.
+
+The paper's convergence step (the first step after which a curve stays below
+half its first value, :func:`~freqlens.spectral.convergence_steps`) is NaN
+for a curve that never halves, which is what a defense that slows learning
+produces: such a run gets no point on a convergence spectrum. Two measures
+that every curve has (freqlens' choice, not the papers'):
+
+- ``"area"``: one minus the mean of the normalised error ``e(t) / e(0)`` over
+  log-time ``log(1 + step)``, rescaled to [0, 1] over the recorded span
+  (trapezoids between snapshots). 0 for a curve that never moves, close to 1
+  for one that drops to zero by the first snapshot after step 0, negative for
+  one that grows. Log-time, because backdoors are learned early and the
+  recorder's default schedule is log-spaced.
+- ``"half_drop"``: the first recorded step from which the curve has made, and
+  keeps, half of its own total drop ``e(0) - min_t e(t)``; NaN only for a
+  curve that never drops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from freqlens._checks import ArrayLike, check_choice, check_finite, to_numpy
+
+SPEEDS = ("area", "half_drop")
+
+
+def learning_speed(steps: ArrayLike, errors: ArrayLike, *, method: str = "area") -> np.ndarray:
+    """The learning speed of each error curve.
+
+    Args:
+        steps: recorded steps, shape (T,), strictly increasing, >= 0.
+        errors: error curves, shape (T, ...) (axis 0 runs over the steps).
+        method: ``"area"`` (default: higher is faster, unitless) or
+            ``"half_drop"`` (a step: lower is faster).
+
+    Returns:
+        Shape ``errors.shape[1:]``. ``"area"`` is NaN only where a curve holds
+        NaN or starts at 0; ``"half_drop"`` also where it never drops.
+
+    Raises:
+        ValueError: on steps that are not increasing, negative, or do not match ``errors``.
+
+    Example:
+        >>> learning_speed([0, 1, 3, 7], [1.0, 1.0, 1.0, 1.0]).item()
+        0.0
+        >>> round(learning_speed([0, 1, 3, 7], [1.0, 0.0, 0.0, 0.0]).item(), 3)  # 1 - (log 2 / 2) / log 8
+        0.833
+        >>> learning_speed([0, 1, 3, 7], [1.0, 0.8, 0.5, 0.2], method="half_drop").item()
+        3.0
+    """
+    check_choice(method, "method", SPEEDS)
+    s, e = _curves(steps, errors)
+    if method == "area":
+        x = np.log1p(s)
+        span = x[-1] - x[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            normalised = np.where(e[:1] > 0, e / e[:1], np.nan)
+        if s.size == 1 or span <= 0:
+            return np.where(np.isnan(normalised[0]), np.nan, 0.0)
+        widths = np.diff(x).reshape((-1,) + (1,) * (e.ndim - 1))
+        area = ((normalised[1:] + normalised[:-1]) * 0.5 * widths).sum(axis=0) / span
+        return 1.0 - area
+    drop = e[0] - np.min(e, axis=0)
+    with np.errstate(invalid="ignore"):
+        made = (e[0] - e) >= 0.5 * drop  # NaN compares False
+    stays = np.flip(np.logical_and.accumulate(np.flip(made, axis=0), axis=0), axis=0)
+    first = np.argmax(stays, axis=0)
+    defined = (drop > 0) & stays.any(axis=0) & ~np.isnan(e).any(axis=0)
+    return np.where(defined, s[first], np.nan)
+
+
+def _curves(steps: ArrayLike, errors: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    s = check_finite(np.asarray(to_numpy(steps, "steps"), dtype=np.float64), "steps")
+    e = np.asarray(to_numpy(errors, "errors"), dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"Expected `steps` to be a non-empty 1-D array but got shape {s.shape}.")
+    if e.ndim == 0 or e.shape[0] != s.size:
+        raise ValueError(f"Expected `errors` of shape (T, ...) with T={s.size} but got shape {e.shape}.")
+    if np.any(np.diff(s) <= 0) or s[0] < 0:
+        raise ValueError("Expected `steps` to be non-negative and strictly increasing.")
+    return s, e
