@@ -123,36 +123,32 @@ def test_the_weights_missing_from_the_checkpoint_are_the_ones_transformers_repor
     assert weights_not_in_checkpoint(model) == random
 
 
+def assert_reloads(base, family: str, name: str, folder) -> None:
+    """Train ``name`` on ``base`` (loaded under SEED_A), save it, reload it on the base loaded
+    under SEED_B: the logits must be the same."""
+    prepared = trained(base, family, name)
+    probe = inputs(family, n=6, length=LENGTH, seed=9)
+    expected = logits(prepared.model, probe)
+    save_defended(prepared.model, folder, prepared.layout)
+    loaded = load_defended(from_pretrained(base, SEED_B), folder)
+    assert_same(logits(loaded, probe), expected)
+
+
 @pytest.mark.parametrize("name", ["lora", "muscle"])
 def test_a_head_of_another_shape_in_the_checkpoint_is_saved(bases, name, tmp_path):
-    prepared = trained(bases["bert-3-labels"], "bert", name)
-    probe = inputs("bert", n=6, length=LENGTH, seed=9)
-    expected = logits(prepared.model, probe)
-    save_defended(prepared.model, tmp_path, prepared.layout)
-    loaded = load_defended(from_pretrained(bases["bert-3-labels"], SEED_B), tmp_path)
-    assert_same(logits(loaded, probe), expected)
+    assert_reloads(bases["bert-3-labels"], "bert", name, tmp_path)
 
 
 @pytest.mark.parametrize("name", DEFENSES)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_saved_defended_model_reloads_identically_under_another_seed(bases, family, name, tmp_path):
-    prepared = trained(bases[family], family, name)
-    probe = inputs(family, n=6, length=LENGTH, seed=9)
-    expected = logits(prepared.model, probe)
-    save_defended(prepared.model, tmp_path, prepared.layout)
-    loaded = load_defended(from_pretrained(bases[family], SEED_B), tmp_path)
-    assert_same(logits(loaded, probe), expected)
+    assert_reloads(bases[family], family, name, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["lora", "mslr", "prefix"])
 def test_a_random_pooler_inside_the_backbone_is_saved_too(bases, name, tmp_path):
     """A checkpoint without BERT's pooler: the random weights are inside ``bert``, not only in the head."""
-    prepared = trained(bases["bert-no-pooler"], "bert", name)
-    probe = inputs("bert", n=6, length=LENGTH, seed=9)
-    expected = logits(prepared.model, probe)
-    save_defended(prepared.model, tmp_path, prepared.layout)
-    loaded = load_defended(from_pretrained(bases["bert-no-pooler"], SEED_B), tmp_path)
-    assert_same(logits(loaded, probe), expected)
+    assert_reloads(bases["bert-no-pooler"], "bert", name, tmp_path)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
