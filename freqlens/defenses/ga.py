@@ -350,6 +350,16 @@ class GradientAligner:
         summary = torch.stack([loss.double(), torch.sqrt(squared).mean() if len(squared) else zero, dots.sum(),
                                train_squared, squared.sum()]).tolist()
         loss_value, mean_norm, dot, train_sq, ref_sq = summary
+        if not (math.isfinite(loss_value) and math.isfinite(ref_sq)):
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            value = loss_value if what == "loss" else math.sqrt(ref_sq) if ref_sq >= 0 else ref_sq
+            raise FloatingPointError(
+                f"The clean reference batch's {what} is {value} at gradient-alignment step "
+                f"{len(self.log.steps) + 1} (epoch {epoch + 1}); training stopped there, before the "
+                f"update. Likely cause: the model gives NaN/inf on the reference examples (their "
+                f"inputs, or weights that are already non-finite), or a float16 overflow "
+                f"(`model.dtype` = 'float16')."
+            )
         c = self.config
         learning = loss_value > c.loss_threshold and mean_norm > c.norm_threshold
         mu = 0.0 if learning else mixing_weight(c, epoch, epochs)

@@ -464,3 +464,25 @@ def test_the_gram_matrix_is_the_same_over_column_blocks(monkeypatch):
     monkeypatch.setattr(ga, "GRAM_CHUNK", 3)  # 11 columns in blocks of 3, 3, 3, 2
     np.testing.assert_allclose(ga._gram64(rows).numpy(), whole.numpy(), rtol=1e-12)
     np.testing.assert_allclose(whole.numpy(), rows.double().numpy() @ rows.double().numpy().T, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ga", "ga+lora", "muscle"])
+@pytest.mark.parametrize("subspace", [1, 2])
+def test_a_non_finite_reference_loss_stops_naming_the_reference_batch(name, subspace):
+    """NaN/inf on the clean reference examples alone: the message names the reference batch, not `train.lr`."""
+    from freqlens.defenses import DefenseConfig, fit_defense, prepare_model
+
+    model = build("bert")
+    enc, y = inputs("bert", n=16, length=8, seed=5), labels(16)
+    enc["input_ids"][enc["input_ids"] == 99] = 98  # training rows never see token 99
+    ref_enc, ref_y = inputs("bert", n=8, length=8, seed=6), labels(8, seed=1)
+    ref_enc["input_ids"][:, 2] = 99
+    with torch.no_grad():
+        model.bert.embeddings.word_embeddings.weight[99] = float("inf")
+    config = DefenseConfig(name=name, reference_size=8, ga_subspace=subspace)
+    prepared = prepare_model(model, config, max_length=8)
+    with pytest.raises(FloatingPointError, match=r"clean reference batch's loss is nan at gradient-alignment "
+                                                 r"step 1 \(epoch 1\).*before the update") as error:
+        fit_defense(prepared.model, enc, y, config, TrainConfig(epochs=1, batch_size=4, lr=1e-3),
+                    reference=(ref_enc, ref_y), progress=False)
+    assert "train.lr" not in str(error.value)
