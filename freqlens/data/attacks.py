@@ -387,7 +387,8 @@ def poison(
             "num_poisoned_train": int(train.poison.sum()),
             "control": "untriggered originals",
             "source": clean.name,
-            **({"splits": clean.info["splits"]} if "splits" in clean.info else {}),
+            **{key: clean.info[key] for key in ("splits", "path", "files", "text_overlap")
+               if key in clean.info},
             "poison_sources": {
                 f"{part}_poison": {
                     "rows": len(split), "kept": len(split), "dropped_target_source": 0,

@@ -14,7 +14,7 @@ import numpy as np
 
 from freqlens._checks import check_positive_int
 from freqlens.data.loaders import _infer_num_classes, _parse_int, check_labelled, split_names
-from freqlens.data.splits import CleanDataset, Split, carve
+from freqlens.data.splits import CleanDataset, Split, carve, check_text_overlap
 
 
 def _import_datasets():
@@ -66,8 +66,18 @@ def _source(data: Any) -> str:
     return f"fingerprint {fingerprint}" if isinstance(fingerprint, str) else f"object {id(data):#x}"
 
 
-def _hf_split(dataset: Any, split: str, columns: tuple[str, str]) -> tuple[Split, str]:
-    """One split as a :class:`Split` (ids ``"<source>:<row>"``) and the identity of its source."""
+def _cache_files(data: Any) -> str | list[str] | None:
+    """The absolute path of the local file a Dataset's rows are read from (a list when they are
+    in several), or None for one held in memory."""
+    files = [str(Path(f["filename"]).resolve()) for f in getattr(data, "cache_files", None) or []
+             if isinstance(f, Mapping) and f.get("filename")]
+    return None if not files else files[0] if len(files) == 1 else files
+
+
+def _hf_split(dataset: Any, split: str, columns: tuple[str, str]
+              ) -> tuple[Split, str, str | list[str] | None]:
+    """One split as a :class:`Split` (ids ``"<source>:<row>"``), the identity of its source and
+    the local file(s) it was read from (:func:`_cache_files`)."""
     try:
         data = dataset[split]
     except (KeyError, IndexError, TypeError, ValueError) as error:
@@ -89,8 +99,14 @@ def _hf_split(dataset: Any, split: str, columns: tuple[str, str]) -> tuple[Split
             raise TypeError(
                 f"Expected a string in column {columns[0]!r} of {where}, row {i}, but got {text!r}."
             )
+        if not text:
+            raise ValueError(
+                f"Expected a text in column {columns[0]!r} of {where}, row {i}, but it is empty: a "
+                f"row without a sentence is malformed."
+            )
     source = _source(data)
-    return Split(texts, labels, ids=[f"{source}:{i}" for i in range(len(texts))]), source
+    split_data = Split(texts, labels, ids=[f"{source}:{i}" for i in range(len(texts))])
+    return split_data, source, _cache_files(data)
 
 
 def _hf_num_classes(dataset: Any, split: str, label_column: str) -> int | None:
@@ -125,7 +141,12 @@ def load_hf_dataset(
     disjoint parts (:func:`freqlens.data.splits.carve`: dev and test halves,
     or ``holdout`` of train for each evaluation role, by ``seed``), so no
     example is both trained on (or selected by) and scored; ``info["splits"]``
-    says where each split came from.
+    says where each split came from. An evaluation split whose texts are more
+    than 5% those of train or dev (e.g. a test split rebuilt from validation)
+    is refused (:func:`freqlens.data.splits.check_text_overlap`); the rows
+    shared below that are counted in ``info["text_overlap"]``. For splits
+    read from local files (``datasets``' Arrow files), ``info["files"]`` gives
+    the absolute path of each role's file (a list if it has several).
 
     Args:
         name_or_dataset: a dataset name or local folder for
@@ -151,12 +172,16 @@ def load_hf_dataset(
         ImportError: if a name is given and ``datasets`` is not installed.
         ValueError: if a split or column is missing, a label is not an integer,
             negative (hidden labels; the error names the role and ``data.splits``)
-            or outside ``num_classes``, or a shared split is too small to carve.
+            or outside ``num_classes``, a shared split is too small to carve, or
+            an evaluation split looks like a copy of train or dev (the error
+            names ``data.splits.<role>``).
         TypeError: if a text is not a string.
 
     Example:
-        >>> rows = [{"sentence": "good", "label": 1}, {"sentence": "bad", "label": 0}]
-        >>> data = load_hf_dataset({"train": rows, "validation": list(rows), "test": list(rows)})
+        >>> def rows(*texts):
+        ...     return [{"sentence": text, "label": i % 2} for i, text in enumerate(texts)]
+        >>> data = load_hf_dataset({"train": rows("good", "bad"), "validation": rows("fine", "dull"),
+        ...                         "test": rows("great", "poor")})
         >>> len(data.train), data.num_classes
         (2, 2)
     """
@@ -176,13 +201,21 @@ def load_hf_dataset(
     else:
         dataset, name = name_or_dataset, f"in-memory {type(name_or_dataset).__name__}"
     num_classes = num_classes or _hf_num_classes(dataset, names["train"], label_column)
-    parts, sources = {}, {}
+    parts, sources, files = {}, {}, {}
     for role, split in names.items():
-        parts[role], sources[role] = _hf_split(dataset, split, (text_column, label_column))
+        parts[role], sources[role], files[role] = _hf_split(
+            dataset, split, (text_column, label_column))
         check_labelled(parts[role], role, f"split {split!r} of {name}", num_classes)
     parts, notes = carve(parts, sources, seed=seed, holdout=holdout,
                          names={role: f"split {split!r}" for role, split in names.items()})
-    return CleanDataset(
+    info: dict[str, Any] = {
+        "splits": {role: notes.get(role, f"split {names[role]!r}") for role in names}}
+    if any(files.values()):
+        info["files"] = files
+    result = CleanDataset(
         **parts, num_classes=num_classes or _infer_num_classes(list(parts.values())), name=name,
-        info={"splits": {role: notes.get(role, f"split {names[role]!r}") for role in names}},
+        info=info,
     )
+    result.info["text_overlap"] = check_text_overlap(
+        result, {role: f"`data.splits.{role}` = {split!r}" for role, split in names.items()})
+    return result

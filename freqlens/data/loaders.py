@@ -29,7 +29,7 @@ import numpy as np
 
 from freqlens._checks import check_label, check_positive_int
 from freqlens.data.attacks import ATTACKS, AddSent, BadNets, make_attack, remove_trigger
-from freqlens.data.splits import CleanDataset, PoisonedDataset, Split, carve
+from freqlens.data.splits import CleanDataset, PoisonedDataset, Split, carve, check_text_overlap
 
 FORMATS = ("csv", "tsv", "jsonl")
 TEXT_COLUMNS = ("text", "sentence")  # tried in this order when text_column is None
@@ -127,16 +127,26 @@ def _read_records(path: Path, fmt: str) -> tuple[list[str], list[Record]]:
         ) from error
 
 
+# a number as pandas' read_csv reads one: ASCII digits, an optional sign, decimal point and
+# exponent, surrounding spaces; not Python's extras ("1_0", other scripts' digits, "inf", "nan")
+NUMBER = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*", re.ASCII)
+
+
 def _parse_int(value: Any, where: str, num_classes: int | None = None) -> int:
-    """An integer label from ``value`` ("1", "1.0", 1 or 1.0), checked against ``num_classes``."""
+    """An integer label from ``value``, checked against ``num_classes``.
+
+    Accepted: an int, an integral float (1.0), or a string that pandas'
+    ``read_csv`` reads as an integer or an integral float ("1", " +1 ",
+    "1.0", "1e0"). Anything else ("1_0", "1.5", "nan", "", "0x1") is a
+    ValueError naming ``where``.
+    """
     number: float | None = None
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         number = int(value)
-    elif isinstance(value, (str, float, np.floating)):
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
+    elif isinstance(value, (float, np.floating)):
+        number = float(value)
+    elif isinstance(value, str) and NUMBER.fullmatch(value):
+        number = float(value)
     if number is None or not float(number).is_integer():
         raise ValueError(f"Expected an integer label in {where} but got {value!r}.")
     label = int(number)
@@ -175,6 +185,11 @@ def _text(record: Mapping[str, Any], column: str, where: str) -> str:
     value = record[column]
     if not isinstance(value, str):
         raise TypeError(f"Expected a string in {where} but got {type(value).__name__} {value!r}.")
+    if not value:
+        raise ValueError(
+            f"Expected a text in {where} but the field is empty: a row without a sentence is "
+            f"malformed (pandas reads it as a missing value)."
+        )
     return value
 
 
@@ -304,49 +319,126 @@ def _check_all_target(split: Split, file: Path, target: int) -> None:
         )
 
 
-PAIRING_AGREEMENT = 0.8  # share of rows closer to their paired source than to the next one
+NEAR_BEST = 0.05  # a row's pair is its source if it scores within this of the best clean row
+MIN_SIMILARITY = 0.3  # an unpaired best match this similar (and no close rival) is the source
+CLEAR_MARGIN = 0.2  # a target-class best match this far ahead of all non-target rows: its source
+UNMATCHED_LIMIT = 0.2  # the largest share of rows without a clear source a file may have
 
 
-def _words(text: str) -> frozenset[str]:
-    return frozenset(re.findall(r"\w+", text.lower()))
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
 
 
-def _pairing_agreement(texts: Sequence[str], sources: Sequence[str]) -> float:
-    """Share of rows whose text shares more words (Jaccard) with its paired source than with
-    the next row's source: about 0.98 for OpenBackdoor's SST-2 paraphrases, about 0.45 for
-    a wrong pairing."""
-    words = [_words(t) for t in texts]
-    paired = [_words(t) for t in sources]
+def _similarity_rows(texts: Sequence[str], sources: Sequence[str], block: int = 512):
+    """TF-IDF cosine similarity of each text to every source (bags of lower-cased words, the
+    IDF taken over ``sources``), yielded in blocks: (first row, dense array of shape
+    (rows in block, len(sources)))."""
+    import scipy.sparse as sparse
 
-    def similarity(a: frozenset, b: frozenset) -> float:
-        return len(a & b) / max(1, len(a | b))
+    vocabulary: dict[str, int] = {}
 
-    n = len(words)
-    closer = sum(similarity(words[i], paired[i]) > similarity(words[i], paired[(i + 1) % n])
-                 for i in range(n))
-    return closer / n
+    def counts(documents: Sequence[str], grow: bool):
+        rows, columns = [], []
+        for i, text in enumerate(documents):
+            for word in set(_words(text)):
+                if grow:
+                    vocabulary.setdefault(word, len(vocabulary))
+                if word in vocabulary:
+                    rows.append(i)
+                    columns.append(vocabulary[word])
+        return rows, columns
+
+    source_rows, source_columns = counts(sources, grow=True)
+    text_rows, text_columns = counts(texts, grow=False)
+    shape = len(vocabulary) or 1
+
+    def matrix(rows, columns, n):
+        return sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(n, shape))
+
+    source_matrix = matrix(source_rows, source_columns, len(sources))
+    frequency = np.asarray(source_matrix.sum(axis=0)).ravel()
+    idf = sparse.diags(np.log((1 + len(sources)) / (1 + frequency)) + 1)
+
+    def normalised(m):
+        m = m @ idf
+        norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+        norms[norms == 0] = 1.0
+        return sparse.diags(1.0 / norms) @ m
+
+    source_matrix = normalised(source_matrix).T.tocsc()
+    text_matrix = normalised(matrix(text_rows, text_columns, len(texts))).tocsr()
+    for start in range(0, len(texts), block):
+        yield start, (text_matrix[start:start + block] @ source_matrix).toarray()
+
+
+def _match_sources(texts: Sequence[str], clean: Split, paired: np.ndarray | None,
+                   target: int) -> np.ndarray:
+    """Each text's source among ALL rows of ``clean`` (both classes), judged on TF-IDF word
+    similarity (:func:`_similarity_rows`).
+
+    A row's source is its pair (``paired[i]``, OpenBackdoor's row-by-row layout) when the pair
+    scores within :data:`NEAR_BEST` of its best-matching clean row; else its best match, when
+    that scores at least :data:`MIN_SIMILARITY` and every clean row within :data:`NEAR_BEST` of
+    it has the same label, or when it is a target-class row at least :data:`CLEAR_MARGIN`
+    ahead of every non-target row (a triggered target-class sentence). Otherwise the row has
+    no source (-1).
+
+    Returns:
+        The source row in ``clean`` of each text (-1: none clear), shape ``(len(texts),)``.
+    """
+    positions = np.full(len(texts), -1, np.int64)
+    labels = clean.labels
+    for start, scores in _similarity_rows(texts, clean.texts):
+        for offset, row in enumerate(scores):
+            i = start + offset
+            best = int(np.argmax(row))
+            top = row[best]
+            if top <= 0:
+                continue
+            if paired is not None and row[paired[i]] >= top - NEAR_BEST:
+                positions[i] = paired[i]
+                continue
+            near = labels[row >= top - NEAR_BEST]
+            if top >= MIN_SIMILARITY and np.all(near == labels[best]):
+                positions[i] = best
+            elif labels[best] == target:
+                others = row[labels != target]
+                if top - (others.max() if others.size else 0.0) >= CLEAR_MARGIN:
+                    positions[i] = best
+    return positions
 
 
 def recover_sources(poisoned: Split, clean: Split, trigger, *, target: int, poison_file: Path,
                     clean_file: Path, attack: str) -> tuple[np.ndarray, str]:
-    """The row of ``clean`` each triggered sentence of ``poisoned`` was made from.
+    """The row of ``clean`` each triggered sentence of ``poisoned`` was made from (-1: none found).
 
     Tried in order:
 
     1. with a removable trigger (BadNets, AddSent): the sentence without its
        trigger is a sentence of ``clean``, all of whose copies there carry
        one label;
-    2. OpenBackdoor's layout, the only way to pair a paraphrase (StyleBkd,
-       SynBkd) with its source: row ``k`` of ``poisoned`` was made from row
-       ``k`` of the non-target rows of ``clean`` (or of all its rows), the
-       counts agree and at least 80% of rows share more words with their
-       paired source than with the next row's (:data:`PAIRING_AGREEMENT`).
+    2. for paraphrases (StyleBkd, SynBkd) or where 1. fails: each sentence is
+       compared with EVERY row of ``clean``, both classes (TF-IDF cosine of
+       their words, :func:`_match_sources`). Its source is the row
+       OpenBackdoor's layout pairs it with (row ``k`` of the non-target rows
+       of ``clean``, or of all its rows, when the counts agree) if that row
+       is (within :data:`NEAR_BEST`) its best match; else its best match if
+       that is clear. A sentence whose best match is a target-class row is a
+       triggered target-class sentence (its source label is the target); one
+       with no clear match has no source (-1, counted as ``unmatched``).
+
+    Measured on the shared SST-2 StyleBkd and SynBkd files (OpenBackdoor's
+    own): 2-6% of rows have no clear source; a row paired with the wrong
+    source is accepted only when the wrong row is about as similar as its
+    best match.
 
     Returns:
-        The positions in ``clean`` (one per poisoned row) and how they were found.
+        The positions in ``clean`` (one per poisoned row, -1 where no source
+        is clear) and how they were found.
 
     Raises:
-        ValueError: naming ``poison_file`` when neither way recovers every source.
+        ValueError: naming ``poison_file`` when more than
+            :data:`UNMATCHED_LIMIT` (20%) of its rows have no clear source.
     """
     n = len(poisoned)
     unmatched: list[int] = []
@@ -364,47 +456,50 @@ def recover_sources(poisoned: Split, clean: Split, trigger, *, target: int, pois
         if not unmatched:
             return np.array(positions, np.int64), (
                 f"matched in {clean_file.name} after removing the {attack} trigger")
-    tried = []
+    paired, layout = None, "no row-by-row pairing (the counts differ)"
     for what, candidates in (("non-target rows", np.flatnonzero(clean.labels != target)),
                              ("rows", np.arange(len(clean)))):
-        if len(candidates) != n:
-            tried.append(f"its {len(candidates)} {what}")
-            continue
-        paired = [clean.texts[i] for i in candidates]
-        agreement = _pairing_agreement(poisoned.texts, paired) if n > 1 else 0.0
-        if agreement >= PAIRING_AGREEMENT:
-            return candidates.astype(np.int64), (
-                f"paired row by row with the {what} of {clean_file.name} ({agreement:.0%} of rows "
-                f"share more words with their pair than with the next row's)")
-        tried.append(f"its {len(candidates)} {what} (only {agreement:.0%} of rows share more "
-                     f"words with their pair than with the next row's; at least "
-                     f"{PAIRING_AGREEMENT:.0%} needed)")
-    matched = ("" if trigger is None else
-               f"{len(unmatched)} of them are not (or not unambiguously) a sentence of "
-               f"{clean_file.name} once the {attack} trigger is removed (e.g. data row {unmatched[0] + 1}: "
-               f"{poisoned.texts[unmatched[0]]!r}), and ")
-    raise ValueError(
-        f"Expected to find the source (the clean sentence and its true label) of each of the {n} "
-        f"triggered sentences in {poison_file}, to measure the attack success rate over non-target "
-        f"sources only, but {matched}they do not pair row by row with {' or '.join(tried)} of "
-        f"{clean_file.name}. Put the sentences they were made from into {clean_file.name}, in the "
-        f"same order (OpenBackdoor's layout), or name the attack (a folder named badnets or "
-        f"addsent, or `attack`) so its trigger can be removed."
-    )
+        if len(candidates) == n:
+            paired, layout = candidates.astype(np.int64), f"paired row by row with the {what}"
+            break
+    positions = _match_sources(poisoned.texts, clean, paired, target)
+    missing = np.flatnonzero(positions < 0)
+    if missing.size > UNMATCHED_LIMIT * n:
+        matched = ("" if trigger is None else
+                   f"{len(unmatched)} of them are not (or not unambiguously) a sentence of "
+                   f"{clean_file.name} once the {attack} trigger is removed (e.g. data row "
+                   f"{unmatched[0] + 1}: {poisoned.texts[unmatched[0]]!r}), and ")
+        raise ValueError(
+            f"Expected to find the source (the clean sentence and its true label) of each of the "
+            f"{n} triggered sentences in {poison_file}, to measure the attack success rate over "
+            f"non-target sources only, but {matched}{missing.size} of them "
+            f"({missing.size / n:.0%}; "
+            f"at most {UNMATCHED_LIMIT:.0%} allowed) match no row of {clean_file.name} clearly "
+            f"(e.g. data row {missing[0] + 1}: {poisoned.texts[missing[0]]!r}; {layout}). Put the "
+            f"sentences they were made from into {clean_file.name} (OpenBackdoor's layout pairs "
+            f"row k with the k-th non-target row), or name the attack (a folder named badnets or "
+            f"addsent, or `attack`) so its trigger can be removed."
+        )
+    return positions, (
+        f"{layout} of {clean_file.name}, each checked against all its {len(clean)} rows by word "
+        f"similarity ({int((positions == paired).sum()) if paired is not None else 0} pairs "
+        f"confirmed, {missing.size} rows without a clear source)")
 
 
 def _sourced_poison(poisoned: Split, clean: Split, trigger, *, target: int, poison_file: Path,
                     clean_file: Path, attack: str) -> tuple[Split, Split, dict]:
-    """The poisoned split with its target-class sources dropped, the control (the kept
-    sources, clean, with their true labels) and a note for ``info["poison_sources"]``."""
+    """The poisoned split with its target-class (and unmatched) sources dropped, the control
+    (the kept sources, clean, with their true labels) and a note for ``info["poison_sources"]``."""
     positions, how = recover_sources(poisoned, clean, trigger, target=target,
                                      poison_file=poison_file, clean_file=clean_file, attack=attack)
-    true = clean.labels[positions]
-    keep = np.flatnonzero(true != target)
+    found = positions >= 0
+    true = np.where(found, clean.labels[np.where(found, positions, 0)], target)
+    keep = np.flatnonzero(found & (true != target))
     kept = poisoned.subset(keep)
     kept.true_labels = true[keep]
     note = {"file": str(poison_file), "rows": len(poisoned), "kept": int(keep.size),
-            "dropped_target_source": int(len(poisoned) - keep.size), "sources": how}
+            "dropped_target_source": int(found.sum() - keep.size),
+            "unmatched": int((~found).sum()), "sources": how}
     return kept, clean.subset(positions[keep]), note
 
 
@@ -463,18 +558,23 @@ def load_openbackdoor(
     class, so each dev/test-poison sentence's source is found in
     dev-clean/test-clean (:func:`recover_sources`: by removing the BadNets or
     AddSent trigger, or, for paraphrases (stylebkd, synbkd, an unknown folder
-    name), by OpenBackdoor's row-by-row pairing with the clean file, checked
-    on the words they share). Triggered sentences whose source is of the
-    target class (a file made by another tool may hold them) are dropped;
-    ``info["poison_sources"]`` gives per split the rows read, kept and
-    dropped (``dropped_target_source``) and how the sources were found. A file
-    whose sources cannot be found is refused. ``true_labels`` of the poison
-    splits are the sources' labels.
+    name), by comparing each sentence with every row of the clean file, both
+    classes, and confirming OpenBackdoor's row-by-row pairing where it is the
+    best match). Triggered sentences whose source is of the target class (a
+    file made by another tool may hold them) are dropped, and so are those
+    with no clear source; ``info["poison_sources"]`` gives per split the rows
+    read, kept, dropped (``dropped_target_source``), without a clear source
+    (``unmatched``; 2-6% of the shared SST-2 StyleBkd/SynBkd rows) and how the
+    sources were found. A file more than 20% of whose rows have no clear
+    source is refused. ``true_labels`` of the poison splits are the sources'
+    labels. Evaluation splits that look like copies of train or dev are
+    refused (:func:`freqlens.data.splits.check_text_overlap`;
+    ``info["text_overlap"]`` counts the texts they share).
 
     Control splits: the kept sources themselves, clean, with their true
     labels: for BadNets and AddSent the poisoned sentences with the trigger
     removed (``info["control"]`` = "trigger removed"); for paraphrases the
-    paired non-target clean examples ("non-target clean examples").
+    kept sources, non-target clean examples ("non-target clean examples").
 
     For BadNets/AddSent the true labels of poisoned training examples are
     looked up in ``train-clean.csv`` (``info["train_true_labels"]``); otherwise
@@ -495,8 +595,9 @@ def load_openbackdoor(
     Raises:
         FileNotFoundError: if the folder or one of its files is missing.
         ValueError: for a malformed file, a dev/test poison label other than
-            the target, a poisoned sentence whose source cannot be found, a
-            poison file with no non-target source, or an unknown ``attack`` name.
+            the target, too many poisoned sentences whose source cannot be
+            found, a poison file with no non-target source, an evaluation split
+            that looks like a copy of train or dev, or an unknown ``attack`` name.
     """
     root = _directory(path)
     num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
@@ -526,7 +627,7 @@ def load_openbackdoor(
     )
     exact = all(note["sources"].startswith("matched") for note in sources.values())
     control = "trigger removed" if exact else "non-target clean examples"
-    return PoisonedDataset(
+    dataset = PoisonedDataset(
         **splits,
         target_label=target,
         num_classes=num_classes,
@@ -540,6 +641,9 @@ def load_openbackdoor(
             "train_true_labels": train_note,
         },
     )
+    where = {key: f"`{key}` ({file})" for key, file in files.items()}
+    dataset.info["text_overlap"] = check_text_overlap(dataset, where)
+    return dataset
 
 
 def _split_file(root: Path, stem: str) -> Path:
@@ -629,7 +733,12 @@ def load_clean(
     into disjoint parts (:func:`freqlens.data.splits.carve`: dev and test
     halves, or ``holdout`` of train for each evaluation role), so no example
     is both trained on (or selected by) and scored; ``info["splits"]`` says
-    where each split came from.
+    where each split came from. Two names of one file (a symbolic or hard
+    link) count as one file. An evaluation split whose texts are more than 5%
+    those of train or dev (a copied file) is refused
+    (:func:`freqlens.data.splits.check_text_overlap`); the rows shared below
+    that are counted in ``info["text_overlap"]``. ``info["files"]`` gives the
+    absolute path of the file read for each role.
 
     Args:
         path: the folder.
@@ -651,24 +760,35 @@ def load_clean(
         ValueError: if a split has two files (e.g. train.csv and train.tsv), a
             file is malformed, a label is negative (hidden test labels: the
             error names the role and ``data.splits``) or outside the classes,
-            or a shared file is too small to carve.
+            a shared file is too small to carve, or an evaluation split looks
+            like a copy of train or dev (the error names ``data.splits.<role>``).
     """
     root = _directory(path)
     names = split_names(splits, ROLES)
     if num_classes is not None:
         num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
-    parts, files, read = {}, {}, {}
+    parts, files, read, identity = {}, {}, {}, {}
     for role, stem in names.items():
         file = files[role] = _split_file(root, stem)
-        if file not in read:
-            read[file] = read_table(file, text_column=text_column, label_column=label_column)
-        check_labelled(read[file], role, str(file), num_classes)
-        parts[role] = read[file]
-    parts, notes = carve(parts, {role: file.resolve() for role, file in files.items()},
-                         seed=seed, holdout=holdout, names={r: str(f) for r, f in files.items()})
-    return CleanDataset(
+        # one file under two names (a symbolic or hard link) is one source, carved like a
+        # file named twice
+        status = file.stat()
+        key = identity[role] = (status.st_dev, status.st_ino)
+        if key not in read:
+            read[key] = read_table(file, text_column=text_column, label_column=label_column)
+        check_labelled(read[key], role, str(file), num_classes)
+        parts[role] = read[key]
+    parts, notes = carve(parts, identity, seed=seed, holdout=holdout,
+                         names={r: str(f) for r, f in files.items()})
+    dataset = CleanDataset(
         **parts,
         num_classes=num_classes or _infer_num_classes(list(parts.values())),
         name=f"{root.parent.name}/{root.name}",
-        info={"splits": {role: notes.get(role, str(files[role])) for role in ROLES}},
+        info={"splits": {role: notes.get(role, str(files[role])) for role in ROLES},
+              "path": str(root.resolve()),
+              "files": {role: str(files[role].resolve()) for role in ROLES}},
     )
+    overlap = check_text_overlap(dataset, {
+        role: f"`data.splits.{role}` = {names[role]!r} ({files[role]})" for role in ROLES})
+    dataset.info["text_overlap"] = overlap
+    return dataset

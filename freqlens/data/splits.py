@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -292,14 +294,20 @@ def split_reference(dataset: PoisonedDataset, size: int, *, seed: int = 0) -> tu
     """Take a clean reference set of ``size`` random dev-clean examples out of ``dataset``.
 
     Gradient alignment trains along this set's gradient; it leaves dev-clean,
-    so the clean probes and the checkpoint selection never see it.
+    so the clean probes and the checkpoint selection never see it. No
+    reference example has a text (compared by :func:`normalize_text`) that
+    occurs in a test split (``test_clean``, ``test_poison``, ``test_control``),
+    so no example the defense trained on is ever scored, even where dev and
+    test share a few sentences naturally; ``info["reference_excluded_test_texts"]``
+    counts the dev-clean rows left out for that.
 
     Returns:
         The dataset without those rows in ``dev_clean``, and the reference split.
 
     Raises:
-        ValueError: if ``size`` is not an integer >= 1 or dev-clean has no more
-            than ``size`` examples (some must stay for probes and selection).
+        ValueError: if ``size`` is not an integer >= 1, dev-clean has no more
+            than ``size`` examples (some must stay for probes and selection),
+            or fewer than ``size`` of them have a text in no test split.
     """
     check_positive_int(size, "reference_size")
     clean = dataset.dev_clean
@@ -308,9 +316,24 @@ def split_reference(dataset: PoisonedDataset, size: int, *, seed: int = 0) -> tu
             f"Expected `reference_size` below the {len(clean)} dev-clean examples of {dataset.name or 'the dataset'} "
             f"but got {size}."
         )
+    scored = set()
+    for part in ("test_clean", "test_poison", "test_control"):
+        split = getattr(dataset, part)
+        if split is not None:
+            scored.update(normalize_text(text) for text in split.texts)
+    eligible = np.array([normalize_text(text) not in scored for text in clean.texts], bool)
+    if int(eligible.sum()) < size:
+        raise ValueError(
+            f"Expected at least `reference_size`={size} dev-clean examples of "
+            f"{dataset.name or 'the dataset'} whose text is in no test split (a reference example "
+            f"must never be scored) but only {int(eligible.sum())} of {len(clean)} are."
+        )
     rows = np.random.default_rng(seed).permutation(len(clean))
-    chosen, kept = np.sort(rows[:size]), np.sort(rows[size:])
-    info = {**dataset.info, "reference": {"size": size, "seed": seed, "from": "dev_clean"}}
+    rows = rows[eligible[rows]]  # in the permutation's order, without texts found in a test split
+    chosen = np.sort(rows[:size])
+    kept = np.setdiff1d(np.arange(len(clean)), chosen)
+    info = {**dataset.info, "reference": {"size": size, "seed": seed, "from": "dev_clean"},
+            "reference_excluded_test_texts": int((~eligible).sum())}
     reduced = replace(dataset, dev_clean=clean.subset(kept), info=info)
     reference = clean.subset(chosen)
     check_disjoint(reduced, reference=reference)
@@ -424,3 +447,80 @@ def carve(parts: dict[str, Split], sources: dict[str, Any], *, seed: int = 0,
             notes[role] = f"{label}: {size} of {n} rows (seed {seed})"
             start += size
     return parts, notes
+
+
+COPY_SHARE = 0.05
+"""The largest share of an evaluation split's rows whose text may also be in a split it is
+compared with (:func:`check_text_overlap`). Natural duplicates are far rarer: raw SST-2 has
+2 of its 1,821 test sentences (0.1%) in train and none in dev; a copied split shares 100%."""
+
+OVERLAP_PAIRS = {  # evaluation split -> the splits its texts are compared with
+    "dev": ("train",), "test": ("train", "dev"),  # CleanDataset
+    "dev_clean": ("train",), "test_clean": ("train", "dev_clean"),  # PoisonedDataset
+    "test_poison": ("train", "dev_poison"),
+}
+
+
+def normalize_text(text: str) -> str:
+    """``text`` as the overlap checks compare it: Unicode NFKC, case-folded, runs of
+    whitespace as one space, no leading or trailing whitespace.
+
+    Example:
+        >>> normalize_text("  A  Good\\tFILM ")
+        'a good film'
+    """
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def check_text_overlap(dataset: CleanDataset | PoisonedDataset,
+                       where: dict[str, str] | None = None) -> dict[str, dict[str, int]]:
+    """Refuse an evaluation split that looks like a copy of train or dev; count the texts shared.
+
+    Example ids (:func:`check_disjoint`) say where an example was read from,
+    so a test file copied from the dev file, or a test split rebuilt from the
+    validation split, passes them. This compares contents: for each
+    evaluation split (dev vs train; test vs train and dev; for a
+    :class:`PoisonedDataset` also test-poison vs dev-poison) the rows whose
+    text (:func:`normalize_text`) also occurs in the other split are counted.
+    More than :data:`COPY_SHARE` (5%) of its rows is refused; fewer (natural
+    duplicates, e.g. 2 of SST-2's 1,821 test sentences are in its train set)
+    are returned, for ``info["text_overlap"]``.
+
+    Args:
+        dataset: the dataset as loaded (before any cap).
+        where: split -> how to name it in an error (e.g. "`data.splits.test` =
+            'validation'"); default: the split's attribute name.
+
+    Returns:
+        ``{evaluation split: {other split: rows of it whose text is in the other}}``.
+
+    Raises:
+        ValueError: naming both splits and the share, if a share is above
+            :data:`COPY_SHARE`.
+    """
+    where = where or {}
+    splits = {f.name: getattr(dataset, f.name) for f in fields(dataset)
+              if isinstance(getattr(dataset, f.name), Split)}
+    texts = {name: [normalize_text(t) for t in split.texts] for name, split in splits.items()}
+    counts: dict[str, dict[str, int]] = {}
+    for name, others in OVERLAP_PAIRS.items():
+        if name not in texts or not texts[name]:
+            continue
+        for other in others:
+            if other not in texts:
+                continue
+            against = set(texts[other])
+            shared = sum(text in against for text in texts[name])
+            counts.setdefault(name, {})[other] = shared
+            share = shared / len(texts[name])
+            if share > COPY_SHARE:
+                label, other_label = where.get(name, f"`{name}`"), where.get(other, f"`{other}`")
+                raise ValueError(
+                    f"Expected the evaluation split {label} to share at most {COPY_SHARE:.0%} of "
+                    f"its texts with {other_label} (a few natural duplicates) but {shared} of its "
+                    f"{len(texts[name])} rows ({share:.1%}) have a text that is also there: it "
+                    f"looks like a copy of it, and its examples would be trained on or selected by and "
+                    f"then scored. Name different splits (`data.splits`); to evaluate on part of "
+                    f"one split, name it for both roles and it is carved into disjoint parts."
+                )
+    return counts

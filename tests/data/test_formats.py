@@ -13,6 +13,7 @@ import io
 import json
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -26,13 +27,14 @@ ALPHABET = (
 
 
 def random_texts(seed: int, n: int = 120) -> list[str]:
-    """Seeded random texts: quotes, delimiters, line breaks, unicode, pandas' NA words, empty.
+    """Seeded random texts: quotes, delimiters, line breaks, unicode, pandas' NA words, blank
+    (an empty text is a malformed row: test_an_empty_text_is_refused_naming_file_and_line).
 
     No bare carriage return: Python's csv writer (and so pandas) leaves a field holding "\r"
     but no "\n" unquoted when the line terminator is "\n", and every reader then takes the
     "\r" as a line break; a quoted "\r" is covered by the "\r\n" pieces."""
     rng = random.Random(seed)
-    texts = ["", " ", '"', '""', '"quoted"', "a,b", "a\tb", "line\nbreak", "NA"]
+    texts = [" ", '"', '""', '"quoted"', "a,b", "a\tb", "line\nbreak", "NA"]
     for _ in range(n):
         texts.append("".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 12))))
     return texts
@@ -82,23 +84,22 @@ def test_csv_module_written_files_round_trip(tmp_path, seed, delimiter, suffix, 
 
 def test_rfc4180_examples(tmp_path):
     """RFC 4180 section 2, rule by rule: CRLF records, a last record without CRLF, quoted
-    fields with commas, CRLF and doubled quotes, empty fields, spaces kept."""
+    fields with commas, CRLF and doubled quotes, spaces kept. (An empty text field is a
+    malformed row: test_an_empty_text_is_refused_naming_file_and_line.)"""
     raw = (
         'text,label\r\n'
         '"a, b",1\r\n'  # rule 6: a quoted comma
         '"multi\r\nline",0\r\n'  # rule 6: a quoted line break
         '"he said ""hi""",1\r\n'  # rule 7: doubled quotes
-        ',0\r\n'  # an empty field
         '  spaced  ,1\r\n'  # rule 4: spaces are part of the field
-        '"",0\r\n'  # an empty quoted field
+        '"""",0\r\n'  # a quoted field holding one (doubled) quote
         'mid"quote,1'  # a quote inside an unquoted field is a character; no final CRLF
     )
     path = tmp_path / "rfc.csv"
     path.write_bytes(raw.encode("utf-8"))
     split = read_table(path)
-    assert split.texts == ["a, b", "multi\r\nline", 'he said "hi"', "", "  spaced  ", "",
-                           'mid"quote']
-    assert split.labels.tolist() == [1, 0, 1, 0, 1, 0, 1]
+    assert split.texts == ["a, b", "multi\r\nline", 'he said "hi"', "  spaced  ", '"', 'mid"quote']
+    assert split.labels.tolist() == [1, 0, 1, 1, 0, 1]
     assert (split.texts, split.labels.tolist()) == pandas_reads(path, ",")
 
 
@@ -182,3 +183,53 @@ def test_bom_and_crlf_written_by_excel_style_writers(tmp_path):
     path = tmp_path / "bom.csv"
     path.write_bytes(b"\xef\xbb\xbf" + buffer.getvalue().encode("utf-8"))
     assert read_table(path).texts == ['naïve, "yes"', "x"]
+
+
+# Labels: exactly what pandas' read_csv reads as an integer (or an integral float) label.
+PANDAS_INTEGER_LABELS = ["1", " 1", "1 ", "+1", "-0", "01", "\t1\t", "1.0", "1.", " +1.0 ", "1e0",
+                         "1E0", "1.0e0"]
+NOT_INTEGER_LABELS = ["1_0", "1_000", "0x1", "١", "²", "1.5", "inf", "nan", "", "one", "1,0",
+                      "True", "0b1", "1j"]
+
+
+@pytest.mark.parametrize("value", PANDAS_INTEGER_LABELS + NOT_INTEGER_LABELS)
+@pytest.mark.parametrize("suffix, sep", [("csv", ","), ("tsv", "\t")])
+def test_labels_are_read_as_pandas_reads_integer_labels(tmp_path, value, suffix, sep):
+    """The independent reference: pandas' own parse of the same file. A value pandas leaves as
+    a string (Python's int() would take "1_0" as 10, "١" as 1) or reads as a non-integral
+    float is refused naming the file and the line."""
+    path = tmp_path / f"labels.{suffix}"
+    field = f'"{value}"' if sep in value else value  # a delimiter in a field: quoted
+    path.write_text(f"text{sep}label\nfirst{sep}0\nsecond{sep}{field}\n", encoding="utf-8")
+    label = pd.read_csv(path, sep=sep)["label"].iloc[1]
+    integral = isinstance(label, (int, float, np.integer, np.floating)) and np.isfinite(label) \
+        and float(label).is_integer()
+    assert integral == (value in PANDAS_INTEGER_LABELS)
+    if integral:
+        assert read_table(path).labels.tolist() == [0, int(label)]
+    else:
+        with pytest.raises(ValueError, match=rf"integer label in column 'label' of .*labels\.{suffix}, "
+                                             r"line 3 but got"):
+            read_table(path)
+
+
+@pytest.mark.parametrize("raw, line", [
+    ("text,label\n,1\nb,0\n", 2),
+    ('text,label\na,1\n"",0\n', 3),
+    ('text,label,extra\na,1,x\nb,0,y\n,1,z\n', 4),
+])
+def test_an_empty_text_is_refused_naming_file_and_line(tmp_path, raw, line):
+    """pandas reads an empty text field as a missing value (NaN): a row without a sentence."""
+    path = tmp_path / "empty.csv"
+    path.write_text(raw, encoding="utf-8")
+    assert pd.read_csv(path)["text"].isna().sum() == 1
+    with pytest.raises(ValueError, match=rf"text in column 'text' of .*empty\.csv, line {line} but "
+                                         r"the field is empty"):
+        read_table(path)
+
+
+def test_an_empty_text_in_jsonl_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n{"text": "", "label": 0}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"empty\.jsonl, line 2 but the field is empty"):
+        read_table(path)

@@ -167,15 +167,20 @@ def test_read_table_bad_poison_flag(tmp_path):
 
 def make_openbackdoor(root: Path, attack=None, poison_label=1) -> Path:
     attack, rng = attack or AddSent(), np.random.default_rng(0)
-    clean = [(f"clean sentence number {i}", i % 2, 0) for i in range(10)]
-    poisoned = [(attack.apply(f"negative sentence {i}", rng), poison_label, 1) for i in range(4)]
-    sources = [(f"negative sentence {i}", 0, 0) for i in range(4)]
+    def sentences(part):  # each split its own sentences (a copied split is refused)
+        clean = [(f"{part} clean sentence number {i}", i % 2, 0) for i in range(10)]
+        sources = [(f"{part} negative sentence {i}", 0, 0) for i in range(4)]
+        poisoned = [(attack.apply(text, rng), poison_label, 1) for text, _, _ in sources]
+        return clean, sources, poisoned
+
+    clean, sources, poisoned = sentences("train")
     (root / "mix" / "0.1").mkdir(parents=True)
     write_openbackdoor(root / "train-clean.csv", clean + sources)
     write_openbackdoor(root / "mix" / "0.1" / "train-poison.csv", clean + poisoned)
     for part in ("dev", "test"):
         # as OpenBackdoor writes them: the poisoned sentences are made from the non-target
         # rows of the clean file of the same split, in order
+        clean, sources, poisoned = sentences(part)
         write_openbackdoor(root / f"{part}-clean.csv", sources + [r for r in clean if r[1] == 1])
         write_openbackdoor(root / f"{part}-poison.csv", poisoned)
     return root
@@ -186,7 +191,7 @@ def test_load_openbackdoor_small_addsent_folder(tmp_path):
     assert isinstance(data, PoisonedDataset)
     assert data.name == "toy/addsent (mix/0.1/train-poison.csv)"
     assert data.info["control"] == "trigger removed" and data.info["attack"] == "addsent"
-    assert data.dev_control.texts == [f"negative sentence {i}" for i in range(4)]
+    assert data.dev_control.texts == [f"dev negative sentence {i}" for i in range(4)]
     assert (
         data.dev_control.labels.tolist() == [0] * 4
         and data.dev_poison.true_labels.tolist() == [0] * 4
@@ -202,7 +207,7 @@ def test_load_openbackdoor_attack_argument_and_detection(tmp_path):
     root = make_openbackdoor(tmp_path / "mystery", attack=BadNets(triggers=("zz",)))
     assert load_openbackdoor(root).info["control"] == "non-target clean examples"
     data = load_openbackdoor(root, attack=BadNets(triggers=("zz",)))
-    assert data.test_control.texts == [f"negative sentence {i}" for i in range(4)]
+    assert data.test_control.texts == [f"test negative sentence {i}" for i in range(4)]
     with pytest.raises(
         ValueError, match="Expected `attack` to be one of .*'badnets'.* got 'badnet'"
     ):
@@ -226,7 +231,7 @@ def test_load_openbackdoor_checks_poison_labels_and_train_file(tmp_path):
 def test_load_openbackdoor_more_classes_recovers_sources_and_controls(tmp_path):
     data = load_openbackdoor(make_openbackdoor(tmp_path / "addsent"), num_classes=3)
     assert data.num_classes == 3 and data.dev_poison.true_labels.tolist() == [0] * 4
-    assert data.test_control.texts == [f"negative sentence {i}" for i in range(4)]
+    assert data.test_control.texts == [f"test negative sentence {i}" for i in range(4)]
     assert data.test_control.labels.tolist() == [0] * 4
 
 
@@ -253,7 +258,15 @@ def test_sst2_sizes_and_mix_poison_count(sst2, attack):
         len(s)
         for s in (data.train, data.dev_clean, data.dev_poison, data.test_clean, data.test_poison)
     ]
-    assert sizes == [6920, 872, 428, 1821, 912]
+    if attack in ("badnets", "addsent"):  # every source found exactly, after removing the trigger
+        assert sizes == [6920, 872, 428, 1821, 912]
+    else:  # paraphrases: rows without a clear source (a few %) are dropped, and counted
+        assert sizes[:2] + sizes[3:4] == [6920, 872, 1821]
+        for part, rows in (("dev_poison", 428), ("test_poison", 912)):
+            note = data.info["poison_sources"][part]
+            assert note["rows"] == rows and note["kept"] == len(getattr(data, part))
+            assert note["kept"] + note["dropped_target_source"] + note["unmatched"] == rows
+            assert note["kept"] >= 0.9 * rows
     assert data.train.poison.sum() == 692
     assert np.all(data.train.labels[data.train.poison] == 1)
     for split in (data.dev_poison, data.test_poison):
@@ -291,8 +304,10 @@ def test_sst2_trigger_removed_controls(sst2):
 def test_sst2_stylebkd_control_is_non_target_clean(sst2):
     data = sst2("stylebkd")
     assert data.info["control"] == "non-target clean examples"
-    expected = data.dev_clean.subset(data.dev_clean.labels != 1)
-    assert data.dev_control.texts == expected.texts and np.all(data.dev_control.labels == 0)
+    expected = data.dev_clean.subset(data.dev_clean.labels != 1).texts
+    assert len(data.dev_control) == len(data.dev_poison) >= 0.9 * len(expected)
+    assert set(data.dev_control.texts) <= set(expected) and np.all(data.dev_control.labels == 0)
+    assert np.all(data.dev_control.labels == data.dev_poison.true_labels)
     assert data.info["files"]["train"].endswith("mix/0.1/train-poison.csv")
 
 
@@ -328,7 +343,7 @@ def test_load_clean_mixed_formats_and_columns(tmp_path):
 
 
 def test_load_clean_missing_ambiguous_and_unlabelled_files(tmp_path):
-    write_rows(tmp_path / "train.csv", ["text", "label"], [("good", 1)])
+    write_rows(tmp_path / "train.csv", ["text", "label"], [("fine", 1)])
     write_rows(tmp_path / "dev.csv", ["text", "label"], [("good", 1)])
     with pytest.raises(
         FileNotFoundError, match=r"test\.csv, test\.tsv or test\.jsonl in .* holds \['dev.csv'"
@@ -353,19 +368,21 @@ ROWS = [{"sentence": "good", "label": 1, "idx": 0}, {"sentence": "bad", "label":
 
 
 def test_load_hf_dataset_from_rows_and_columns():
-    data = load_hf_dataset({"train": ROWS, "validation": ROWS[:1], "test": list(ROWS)})
+    other = [{**row, "sentence": f"{row['sentence']} one"} for row in ROWS]  # not train's texts
+    data = load_hf_dataset({"train": ROWS, "validation": other[:1], "test": [
+        {**row, "sentence": f"{row['sentence']} two"} for row in ROWS]})
     assert data.train.texts == ["good", "bad"] and data.dev.labels.tolist() == [1]
     assert data.num_classes == 2 and data.name == "in-memory dict"
     columns = {"text": ["a", "b", "c"], "y": [0, 1, 2]}
     data = load_hf_dataset(
-        {"tr": columns, "va": dict(columns)},
+        {"tr": columns, "va": {"text": ["d", "e", "f"], "y": [0, 1, 2]}},
         text_column="text",
         label_column="y",
         splits=("tr", "va", "va"),
     )
     # one split named for dev and test: carved into disjoint halves
     assert data.num_classes == 3 and len(data.dev) == 2 and len(data.test) == 1
-    assert sorted(data.dev.texts + data.test.texts) == ["a", "b", "c"]
+    assert sorted(data.dev.texts + data.test.texts) == ["d", "e", "f"]
 
 
 def test_load_hf_dataset_errors():
@@ -401,7 +418,8 @@ def test_load_hf_dataset_by_name_uses_load_dataset(monkeypatch):
 
     def load_dataset(name, config=None):
         calls.append((name, config))
-        return {"train": ROWS, "validation": list(ROWS), "test": list(ROWS)}
+        return {split: [{**row, "sentence": f"{row['sentence']} {split}"} for row in ROWS]
+                for split in ("train", "validation", "test")}
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     data = load_hf_dataset("glue", config="sst2")

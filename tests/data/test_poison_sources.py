@@ -3,9 +3,10 @@
 A dev/test-poison file made by another tool (or by hand) may trigger
 target-class sentences too. freqlens finds each triggered sentence's source
 in the clean file of the same split (by removing a BadNets/AddSent trigger,
-or, for paraphrases, by OpenBackdoor's row-by-row pairing checked on shared
-words), drops those whose source is of the target class, and reports how many
-in ``info["poison_sources"]`` (``results.json``: ``dataset.poison_sources``).
+or, for paraphrases, by comparing each with EVERY clean row of the split and
+confirming OpenBackdoor's row-by-row pairing where it is the best match),
+drops those whose source is of the target class or unclear, and reports how
+many in ``info["poison_sources"]`` (``results.json``: ``dataset.poison_sources``).
 A backdoor-free oracle (it predicts each sentence's true source label) must
 score ASR 0 and false-trigger rate 0, whatever the mix of sources.
 """
@@ -101,19 +102,91 @@ def test_an_oracle_scores_asr_0_on_mixed_source_poison_files(tmp_path, kind):
 def test_sources_missing_from_the_clean_file_are_refused(tmp_path, kind):
     folder, _ = mixed_folder(tmp_path, kind)
     rows = list(csv.reader((folder / "test-clean.csv").open()))[1:]
-    write(folder / "test-clean.csv", [(t.upper(), y, p) for _, t, y, p in rows])  # not the sources
+    unrelated = [t.replace(" ", "_").upper() for t in sentences(np.random.default_rng(99), 12)]
+    write(folder / "test-clean.csv", [(u, y, p) for u, (_, _, y, p) in zip(unrelated, rows)])  # not the sources
     with pytest.raises(ValueError, match=r"source .* of each of the 12 triggered sentences in "
-                                         r".*test-poison\.csv.* 12 of them are not"):
+                                         r".*test-poison\.csv.* 12 of them are not.* 12 of them "
+                                         r"\(100%; at most 20% allowed\) match no row"):
         load_openbackdoor(folder)
 
 
-def test_paraphrases_that_do_not_pair_with_their_sources_are_refused(tmp_path):
+def test_paraphrases_of_sentences_not_in_the_clean_file_are_refused(tmp_path):
     folder, _ = mixed_folder(tmp_path, "stylebkd")
     rows = list(csv.reader((folder / "dev-poison.csv").open()))[1:]
-    write(folder / "dev-poison.csv", [(t, y, p) for _, t, y, p in rows[::-1]])  # order lost
-    with pytest.raises(ValueError, match=r"dev-poison\.csv.* do not pair row by row with its 6 "
-                                         r"non-target rows or its 12 rows .*only \d+%"):
+    unrelated = sentences(np.random.default_rng(99), 12)  # made from sentences dev-clean lacks
+    write(folder / "dev-poison.csv", [(paraphrase(t.upper().replace(" ", "_")), y, p)
+                                      for t, (_, _, y, p) in zip(unrelated, rows)])
+    with pytest.raises(ValueError, match=r"dev-poison\.csv.* 12 of them \(100%; at most 20% allowed\) "
+                                         r"match no row of dev-clean\.csv clearly"):
         load_openbackdoor(folder)
+
+
+def test_paraphrases_in_another_order_find_their_sources_by_similarity(tmp_path):
+    """The row-by-row layout lost (rows reversed): each row's clear best match is its source."""
+    folder, oracle = mixed_folder(tmp_path, "stylebkd")
+    rows = list(csv.reader((folder / "dev-poison.csv").open()))[1:]
+    write(folder / "dev-poison.csv", [(t, y, p) for _, t, y, p in rows[::-1]])
+    data = load_openbackdoor(folder)
+    assert data.dev_poison.true_labels.tolist() == [oracle[t] for t in data.dev_poison.texts] == [0] * 6
+    assert [paraphrase(t) for t in data.dev_control.texts] == data.dev_poison.texts
+
+
+def breaker_folder(root: Path, fraction: float, seed: int) -> tuple[Path, dict]:
+    """An OpenBackdoor StyleBkd folder as another tool may write it: test-poison.csv has one row
+    per non-target clean sentence (OpenBackdoor's count and order), but its last ``fraction``
+    of rows are paraphrases of TARGET-class sentences (the reviewer's construction: a reworded
+    copy), so the row-by-row pairing puts them next to non-target sources."""
+    rng = np.random.default_rng(seed)
+    vocabulary = [f"w{i}" for i in range(400)]
+    oracle = {}
+
+    def clean_rows(n):
+        texts = [" ".join(rng.choice(vocabulary, size=int(rng.integers(7, 13)), replace=False))
+                 for _ in range(n)]
+        labels = rng.permutation([TARGET] * (n // 2) + [0] * (n - n // 2)).tolist()
+        oracle.update(zip(texts, labels))
+        return texts, labels
+
+    folder = root / "stylebkd"
+    for part in ("train", "dev", "test"):
+        texts, labels = clean_rows(60)
+        clean = [(t, y, 0) for t, y in zip(texts, labels)]
+        if part == "train":
+            write(folder / "train-clean.csv", clean)
+            write(folder / "mix" / "0.1" / "train-poison.csv", clean)
+            continue
+        sources = [t for t, y in zip(texts, labels) if y != TARGET]
+        targets = [t for t, y in zip(texts, labels) if y == TARGET]
+        k = int(fraction * len(sources))
+        made = [paraphrase(t) for t in sources[:len(sources) - k]]
+        made += ["in a way , " + t for t in targets[:k]]
+        for m, t in zip(made, sources[:len(sources) - k] + targets[:k]):
+            oracle[m] = oracle[t]
+        write(folder / f"{part}-clean.csv", clean)
+        write(folder / f"{part}-poison.csv", [(m, TARGET, 1) for m in made])
+    return folder, oracle
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("fraction", [0.0, 0.15, 0.3, 0.35, 0.5, 0.8])
+def test_target_class_paraphrases_are_never_counted_in_asr(tmp_path, fraction, seed):
+    """Before, a row was accepted when it shared more words with its pair than with the NEXT
+    row's: about 45% of wrong rows passed, and up to ~35% target-class rows got through. Each
+    row is now judged against every clean row of its split."""
+    folder, oracle = breaker_folder(tmp_path, fraction, seed)
+    data = load_openbackdoor(folder, target_label=TARGET)
+    probabilities = oracle_model(oracle)
+    for part in ("dev", "test"):
+        poisoned = getattr(data, f"{part}_poison")
+        assert len(poisoned) > 0 and attack_success_rate(probabilities(poisoned), TARGET) == 0.0
+        assert all(oracle[t] != TARGET for t in poisoned.texts)
+        note = data.info["poison_sources"][f"{part}_poison"]
+        wrong = int(fraction * note["rows"])
+        assert note["kept"] + note["dropped_target_source"] + note["unmatched"] == note["rows"]
+        assert note["dropped_target_source"] + note["unmatched"] >= wrong
+        assert note["kept"] == note["rows"] - wrong  # every genuine pair kept here
+        control = getattr(data, f"{part}_control")
+        assert [oracle[t] for t in control.texts] == poisoned.true_labels.tolist()
 
 
 def test_a_poison_file_with_only_target_sources_is_refused(tmp_path):
@@ -131,10 +204,15 @@ def test_the_shared_openbackdoor_files_have_only_non_target_sources(attack):
     data = load_openbackdoor(SST2 / attack, train=train)
     for part, rows in (("dev", 428), ("test", 912)):
         note = data.info["poison_sources"][f"{part}_poison"]
-        assert (note["rows"], note["kept"], note["dropped_target_source"]) == (rows, rows, 0)
-        how = "matched" if attack in ("badnets", "addsent") else "paired row by row with the non-target"
-        assert note["sources"].startswith(how)
-        assert len(getattr(data, f"{part}_control")) == rows
+        if attack in ("badnets", "addsent"):  # found exactly once the trigger is removed
+            assert (note["rows"], note["kept"], note["dropped_target_source"], note["unmatched"]) == (
+                rows, rows, 0, 0)
+            assert note["sources"].startswith("matched")
+        else:  # paraphrases: OpenBackdoor's pairs, confirmed by similarity; measured 2-6% unclear
+            assert note["rows"] == rows and note["kept"] >= 0.9 * rows
+            assert note["unmatched"] <= 0.07 * rows and note["dropped_target_source"] <= 0.02 * rows
+            assert note["sources"].startswith("paired row by row with the non-target")
+        assert len(getattr(data, f"{part}_control")) == note["kept"]
 
 
 @pytest.mark.slow
