@@ -5,6 +5,10 @@ run``) holding:
 
 - ``config.json``: the experiment config as run (written before training, so
   that ``--resume`` can refuse another config);
+- ``identity.json``: the identity of the training data
+  (:func:`freqlens.data.identity.dataset_identity`: the file read and the
+  SHA-256 of its bytes), written when the run starts, so that ``--resume``
+  refuses training data that changed since;
 - ``plan.json``: the probe plan (probe-set size, sets, schedule), so a resumed
   run probes the same examples with the same schedule although the automatic
   plan depends on timings;
@@ -37,6 +41,7 @@ from freqlens.recording.storage import _atomic_write, write_json
 STATE = "state.pt"
 CONFIG = "config.json"
 PLAN = "plan.json"
+IDENTITY = "identity.json"
 VERSION = 1
 
 
@@ -83,6 +88,43 @@ class Checkpoint:
     def read_config(self) -> dict | None:
         path = self.directory / CONFIG
         return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_identity(self, identity: Mapping) -> None:
+        """Store the dataset identity the run starts with (``identity.json``)."""
+        write_json(self.directory / IDENTITY, identity)
+
+    def read_identity(self) -> dict | None:
+        """The stored dataset identity (None when none was stored)."""
+        path = self.directory / IDENTITY
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def check_identity(self, identity: Mapping) -> None:
+        """Refuse to resume on other training data than the checkpoint was trained on.
+
+        Args:
+            identity: the identity of the data loaded now (same fields as stored).
+
+        Raises:
+            ValueError: no identity is stored (a checkpoint of an older
+                freqlens: the data cannot be checked), or it differs from
+                ``identity``; the message names the file and the hashes.
+        """
+        from freqlens.data.identity import identity_changes
+
+        stored = self.read_identity()
+        where = self.directory / IDENTITY
+        if stored is None:
+            raise ValueError(
+                f"Expected the identity of the training data next to the training state ({where}) but it is "
+                "missing (a checkpoint written by an older freqlens): whether the data changed cannot be checked, "
+                "so the run cannot be continued; pass --overwrite to start again.")
+        changes = identity_changes(stored, identity)
+        if changes:
+            raise ValueError(
+                f"Expected the training data the run in {self.directory.parent} was trained on, "
+                f"{stored.get('train_file') or stored.get('path')!r} (sha256 {stored.get('train_sha256')}), but "
+                f"the data loaded now differs (stored -> now): {'; '.join(changes)}. The run cannot be continued "
+                f"on other data ({where}); restore the data or pass --overwrite to start again.")
 
     def write_plan(self, plan: Mapping) -> None:
         write_json(self.directory / PLAN, plan)

@@ -10,7 +10,8 @@ its missing metrics are shown as missing, never as zero.
 
 Runs are grouped by *experiment*: everything in the config that defines the
 data a model was trained and evaluated on and the model itself (the dataset's
-folder and training file, its identity as recorded by the run, the attack, the
+folder and training file, its identity as recorded by the run when it
+started, the attack, the
 target label, the caps on training and evaluation examples, the model) must
 be equal; only the defense and how it was trained, recorded and analysed
 (``defense.*``, ``train.*``, ``record.*``, ``analysis.*``) may differ within a
@@ -19,6 +20,13 @@ false-trigger rate, the convergence step per probe set and frequency band, and
 the shift against the complete undefended (vanilla) run of its group (of the
 same ``train.seed`` where there is one). :func:`write_comparison` writes
 ``report.html`` (self-contained), ``report.md``, ``runs.csv`` and the figures.
+
+The dataset identity is read from what the run recorded (``results.json``,
+else the trajectory's ``meta.json``, else ``checkpoint/identity.json``), never
+computed at report time: the files may have changed since. A run that recorded
+none (written by an older freqlens) is marked ``dataset.identity = "not
+recorded"``: it is grouped only with other such runs of the same config as
+written, never with a run that recorded its identity, and the report says so.
 """
 
 from __future__ import annotations
@@ -36,12 +44,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from freqlens.analysis import SpectralAnalysis, analyse
-from freqlens.data.identity import dataset_identity
 from freqlens.recording.storage import load_trajectory
 from freqlens.report import STYLE, _table, figure_to_data_uri, render_value
 
 UNDEFENDED = "vanilla"
 CHECKPOINT_CONFIG = "checkpoint/config.json"  # the config a `freqlens run` stores before training
+CHECKPOINT_IDENTITY = "checkpoint/identity.json"  # the dataset identity it stores when the run starts
+NOT_RECORDED = "not recorded"  # the `dataset.identity` of a run that recorded none
+NOT_RECORDED_NOTE = ("dataset identity not recorded by this freqlens version; grouped by config as written "
+                     "(never with runs that recorded their identity).")
+IDENTITY_FIELDS = ("path", "train_file", "train_sha256", "train_fingerprint")
 UNKNOWN_DEFENSE = "unknown defense"
 METRICS = ("cacc", "asr", "false_trigger_rate", "net_backdoor_effect")
 
@@ -117,29 +129,36 @@ class Run:
 def experiment_fields(results: Mapping, meta: Mapping, directory: Path | None = None) -> dict:
     """The entries that define a run's experiment: runs are grouped when these are equal.
 
-    The dataset's name and identity (recorded by the run, or taken from an
-    absolute ``data.path`` that exists; see :func:`dataset_identity`), the target
-    label, and every config entry except the defense, training, recording and
-    analysis settings (:data:`VARYING_SECTIONS`, :data:`VARYING_KEYS`). With an
-    identity the folder as written in the config (``data.path``, relative to
-    where the run was started) gives way to the resolved one. A run that
-    recorded no config at all cannot be matched safely: its directory is part
-    of its experiment, so it forms a group of its own.
+    The dataset's name and identity as the run recorded it when it started
+    (:func:`freqlens.data.identity.dataset_identity`: the training file and
+    the SHA-256 of its bytes, or a hub dataset's fingerprint; never computed
+    here), the target label, and every config entry except the defense,
+    training, recording and analysis settings (:data:`VARYING_SECTIONS`,
+    :data:`VARYING_KEYS`). With an identity that names a training file the
+    folder as written in the config (``data.path``, relative to where the run
+    was started) gives way to the resolved one. A run that recorded no identity
+    gets ``dataset.identity = "not recorded"`` (:data:`NOT_RECORDED`) and keeps
+    ``data.path`` as written: it never joins a run that recorded one. A run
+    that recorded no config at all cannot be matched safely: its directory is
+    part of its experiment, so it forms a group of its own.
 
     Args:
         results: ``results.json`` (empty for a partial run).
         meta: the trajectory's ``meta.json``.
-        directory: the run directory.
+        directory: the run directory (its ``checkpoint/identity.json`` is read
+            when neither ``results`` nor ``meta`` holds an identity).
     """
     config = _flatten(results.get("config") or meta.get("config") or {})
     dataset = results.get("dataset") or {}
-    identity = _identity(results, meta)
-    if not identity.get("train_sha256"):  # names no files (a hub dataset): the config says as much
-        identity = {}
+    identity = _identity(results, meta, directory)
     fields = {"dataset": dataset.get("name") or meta.get("dataset"), "target_label": meta.get("target_label")}
-    fields.update({f"dataset.identity.{k}": v for k, v in identity.items() if k != "name"})
+    if identity is None:
+        fields["dataset.identity"] = NOT_RECORDED
+    else:
+        fields.update({f"dataset.identity.{k}": identity.get(k) for k in IDENTITY_FIELDS})
+    names_file = identity is not None and bool(identity.get("train_file"))
     for key, value in config.items():
-        if key.startswith(VARYING_SECTIONS) or key in VARYING_KEYS or (identity and key == "data.path"):
+        if key.startswith(VARYING_SECTIONS) or key in VARYING_KEYS or (names_file and key == "data.path"):
             continue
         fields[key] = value
     if not config:
@@ -147,17 +166,18 @@ def experiment_fields(results: Mapping, meta: Mapping, directory: Path | None = 
     return fields
 
 
-def _identity(results: Mapping, meta: Mapping) -> dict:
-    """The dataset identity the run recorded; else, for a config naming an absolute folder that exists
-    (``freqlens run`` stores paths absolute), the identity of that folder now; else none."""
+def _identity(results: Mapping, meta: Mapping, directory: Path | None = None) -> dict | None:
+    """The dataset identity the run recorded when it started (``results.json``, the trajectory's
+    ``meta.json``, or the ``checkpoint/identity.json`` a killed ``freqlens run`` left); None when it
+    recorded none. Never computed from the files as they are now."""
     found = (results.get("dataset") or {}).get("identity") or meta.get("dataset_identity")
-    if found:
-        return dict(found)
-    config = results.get("config") or meta.get("config") or {}
-    path = str((config.get("data") or {}).get("path") or "") if isinstance(config, Mapping) else ""
-    if path and Path(path).is_absolute() and Path(path).exists():
-        return dataset_identity(config)
-    return {}
+    if not found and directory is not None:
+        path = Path(directory) / CHECKPOINT_IDENTITY
+        try:
+            found = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            found = None
+    return dict(found) if isinstance(found, Mapping) and found else None
 
 
 def load_run(directory: str | Path) -> Run:
@@ -222,9 +242,15 @@ def load_run(directory: str | Path) -> Run:
     experiment = experiment_fields(with_config, meta, directory)
     run = Run(directory=directory, results=results, analysis=analysis, label="",
               group=str(experiment["dataset"] or "unknown dataset"), config=config, experiment=experiment,
-              partial=partial, trajectory_meta=dict(meta), dataset_name=_identity(with_config, meta).get("name"))
+              partial=partial, trajectory_meta=dict(meta),
+              dataset_name=_identity_name(_identity(with_config, meta, directory)))
     run.label = run.defense + (" (partial)" if partial else "")
     return run
+
+
+def _identity_name(identity: Mapping | None) -> str | None:
+    """The readable name of an identity that names a file or folder (else the dataset's own name is used)."""
+    return identity.get("name") if identity and (identity.get("train_file") or identity.get("path")) else None
 
 
 def _checkpoint_config(directory: Path) -> dict | None:
@@ -449,6 +475,8 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
         html_parts.append(f"<h2>{html.escape(group)}</h2>")
         md += [f"## {group}", ""]
         notes = [partial_details(m) for m in members if m.partial]
+        if members[0].experiment.get("dataset.identity") == NOT_RECORDED:
+            notes.append(f"{len(members)} run(s) in this group: {NOT_RECORDED_NOTE}")
         if not any(m.defense == UNDEFENDED and m.partial is None for m in members):
             notes.append("No complete vanilla (undefended) run in this group: the shifts (Δ) are not computed. "
                          "Runs of other experiments (another dataset, training file, attack, target label, cap "

@@ -303,6 +303,12 @@ def train_and_analyse(
     The loop shared by ``freqlens run`` and ``freqlens demo``. ``info`` goes
     into ``results.json`` as it is (the config as run, the dataset); ``began``
     is the ``time.perf_counter()`` the total time counts from (default: now).
+    ``info["dataset"]["identity"]`` (see
+    :func:`~freqlens.data.identity.dataset_identity`) and ``info["config"]``
+    are also written into the trajectory's ``meta.json`` when training starts
+    (``dataset_identity``, ``config``), so that ``freqlens report`` can group a
+    killed run; without an identity (data made in memory) one naming no file
+    is recorded.
     ``fit(model, encodings, labels, config, recorder=, progress=)`` trains and
     returns ``(TrainResult, dict)``, the dict going into ``results.json`` as
     ``defense`` (default: plain :func:`~freqlens.training.train`).
@@ -317,6 +323,12 @@ def train_and_analyse(
         The contents of ``results.json``.
     """
     began = time.perf_counter() if began is None else began
+    info = dict(info or {})
+    # The dataset identity goes into the trajectory's meta.json when training starts, so a killed run has it
+    # too. Data made in memory (the demo's task, given by its config) names no file: its identity says so.
+    identity = dict((info.get("dataset") or {}).get("identity") or {
+        "name": dataset.name, "path": None, "train_file": None, "train_sha256": None, "train_fingerprint": None})
+    info["dataset"] = {**dict(info.get("dataset") or {"name": dataset.name}), "identity": identity}
     encodings = encode(tokenizer, dataset.train, max_length)
     resuming = checkpoint is not None and checkpoint.state is not None
     stored = checkpoint.read_plan() if resuming else None
@@ -335,7 +347,8 @@ def train_and_analyse(
     probes = build_probe_sets(dataset, tokenizer, size=size, max_length=max_length, max_sets=num_sets)
     with Recorder(out / "trajectory", probes, schedule=schedule, batch_size=record.batch_size,
                   overwrite=overwrite and not resuming, resume=resuming,
-                  metadata={"dataset": dataset.name, "target_label": dataset.target_label}) as recorder:
+                  metadata={"dataset": dataset.name, "target_label": dataset.target_label,
+                            "dataset_identity": identity, "config": info.get("config")}) as recorder:
         more = {} if checkpoint is None else {"checkpoint": checkpoint}
         if fit is None:
             trained, defense = train(model, encodings, dataset.train.labels, train_config, recorder=recorder,
@@ -392,8 +405,10 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     At the end of every epoch the training state is checkpointed into
     ``out/checkpoint/`` (the latest only; see :mod:`freqlens.checkpoint`),
     with the config as run and the probe plan. ``resume=True`` continues a
-    killed run from it: the config must equal the stored one, the training
-    state is restored and the trajectory continues at the checkpoint's step,
+    killed run from it: the config must equal the stored one, and the
+    training data the stored identity (``checkpoint/identity.json``, written
+    when the run starts: the training file and the SHA-256 of its bytes), the
+    training state is restored and the trajectory continues at the checkpoint's step,
     so ``results.json`` has the same metrics as an uninterrupted run with the
     same seed. A run killed before its first epoch checkpoint is restarted
     from scratch (its trajectory replaced); ``resume`` over an empty ``out``
@@ -418,13 +433,21 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
             ``resume`` is set (checked before anything is loaded), or
             ``resume`` finds a finished run.
         ValueError: ``overwrite`` and ``resume`` together; ``resume`` with a
-            config that differs from the stored one (the keys are named).
+            config that differs from the stored one (the keys are named), or
+            with training data other than the stored identity names (the
+            file and the hashes are named), or frozen base-model weights
+            other than those trained on.
     """
     out = Path(out)
     checkpoint = _prepare_out(out, config, overwrite=overwrite, resume=resume)
     began = time.perf_counter()
     seed_everything(config.train.seed)
     dataset = load_dataset(config)
+    identity = dataset_identity(config.to_dict(), dataset.info)  # once, from the file read, at the start
+    if checkpoint.state is not None:  # resuming: on the data the checkpoint was trained on only
+        checkpoint.check_identity(identity)
+    else:
+        checkpoint.write_identity(identity)
     defense = config.defense
     reference = None
     if defense.spec.needs_reference:
@@ -449,7 +472,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
         "config": config.to_dict(),
         "dataset": {"name": dataset.name, "train": len(dataset.train),
                     "train_poisoned": int(dataset.train.poison.sum()), **dataset.info,
-                    "identity": dataset_identity(config.to_dict(), dataset.info)},
+                    "identity": identity},
     }
     results = train_and_analyse(
         model, tokenizer, dataset, out, train_config=config.train, record=config.record,

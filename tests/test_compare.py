@@ -157,7 +157,11 @@ def test_html_report_renders_every_figure_in_headless_chromium(report):
 
 
 # ------------------------------------------------------------- grouping: one experiment, several defenses
-from freqlens.compare import dataset_identity, experiment_fields, groups  # noqa: E402
+import hashlib  # noqa: E402
+
+import freqlens.compare as compare_module  # noqa: E402
+from freqlens.compare import NOT_RECORDED, experiment_fields, groups  # noqa: E402
+from freqlens.data.identity import dataset_identity  # noqa: E402
 from freqlens.config import ExperimentConfig  # noqa: E402
 
 OB_TRAIN = "mix/0.1/train-poison.csv"
@@ -182,7 +186,9 @@ def _ob_name(config) -> str:
 
 
 def _variant(runs, root, name, config, *, asr, cacc=0.8, identity=None):
-    """A copy of the demo run whose results.json says it ran ``config`` with these metrics."""
+    """A copy of the demo run whose results.json says it ran ``config`` with these metrics;
+    without ``identity`` it is a run of an older freqlens that recorded none (neither in
+    results.json nor in the trajectory's meta.json)."""
     target = root / name
     shutil.copytree(runs / "seed0", target)
     results = json.loads((target / "results.json").read_text())
@@ -191,7 +197,23 @@ def _variant(runs, root, name, config, *, asr, cacc=0.8, identity=None):
     results.pop("defense", None)
     results.update(asr=asr, cacc=cacc, false_trigger_rate=0.1)
     (target / "results.json").write_text(json.dumps(results))
+    _set_meta_identity(target, identity)
     return target
+
+
+def _set_meta_dataset(target, name):
+    meta_path = target / "trajectory" / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "dataset": name}))
+
+
+def _set_meta_identity(target, identity):
+    meta_path = target / "trajectory" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("dataset_identity", None)
+    meta.pop("config", None)
+    if identity:
+        meta["dataset_identity"] = identity
+    meta_path.write_text(json.dumps(meta))
 
 
 DIFFERENT_EXPERIMENTS = {  # the same folder and file names where it matters: only this one setting differs
@@ -300,14 +322,82 @@ def test_dataset_identity_names_the_folder_and_the_training_file(tmp_path, monke
         folder.mkdir(parents=True)
         (folder / "train-poison.csv").write_text(text)
     monkeypatch.chdir(tmp_path / "poison_data")
-    ids = {d: dataset_identity({"data": {"path": f"{d}/1/addsent", "train": OB_TRAIN}}) for d in ("sst-2", "hsol")}
+    ids = {d: dataset_identity({"data": {"path": f"{d}/1/addsent", "train": OB_TRAIN}},
+                               {"files": {"train": f"{d}/1/addsent/{OB_TRAIN}"}}) for d in ("sst-2", "hsol")}
     sst2 = ids["sst-2"]
     assert sst2["name"] == "sst-2/1/addsent (mix/0.1/train-poison.csv)" and ids["hsol"]["name"].startswith("hsol/")
     assert sst2["path"] == str((tmp_path / "poison_data/sst-2/1/addsent").resolve())
     assert sst2["train_file"] == str((tmp_path / "poison_data/sst-2/1/addsent" / OB_TRAIN).resolve())
     assert sst2["train_sha256"] == hashlib.sha256(b"a,1\n").hexdigest() != ids["hsol"]["train_sha256"]
     hub = dataset_identity({"data": {"path": "glue"}})
-    assert hub == {"name": "glue", "path": "glue", "train_file": None, "train_sha256": None}
+    assert hub == {"name": "glue", "path": "glue", "train_file": None, "train_sha256": None,
+                   "train_fingerprint": None}
+
+
+@pytest.mark.parametrize("train", ["train.csv", "mytrain.csv", "sub/other.tsv"])
+def test_dataset_identity_hashes_the_file_read_never_a_guess(tmp_path, train):
+    """The identity hashes the file the loader read (``info["files"]["train"]``), whatever its name;
+    a ``train.*`` that happens to lie in the folder is never hashed in its place."""
+    import hashlib
+
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "train.csv").write_text("sentence,label\ndecoy,0\n")
+    (folder / train).write_text("sentence\tlabel\nread,1\n" if train.endswith("tsv") else "sentence,label\nread,1\n")
+    read = folder / train
+    identity = dataset_identity({"data": {"path": str(folder), "splits": {"train": train}}},
+                                {"files": {"train": str(read), "dev": str(folder / "dev.csv")}})
+    assert identity["train_file"] == str(read.resolve())
+    assert identity["train_sha256"] == hashlib.sha256(read.read_bytes()).hexdigest()  # independent reference
+    assert identity["name"] == "/".join(folder.resolve().parts[-3:]) + f" ({train})"
+    # No record of the file read: no hash at all (train.csv lies there, but nothing says it was read).
+    for info in (None, {}, {"files": {}}, {"files": {"dev": str(folder / "train.csv")}}):
+        unknown = dataset_identity({"data": {"path": str(folder)}}, info)
+        assert unknown["train_file"] is None and unknown["train_sha256"] is None, info
+    with pytest.raises(FileNotFoundError, match="gone.csv"):
+        dataset_identity({"data": {"path": str(folder)}}, {"files": {"train": str(folder / "gone.csv")}})
+
+
+def test_dataset_identity_of_a_hub_dataset_is_its_fingerprint_where_recorded():
+    hub = {"data": {"path": "glue", "config_name": "sst2"}}
+    fingerprinted = dataset_identity(hub, {"fingerprints": {"train": "0123abcd"}})
+    assert fingerprinted == {"name": "glue", "path": "glue", "train_file": None, "train_sha256": None,
+                             "train_fingerprint": "0123abcd"}
+    assert dataset_identity(hub, {"splits": {"train": "split 'train'"}})["train_fingerprint"] is None
+
+
+def test_dataset_identity_of_a_split_read_from_several_files_hashes_them_all_in_order(tmp_path):
+    """A Hugging Face split read from local Arrow files lists them all (``info["files"]["train"]``)."""
+    import hashlib
+
+    parts = [tmp_path / f"data-0000{i}-of-00002.arrow" for i in range(2)]
+    for i, part in enumerate(parts):
+        part.write_bytes(bytes([i]) * 1000)
+    identity = dataset_identity({"data": {"path": "some/dataset"}}, {"files": {"train": [str(p) for p in parts]}})
+    assert identity["train_file"] == [str(p.resolve()) for p in parts]
+    assert identity["train_sha256"] == hashlib.sha256(parts[0].read_bytes() + parts[1].read_bytes()).hexdigest()
+    reordered = dataset_identity({"data": {"path": "some/dataset"}},
+                                 {"files": {"train": [str(p) for p in parts[::-1]]}})
+    assert reordered["train_sha256"] != identity["train_sha256"]
+
+
+def test_the_openbackdoor_loader_records_the_file_the_identity_hashes(tmp_path):
+    """End to end with the loader: `data.train` picks the file; the identity is that file's."""
+    import hashlib
+
+    from data.test_loaders import make_openbackdoor
+
+    from freqlens.data.loaders import load_openbackdoor
+
+    root = make_openbackdoor(tmp_path / "poison_data" / "sst-2" / "1" / "addsent")
+    rows = list(csv.reader((root / OB_TRAIN).open()))  # training texts of their own (no copy of dev)
+    with (root / OB_TRAIN).open("w", newline="") as file:
+        csv.writer(file).writerows([rows[0]] + [[r[0], f"train only {r[1]}", *r[2:]] for r in rows[1:]])
+    dataset = load_openbackdoor(str(root), train=OB_TRAIN, target_label=1)
+    identity = dataset_identity({"data": {"path": str(root), "train": OB_TRAIN}}, dataset.info)
+    assert identity["train_file"] == str((root / OB_TRAIN).resolve())
+    assert identity["train_sha256"] == hashlib.sha256((root / OB_TRAIN).read_bytes()).hexdigest()
+    assert identity["name"] == "sst-2/1/addsent (mix/0.1/train-poison.csv)"
 
 
 def test_what_may_differ_within_a_group_is_the_defense_and_how_it_ran():
@@ -320,8 +410,9 @@ def test_what_may_differ_within_a_group_is_the_defense_and_how_it_ran():
 
 
 # ------------------------------------------------------------- partial runs (killed: no results.json)
-def _killed(runs, root, name, *, keep=5, results=False, config=None):
-    """A copy of the demo run as a SIGKILL leaves it: the first snapshots, meta.json never closed."""
+def _killed(runs, root, name, *, keep=5, results=False, config=None, identity=None):
+    """A copy of the demo run as a SIGKILL leaves it: the first snapshots, meta.json never closed
+    (with only the ``config`` and dataset ``identity`` given, as an older freqlens left it)."""
     target = root / name
     shutil.copytree(runs / "seed0", target)
     snapshots = sorted((target / "trajectory" / "snapshots").glob("step-*.npz"))
@@ -332,8 +423,12 @@ def _killed(runs, root, name, *, keep=5, results=False, config=None):
     meta["status"] = "recording"
     for key in ("finished", "recording_seconds", "snapshots"):
         meta.pop(key)
+    meta.pop("config", None)
+    meta.pop("dataset_identity", None)
     if config is not None:
         meta["config"] = config
+    if identity is not None:
+        meta["dataset_identity"] = identity
     meta_path.write_text(json.dumps(meta))
     if not results:
         (target / "results.json").unlink()
@@ -418,29 +513,111 @@ def test_report_figures_are_named_by_group_run_and_kind(report):
     assert all(f"](figures/{n}.png)" in markdown for n in names)
 
 
-def test_absolute_dataset_folders_are_identified_by_their_files(runs, tmp_path):
-    """`freqlens run` stores data.path absolute: the report names each folder by its last three parts."""
+def _recorded(folder: Path) -> dict:
+    """The identity a run on the OpenBackdoor folder ``folder`` records when it starts."""
+    return dataset_identity({"data": {"path": str(folder), "train": OB_TRAIN}},
+                            {"files": {"train": str(folder / OB_TRAIN)}})
+
+
+def test_absolute_dataset_folders_are_identified_by_their_recorded_files(runs, tmp_path):
+    """The report names each folder by its last three parts and groups by the hash recorded at the
+    run's start; the files as they are at report time play no part (they may have changed since)."""
     for dataset in ("sst-2", "hsol"):
         folder = tmp_path / "poison_data" / dataset / "1" / "addsent" / "mix" / "0.1"
         folder.mkdir(parents=True)
         (folder / "train-poison.csv").write_text(f"{dataset},1\n")
-    sst2, hsol = (str(tmp_path / "poison_data" / d / "1" / "addsent") for d in ("sst-2", "hsol"))
-    dirs = [_variant(runs, tmp_path, "sst2-vanilla", _ob_config(sst2), asr=1.0),
-            _variant(runs, tmp_path, "sst2-muscle", _ob_config(sst2, defense="muscle"), asr=0.1),
-            _variant(runs, tmp_path, "hsol-vanilla", _ob_config(hsol), asr=0.9)]
+    sst2, hsol = (tmp_path / "poison_data" / d / "1" / "addsent" for d in ("sst-2", "hsol"))
+    dirs = [_variant(runs, tmp_path, "sst2-vanilla", _ob_config(str(sst2)), asr=1.0, identity=_recorded(sst2)),
+            _variant(runs, tmp_path, "sst2-muscle", _ob_config(str(sst2), defense="muscle"), asr=0.1,
+                     identity=_recorded(sst2)),
+            _variant(runs, tmp_path, "hsol-vanilla", _ob_config(str(hsol)), asr=0.9, identity=_recorded(hsol))]
+    (sst2 / OB_TRAIN).write_text("changed after the runs,0\n")
+    shutil.rmtree(hsol)
     loaded, _ = load_runs(dirs)
     assert list(groups(loaded)) == ["sst-2/1/addsent (mix/0.1/train-poison.csv)",
                                     "hsol/1/addsent (mix/0.1/train-poison.csv)"]
     digests = [run.experiment["dataset.identity.train_sha256"] for run in loaded]
     assert digests[0] == digests[1] != digests[2]
+    assert digests[0] == hashlib.sha256(b"sst-2,1\n").hexdigest()  # as recorded, not as the file is now
 
 
-def test_an_identity_that_names_no_file_falls_back_to_the_config(runs, tmp_path):
-    """A hub dataset has no local file to hash: with or without a recorded identity, one group."""
+def test_a_run_without_a_recorded_identity_never_joins_one_with_it(runs, tmp_path, monkeypatch):
+    """An older run (no identity in results.json or meta.json) is not given one at report time: it is
+    marked "not recorded", grouped only with other such runs of the same config as written, never with
+    a run on the same folder that recorded its identity (whose training file may have changed)."""
+    folder = tmp_path / "poison_data" / "sst-2" / "1" / "addsent"
+    (folder / "mix" / "0.1").mkdir(parents=True)
+    (folder / OB_TRAIN).write_text("old,1\n")
+    config = _ob_config(str(folder))
+    old_vanilla = _variant(runs, tmp_path, "old-vanilla", config, asr=1.0)
+    old_lora = _variant(runs, tmp_path, "old-lora", _ob_config(str(folder), defense="lora"), asr=0.7)
+    (folder / OB_TRAIN).write_text("relabelled,0\n")  # the data changed; then a new run
+    new_muscle = _variant(runs, tmp_path, "new-muscle", _ob_config(str(folder), defense="muscle"), asr=0.2,
+                          identity=_recorded(folder))
+    old_killed, _, _ = _killed(runs, tmp_path, "old-killed", config=_ob_config(str(folder), defense="ga"))
+    _set_meta_dataset(old_killed, _ob_name(config))
+    import freqlens.data.identity
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("the report hashed a file")
+
+    monkeypatch.setattr(freqlens.data.identity, "file_sha256", no_hashing, raising=False)
+    loaded, problems = load_runs([old_vanilla, old_lora, new_muscle, old_killed])
+    assert not problems
+    by_dir = {run.directory.name: run for run in loaded}
+    grouped = groups(loaded)
+    assert sorted(sorted(r.directory.name for r in members) for members in grouped.values()) == [
+        ["new-muscle"], ["old-killed", "old-lora", "old-vanilla"]]
+    assert by_dir["old-vanilla"].experiment["dataset.identity"] == NOT_RECORDED
+    assert not any(k.startswith("dataset.identity.") for k in by_dir["old-vanilla"].experiment)
+    assert by_dir["old-vanilla"].experiment["data.path"] == str(folder)  # the config as written
+    rows = {Path(r["directory"]).name: r for r in comparison_rows(loaded)}
+    assert rows["new-muscle"]["baseline"] is None and rows["new-muscle"]["shift_asr"] is None  # not vs old
+    assert rows["old-lora"]["shift_asr"] == pytest.approx(0.7 - 1.0)
+    monkeypatch.setattr(compare_module, "_group_figures", lambda *args: [])
+    write_comparison(loaded, tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    note = "dataset identity not recorded by this freqlens version; grouped by config as written"
+    assert markdown.count(note) == 1 and note in (tmp_path / "report" / "report.html").read_text()
+    section = markdown.split(note)[0].rsplit("## ", 1)[1]
+    assert section.startswith(by_dir["old-vanilla"].group)
+
+
+@pytest.mark.parametrize("where", ["trajectory meta", "checkpoint/identity.json"])
+def test_a_killed_run_is_grouped_by_the_identity_it_recorded_at_its_start(runs, tmp_path, where):
+    folder = tmp_path / "poison_data" / "sst-2" / "1" / "addsent"
+    (folder / "mix" / "0.1").mkdir(parents=True)
+    (folder / OB_TRAIN).write_text("a,1\n")
+    identity = _recorded(folder)
+    vanilla = _variant(runs, tmp_path, "vanilla", _ob_config(str(folder)), asr=1.0, identity=identity)
+    killed, _, _ = _killed(runs, tmp_path, "muscle-killed", config=_ob_config(str(folder), defense="muscle"),
+                           identity=identity if where == "trajectory meta" else None)
+    _set_meta_dataset(killed, _ob_name(_ob_config(str(folder))))
+    if where == "checkpoint/identity.json":
+        (killed / "checkpoint").mkdir()
+        (killed / "checkpoint" / "identity.json").write_text(json.dumps(identity))
+    changed = _variant(runs, tmp_path, "lora-changed", _ob_config(str(folder), defense="lora"), asr=0.5,
+                       identity={**identity, "train_sha256": "0" * 64})
+    (folder / OB_TRAIN).write_text("changed since,0\n")  # the report must not look at the file now
+    loaded, _ = load_runs([vanilla, killed, changed])
+    assert [sorted(r.directory.name for r in m) for m in groups(loaded).values()] == [
+        ["muscle-killed", "vanilla"], ["lora-changed"]]
+    assert next(r for r in loaded if r.directory == killed).experiment["dataset.identity.train_sha256"] == \
+        identity["train_sha256"]
+
+
+def test_an_identity_that_names_no_file_groups_by_the_config(runs, tmp_path):
+    """A hub dataset has no local file to hash: runs that recorded such an identity are grouped by
+    their config (and fingerprint where recorded); a run that recorded none is never joined to them."""
     hub = _ob_config("glue", fmt="hf")
     identity = dataset_identity(hub)
     assert identity["train_sha256"] is None
     dirs = [_variant(runs, tmp_path, "with", hub, asr=1.0, identity=identity),
+            _variant(runs, tmp_path, "with-too", _ob_config("glue", fmt="hf", defense="lora"), asr=0.6,
+                     identity=identity),
+            _variant(runs, tmp_path, "fingerprinted", _ob_config("glue", fmt="hf", defense="lora"), asr=0.6,
+                     identity={**identity, "train_fingerprint": "ab12"}),
             _variant(runs, tmp_path, "without", _ob_config("glue", fmt="hf", defense="muscle"), asr=0.3)]
     loaded, _ = load_runs(dirs)
-    assert len(groups(loaded)) == 1
+    assert [sorted(r.directory.name for r in m) for m in groups(loaded).values()] == [
+        ["with", "with-too"], ["fingerprinted"], ["without"]]

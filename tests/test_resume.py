@@ -167,6 +167,62 @@ def test_resume_refuses_another_config_naming_the_keys(tmp_path, kill_at, no_fig
     assert (tmp_path / "run" / "checkpoint" / "state.pt").is_file()  # nothing was touched
 
 
+def _flip_labels(path: Path) -> None:
+    import csv
+
+    with open(path, newline="") as file:
+        rows = list(csv.reader(file))
+    with open(path, "w", newline="") as file:
+        csv.writer(file).writerows([rows[0]] + [[text, 1 - int(label)] for text, label in rows[1:]])
+
+
+@pytest.mark.parametrize("train", ["train", "mytrain"])  # the default file, and one named by data.splits.train
+def test_resume_refuses_changed_training_data_naming_the_file_and_hashes(tmp_path, kill_at, no_figures,
+                                                                         monkeypatch, train):
+    """The dataset identity (the file read, the SHA-256 of its bytes) is stored in the checkpoint and
+    the trajectory's meta.json when the run starts; --resume on a changed file is refused, naming it."""
+    import hashlib
+    import shutil
+
+    path = _experiment(tmp_path, epochs=2)
+    data = tmp_path / "data"
+    if train != "train":
+        shutil.copy(data / "train.csv", data / f"{train}.csv")
+        _flip_labels(data / "train.csv")  # the decoy: a run that hashed train.csv would record this one
+        path.write_text(path.read_text().replace("[data]\n", f'[data]\nsplits = {{train = "{train}"}}\n'))
+    config = ExperimentConfig.from_toml(path)
+    assert config.data.splits == ({} if train == "train" else {"train": train})
+    out = tmp_path / "run"
+    kill_at(12)  # in epoch 2, after the checkpoint of epoch 1
+    with pytest.raises(Killed):
+        run_experiment(config, out, progress=False)
+    read = (data / f"{train}.csv").resolve()
+    digest = hashlib.sha256(read.read_bytes()).hexdigest()
+    stored = json.loads((out / "checkpoint" / "identity.json").read_text())
+    assert stored["train_file"] == str(read) and stored["train_sha256"] == digest
+    meta = json.loads((out / "trajectory" / "meta.json").read_text())  # a killed run keeps it too
+    assert meta["dataset_identity"] == stored and meta["config"]["data"]["path"] == config.to_dict()["data"]["path"]
+    _flip_labels(read)
+    loaded = []
+    monkeypatch.setattr(freqlens.experiment, "load_model", lambda *a: loaded.append(1) or 1 / 0)
+    named = rf"(?s){train}\.csv.*{digest}.*train_sha256 \('{digest}' -> '[0-9a-f]{{64}}'\)"
+    with pytest.raises(ValueError, match=named):
+        run_experiment(config, out, progress=False, resume=True)
+    assert not loaded  # refused before the model loads
+    assert (out / "checkpoint" / "state.pt").is_file() and not (out / "results.json").exists()
+
+
+def test_resume_refuses_a_checkpoint_without_a_stored_identity(tmp_path, kill_at, no_figures):
+    path = _experiment(tmp_path, epochs=2)
+    config = ExperimentConfig.from_toml(path)
+    kill_at(12)
+    with pytest.raises(Killed):
+        run_experiment(config, tmp_path / "run", progress=False)
+    (tmp_path / "run" / "checkpoint" / "identity.json").unlink()  # as an older freqlens left it
+    with pytest.raises(ValueError, match=r"identity\.json.*missing.*--overwrite"):
+        run_experiment(config, tmp_path / "run", progress=False, resume=True)
+
+
 def test_cli_resume_messages(tmp_path, capsys, kill_at, no_figures, monkeypatch):
     path = _experiment(tmp_path, epochs=2)
     out = tmp_path / "run"
@@ -188,7 +244,8 @@ def test_finished_run_keeps_its_checkpoint_only_when_asked(tmp_path, no_figures)
     path = _experiment(tmp_path, epochs=1)
     out = tmp_path / "run"
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--keep-checkpoint"]) == 0
-    assert {p.name for p in (out / "checkpoint").iterdir()} == {"config.json", "plan.json", "state.pt"}
+    assert {p.name for p in (out / "checkpoint").iterdir()} == {"config.json", "identity.json", "plan.json",
+                                                                 "state.pt"}
     # A finished run whose checkpoint is gone: nothing to resume.
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--overwrite"]) == 0
     assert not (out / "checkpoint").exists()

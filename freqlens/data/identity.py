@@ -2,7 +2,11 @@
 
 ``freqlens report`` groups runs by it, so two datasets whose folders share a
 name (OpenBackdoor lays them out ``poison_data/<dataset>/<target>/<attack>/``)
-or two poisoned training files are never compared with each other.
+or two poisoned training files are never compared with each other, and
+``freqlens run --resume`` refuses to continue a run whose training data
+changed. The identity is computed once, when the run starts, from the file
+the loader actually read; it is never recomputed later (a file may have
+changed since).
 """
 
 from __future__ import annotations
@@ -11,52 +15,80 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
+#: The fields of an identity, in order; all are present (None where unknown).
+FIELDS = ("name", "path", "train_file", "train_sha256", "train_fingerprint")
+
+
+def file_sha256(*paths: str | Path) -> str:
+    """The SHA-256 (hex) of the bytes of the files ``paths`` one after the other, read in 1 MiB blocks."""
+    sha = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                sha.update(block)
+    return sha.hexdigest()
+
 
 def dataset_identity(config: Mapping, info: Mapping | None = None) -> dict:
     """What names the dataset a run trained on, for ``results.json`` (``dataset.identity``).
 
-    Call it where the run is (paths resolve against the working directory of
-    the run). OpenBackdoor folders are commonly laid out
-    ``poison_data/<dataset>/<target>/<attack>/``, so a folder name alone does
-    not name a dataset: the identity holds the resolved folder, the training
-    file and a hash of its bytes.
+    Call it when the run starts, right after the data is loaded. The training
+    file is the one the loader read, ``info["files"]["train"]`` (both
+    :func:`~freqlens.data.loaders.load_openbackdoor` and
+    :func:`~freqlens.data.loaders.load_clean` record it; a Hugging Face
+    dataset read from local Arrow files may list several): its bytes are hashed.
+    Nothing is guessed from the folder (no ``train.*`` is looked for). Without a
+    training file (a Hugging Face dataset), the ``datasets`` fingerprint of the
+    training split, ``info["fingerprints"]["train"]``, stands in for the hash
+    where the loader recorded one; else the identity has no hash and runs are
+    told apart by their config alone.
 
     Args:
         config: the config as run (``ExperimentConfig.to_dict()``), with a
-            ``data`` section (``path``, ``train``, ``format``).
-        info: the loaded dataset's ``info`` (its ``path`` and ``files``), if any.
+            ``data`` section (its ``path`` names the dataset when ``info`` does not).
+        info: the loaded dataset's ``info``: ``path``, ``files`` (role -> file
+            read) and ``fingerprints`` (role -> ``datasets`` fingerprint), where known.
 
     Returns:
-        ``{"name": readable short name (the last three folders, and the
-        training file), "path": the absolute folder (or the hub name as
-        given), "train_file": the absolute training file or None,
-        "train_sha256": the SHA-256 of its bytes or None}``.
+        ``{"name": readable short name (the training file's folder, its last
+        three parts, and the file), "path": the absolute dataset folder (or
+        the name as given, for a hub dataset), "train_file": the absolute
+        training file (a list where there are several) or None,
+        "train_sha256": the SHA-256 of its bytes (of all of them, in order)
+        or None, "train_fingerprint": the training split's ``datasets``
+        fingerprint or None}``.
+
+    Raises:
+        FileNotFoundError: ``info["files"]["train"]`` names something that is not a file.
     """
-    data, info = dict(config.get("data", {})), dict(info or {})
+    data, info = dict(config.get("data", {}) or {}), dict(info or {})
     given = str(info.get("path") or data.get("path") or "")
-    local = Path(given).expanduser()
-    if not given or not local.exists():  # a hub dataset name
-        return {"name": given or "unnamed dataset", "path": given, "train_file": None, "train_sha256": None}
-    root = local.resolve()
-    train = info.get("files", {}).get("train")
-    candidates = [Path(train)] if train else []
-    if root.is_dir():
-        if data.get("train") and (root / data["train"]).is_file():
-            candidates.append(root / data["train"])
-        candidates += sorted(p for p in root.glob("train.*") if p.suffix in (".csv", ".tsv", ".jsonl"))
-    else:
-        candidates.append(root)
-    train_file = next((p.expanduser().resolve() for p in candidates if p.is_file()), None)
-    digest = None
-    if train_file is not None:
-        sha = hashlib.sha256()
-        with open(train_file, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                sha.update(block)
-        digest = sha.hexdigest()
-    folder = root if root.is_dir() else root.parent
-    name = "/".join(folder.parts[-3:])
-    if train_file is not None and root.is_dir():
-        name += f" ({train_file.relative_to(root).as_posix() if train_file.is_relative_to(root) else train_file})"
-    return {"name": name, "path": str(root), "train_file": None if train_file is None else str(train_file),
-            "train_sha256": digest}
+    local = Path(given).expanduser() if given else None
+    root = local.resolve() if local is not None and local.exists() else None
+    train = (info.get("files") or {}).get("train")
+    if train:
+        read = [Path(f).expanduser().resolve() for f in ([train] if isinstance(train, (str, Path)) else train)]
+        for file in read:
+            if not file.is_file():
+                raise FileNotFoundError(
+                    f"Expected the training file the dataset was read from, {file}, to be a file but it is not.")
+        train_file = read[0]
+        folder = root if root is not None and root.is_dir() else train_file.parent
+        inside = train_file.is_relative_to(folder)
+        shown = train_file.relative_to(folder).as_posix() if inside else str(train_file)
+        name = "/".join(folder.parts[-3:]) + f" ({shown}{f' and {len(read) - 1} more' if len(read) > 1 else ''})"
+        return {"name": name, "path": str(folder),
+                "train_file": str(train_file) if len(read) == 1 else [str(f) for f in read],
+                "train_sha256": file_sha256(*read), "train_fingerprint": None}
+    fingerprint = (info.get("fingerprints") or {}).get("train")
+    path = str(root) if root is not None else given
+    name = "/".join(root.parts[-3:]) if root is not None else (given or "unnamed dataset")
+    return {"name": name, "path": path or None, "train_file": None, "train_sha256": None,
+            "train_fingerprint": str(fingerprint) if fingerprint else None}
+
+
+def identity_changes(stored: Mapping, now: Mapping) -> list[str]:
+    """What differs between two identities, one readable entry per field
+    (``"train_sha256 (stored -> now)"``); empty when they name the same data."""
+    return [f"{key} ({stored.get(key)!r} -> {now.get(key)!r})"
+            for key in FIELDS if key != "name" and stored.get(key) != now.get(key)]
