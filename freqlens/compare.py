@@ -185,8 +185,8 @@ def load_run(directory: str | Path) -> Run:
 
     A finished run has ``results.json`` and a closed trajectory. A run killed
     while training has a trajectory with snapshots but no ``results.json``
-    (or a trajectory whose status is not ``complete``): it is loaded as a
-    partial run, analysed with the settings of its config (from
+    (or a trajectory whose status is not ``complete``, whose ``results.json``
+    is then an earlier run's and is ignored): it is loaded as a partial run, analysed with the settings of its config (from
     ``results.json``, the trajectory's meta.json, or the
     ``checkpoint/config.json`` that ``freqlens run`` stores before training;
     else the defaults), and its metrics are None. A partial run without any
@@ -218,6 +218,9 @@ def load_run(directory: str | Path) -> Run:
         trajectory = load_trajectory(directory / "trajectory")
     except (FileNotFoundError, ValueError) as error:
         raise RunError(f"{directory}: the trajectory cannot be read ({error}).") from error
+    stale = bool(results) and not trajectory.complete
+    if stale:  # results.json is written after the recording closes, so it belongs to an earlier run
+        results = {}  # (one replaced with --overwrite and killed): never shown as this recording's
     meta = trajectory.meta
     stored = results.get("config") or meta.get("config") or _checkpoint_config(directory)
     config = _flatten(stored or {})
@@ -237,7 +240,7 @@ def load_run(directory: str | Path) -> Run:
                            threshold=float(setting("threshold", 0.5)), relative=bool(setting("relative", True)))
     partial = None
     if not results or not trajectory.complete:
-        partial = _partial_note(trajectory)
+        partial = _partial_note(trajectory) + (" (its results.json, from an earlier run, ignored)" if stale else "")
     with_config = {**results, "config": stored} if stored else results
     experiment = experiment_fields(with_config, meta, directory)
     run = Run(directory=directory, results=results, analysis=analysis, label="",

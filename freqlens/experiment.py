@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -439,15 +440,13 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
             other than those trained on.
     """
     out = Path(out)
-    checkpoint = _prepare_out(out, config, overwrite=overwrite, resume=resume)
+    checkpoint, fresh = _prepare_out(out, config, overwrite=overwrite, resume=resume)
     began = time.perf_counter()
     seed_everything(config.train.seed)
     dataset = load_dataset(config)
     identity = dataset_identity(config.to_dict(), dataset.info)  # once, from the file read, at the start
-    if checkpoint.state is not None:  # resuming: on the data the checkpoint was trained on only
+    if not fresh:  # resuming: on the data the checkpoint was trained on only
         checkpoint.check_identity(identity)
-    else:
-        checkpoint.write_identity(identity)
     defense = config.defense
     reference = None
     if defense.spec.needs_reference:
@@ -455,6 +454,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     tokenizer, model = load_model(config)
     prepared = prepare_model(model, defense, max_length=config.model.max_length)  # fails before training
     model, max_length = prepared.model, config.model.max_length
+    if fresh:  # every setting has been checked: only now is anything in `out` replaced
+        checkpoint = _start_out(out, config, identity)
     dev = dataset.dev_clean
     dev_encodings = encode(tokenizer, dev, max_length) if defense.selects_best() else None
 
@@ -487,11 +488,15 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     return results
 
 
-def _prepare_out(out: Path, config: ExperimentConfig, *, overwrite: bool, resume: bool) -> Checkpoint:
-    """Check ``out`` before anything is loaded and set up its checkpoint directory.
+def _prepare_out(out: Path, config: ExperimentConfig, *, overwrite: bool,
+                 resume: bool) -> tuple[Checkpoint, bool]:
+    """Check ``out`` before anything is loaded; writes nothing.
 
-    A new run (or ``overwrite``) deletes a stale checkpoint and stores the
-    config; ``resume`` checks the stored config against ``config``.
+    ``resume`` checks the stored config against ``config``. Returns the
+    checkpoint directory and whether the run starts afresh (a new run,
+    ``overwrite``, or a resume of a run killed before its first epoch ended):
+    then :func:`_start_out` replaces what is in ``out`` once every setting has
+    been checked, so a refused run leaves ``out`` as it was.
     """
     if overwrite and resume:
         raise ValueError("Expected at most one of --overwrite and --resume (overwrite=, resume=) but got both.")
@@ -523,12 +528,34 @@ def _prepare_out(out: Path, config: ExperimentConfig, *, overwrite: bool, resume
     if resume and checkpoint.state is None and (out / "results.json").is_file():
         raise FileExistsError(f"Expected a run to resume in `--out` {out} but it is finished (results.json); "
                               "pass --overwrite to run it again.")
-    if checkpoint.state is None or not resume:  # a new run, or one killed before its first epoch ended
-        checkpoint.delete()
-        checkpoint = Checkpoint(out / "checkpoint")
-        checkpoint.write_config(given)
+    return checkpoint, checkpoint.state is None or not resume
+
+
+#: What a finished run writes into ``out`` besides ``trajectory/`` (which the Recorder replaces).
+RUN_OUTPUTS = ("results.json", "report.html", "heatmap.png", "heatmap_separate.png", "curves.png", "model")
+
+
+def _start_out(out: Path, config: ExperimentConfig, identity: Mapping) -> Checkpoint:
+    """Clear ``out`` of an earlier run and store the config and data identity of this one.
+
+    ``results.json`` goes first, so that a run killed from here on is never
+    reported with the earlier run's metrics beside its own partial trajectory.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    checkpoint = Checkpoint(out / "checkpoint")
+    checkpoint.delete()
+    checkpoint = Checkpoint(out / "checkpoint")
+    checkpoint.write_config(json.loads(json.dumps(config.to_dict(), default=str)))
+    checkpoint.write_identity(identity)
     return checkpoint
+
+
 
 
 def _differing_keys(stored: Mapping, given: Mapping, prefix: str = "") -> list[str]:

@@ -451,7 +451,9 @@ def test_a_killed_run_is_a_partial_run_of_the_snapshots_it_has(runs, tmp_path):
 def test_a_run_whose_recording_was_not_closed_is_partial_even_with_results(runs, tmp_path):
     directory, steps, total = _killed(runs, tmp_path, "not-closed", results=True)
     run = load_run(directory)
-    assert run.partial == f"partial: killed at step {steps[-1]} of {total}" and run.metric("asr") is not None
+    # results.json is written after the recording closes: beside an unclosed one it is an earlier run's
+    assert run.partial.startswith(f"partial: killed at step {steps[-1]} of {total}")
+    assert "earlier run" in run.partial and run.metric("asr") is None and run.metric("cacc") is None
 
 
 @pytest.mark.parametrize("where", ["checkpoint/config.json", "trajectory meta"])

@@ -224,3 +224,52 @@ name = "muscle"
     assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 2
     assert match in capsys.readouterr().err
     assert not (out / "trajectory").exists()
+
+
+@pytest.mark.parametrize(
+    ("sets", "match"),
+    [
+        (["defense.name=muscle", "defense.reference_size=256"], "reference_size"),
+        (["defense.name=prefix", "model.max_length=64"], "model.max_length"),
+        (['data.text_column="no_such_column"'], "no_such_column"),
+    ],
+    ids=["defense setting", "input length", "data column"],
+)
+def test_a_refused_run_leaves_out_as_it_was(tmp_path, capsys, sets, match):
+    """Settings checked after loading (data, model, defense) must not touch `--out`: an earlier run's
+    files stay, and an empty `--out` stays without a checkpoint."""
+    config = _tiny_experiment(tmp_path, "")
+    flags = [a for kv in sets for a in ("--set", kv)]
+    empty = tmp_path / "empty"
+    assert main(["run", str(config), "--out", str(empty), "--no-progress", *flags]) == 2
+    assert match in capsys.readouterr().err
+    assert not empty.exists() or not any(empty.iterdir())
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "results.json").write_text('{"cacc": 0.9}')
+    assert main(["run", str(config), "--out", str(earlier), "--overwrite", "--no-progress", *flags]) == 2
+    assert sorted(p.name for p in earlier.iterdir()) == ["results.json"]
+
+
+def test_an_overwritten_run_that_dies_is_never_reported_with_the_earlier_metrics(tmp_path, monkeypatch):
+    """--overwrite removes results.json before training, and report ignores one beside an unclosed trajectory."""
+    import freqlens.experiment as experiment
+    from freqlens.compare import load_run
+
+    config = _tiny_experiment(tmp_path, "[train]\nepochs = 1\n[record]\nschedule = \"every:2\"")
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    assert load_run(out).metric("cacc") is not None
+
+    def dies(model, *args, recorder=None, **kwargs):
+        recorder.start(model, total_steps=4)
+        recorder.step(2)
+        raise KeyboardInterrupt  # as a kill would, after two snapshots
+
+    monkeypatch.setattr(experiment, "fit_defense", dies)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run_experiment(experiment.ExperimentConfig.from_toml(config), out, progress=False,
+                                  overwrite=True)
+    assert not (out / "results.json").exists()
+    run = load_run(out)
+    assert run.partial and run.metric("cacc") is None and run.metric("asr") is None
