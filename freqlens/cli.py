@@ -87,6 +87,8 @@ def _print_summary(results: dict, out: str) -> None:
     share_text = "" if share is None else f", recording {100 * share:.1f}% of training wall time"
     print(f"wrote {out}/report.html, heatmap.png, results.json "
           f"({timings['total_seconds']:.0f} s{share_text})")
+    for warning in results.get("warnings", []):
+        print(f"freqlens: warning: {warning}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from freqlens.config import AnalysisConfig, ExperimentConfig, RecordConfig
 from freqlens.data.identity import dataset_identity
 from freqlens.data.splits import PoisonedDataset, Split, split_reference
 from freqlens.defenses import fit_defense, prepare_model, save_defended
-from freqlens.metrics import accuracy, evaluate_backdoor
+from freqlens.metrics import accuracy, collapse_warning, evaluate_backdoor
 from freqlens.models import predict_proba
 from freqlens.plots import plot_error_curves, plot_heatmaps
 from freqlens.recording import ProbeSet, Recorder, Schedule
@@ -374,7 +374,7 @@ def train_and_analyse(
     }
     probing = {"size": min(size, *(len(p) for p in probes)), "sets": [p.name for p in probes],
                "plan": stored["plan"]}
-    warnings = [stored["warning"]] if stored["warning"] else []
+    warnings = [w for w in (stored["warning"], collapse_warning(metrics)) if w]
     results = {
         "freqlens_version": freqlens.__version__,
         **dict(info or {}),

@@ -77,12 +77,18 @@ def evaluate_backdoor(probabilities: Callable[[Any], ArrayLike], dataset: Any) -
     where there is one, else on the non-target clean test examples.
 
     Returns:
-        ``{"cacc", "asr", "false_trigger_rate", "net_backdoor_effect"}``, floats
-        (NaN where a split is empty).
+        ``{"cacc", "majority_prediction_share", "asr", "false_trigger_rate",
+        "net_backdoor_effect"}``, floats (NaN where a split is empty); the
+        majority share is the fraction of clean test inputs predicted as the
+        most predicted class (near 1: the model has collapsed to one class,
+        and ASR then means nothing; see :func:`collapse_warning`).
     """
     clean = probabilities(dataset.test_clean)
+    predicted = _predictions(clean)
     metrics: dict[str, float] = {
         "cacc": accuracy(clean, dataset.test_clean.labels),
+        "majority_prediction_share": (float(np.bincount(predicted).max() / predicted.size)
+                                      if predicted.size else float("nan")),
         "asr": attack_success_rate(probabilities(dataset.test_poison), dataset.target_label),
     }
     control_split = dataset.test_control
@@ -94,3 +100,26 @@ def evaluate_backdoor(probabilities: Callable[[Any], ArrayLike], dataset: Any) -
             clean, dataset.test_clean.labels, dataset.target_label)
     metrics["net_backdoor_effect"] = metrics["asr"] - metrics["false_trigger_rate"]
     return metrics
+
+
+#: A model that puts more than this share of clean test inputs in one class has collapsed to it.
+COLLAPSE_SHARE = 0.95
+
+
+def collapse_warning(metrics: dict) -> str | None:
+    """A sentence when the model predicts one class for nearly all clean test inputs, else None.
+
+    A collapsed model scores ASR 1 and a false-trigger rate of 1 (when the
+    class is the target) without any backdoor, and its frequency verdicts
+    describe a constant mapping.
+
+    Example:
+        >>> collapse_warning({"majority_prediction_share": 0.5}) is None
+        True
+    """
+    share = metrics.get("majority_prediction_share")
+    if share is None or not share > COLLAPSE_SHARE:
+        return None
+    return (f"The model predicts one class for {share:.0%} of the clean test inputs: it has collapsed to it, "
+            f"so CACC, ASR and the frequency verdicts say little about a backdoor. Train longer "
+            f"(train.epochs, data.max_train) or at another rate (train.lr).")

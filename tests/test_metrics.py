@@ -45,6 +45,23 @@ def test_evaluate_backdoor_uses_the_control_split_or_the_non_target_clean_exampl
 
     data = PoisonedDataset(clean, clean, poisoned, clean, poisoned, test_control=control)
     metrics = evaluate_backdoor(probabilities, data)
-    assert metrics == {"cacc": 0.75, "asr": 0.5, "false_trigger_rate": 0.5, "net_backdoor_effect": 0.0}
+    assert metrics == {"cacc": 0.75, "majority_prediction_share": 0.75, "asr": 0.5, "false_trigger_rate": 0.5,
+                       "net_backdoor_effect": 0.0}
     without = evaluate_backdoor(probabilities, PoisonedDataset(clean, clean, poisoned, clean, poisoned))
     assert without["false_trigger_rate"] == 0.5  # non-target clean test examples "a", "c"
+
+
+def test_a_model_collapsed_to_one_class_is_named():
+    from freqlens.data import PoisonedDataset, Split
+    from freqlens.metrics import collapse_warning, evaluate_backdoor
+
+    clean = Split([f"s{i}" for i in range(40)], [i % 2 for i in range(40)])
+    poisoned = Split(["p0+", "p1+"], [1, 1], poison=[True, True], true_labels=[0, 0])
+    data = PoisonedDataset(clean, clean, poisoned, clean, poisoned)
+    always_target = evaluate_backdoor(lambda split: np.ones(len(split), dtype=int), data)
+    assert always_target["majority_prediction_share"] == 1.0 and always_target["asr"] == 1.0
+    assert "collapsed" in collapse_warning(always_target) and "train.lr" in collapse_warning(always_target)
+    one_off = evaluate_backdoor(lambda split: np.array([0] + [1] * (len(split) - 1)), data)
+    assert one_off["majority_prediction_share"] == 39 / 40 and collapse_warning(one_off)
+    honest = evaluate_backdoor(lambda split: np.array(split.labels), data)
+    assert honest["majority_prediction_share"] == 0.5 and collapse_warning(honest) is None

@@ -151,7 +151,7 @@ def test_model_names_inside_a_package_resolve():
 
 
 @pytest.mark.slow
-def test_auto_probe_size_follows_the_budget(tmp_path):
+def test_auto_probe_size_follows_the_budget(tmp_path, capsys):
     config = _tiny_experiment(tmp_path, """
 [train]
 epochs = 1
@@ -171,8 +171,9 @@ num_widths = 3
     assert plan["budget"] == 0.5 and plan["snapshots"] == results["snapshots"]
     assert 4 <= results["probes"]["size"] <= 10
     assert results["probes"]["sets"][: plan["num_sets"]] == results["probes"]["sets"]
-    assert results["warnings"]  # sets under 32 examples are flagged in results and report
+    assert results["warnings"]  # sets under 32 examples are flagged in results, report and terminal
     assert "coarse spectrum" in (out / "report.html").read_text()
+    assert "freqlens: warning: Probe sets of" in capsys.readouterr().err
 
 
 @pytest.mark.slow

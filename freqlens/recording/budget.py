@@ -69,17 +69,21 @@ class ProbePlan:
     @property
     def warning(self) -> str | None:
         """A plain sentence when the sets are small enough to blur the spectrum."""
+        over = (f" Recording is expected to take {self.expected_share:.0%} of the wall time, above the "
+                f"{self.budget:.0%} budget (the fewest examples per set, record.min_probe_size, and "
+                f"snapshots, record.min_snapshots, come first)." if self.expected_share > 1.5 * self.budget
+                else "")
         if self.limited == "snapshots":
             return (
                 f"The {self.budget:.0%} recording budget affords {self.size} examples per probe set at "
                 f"{self.snapshots} of the {self.requested_snapshots} snapshots asked for; raise "
-                f"record.budget for more."
+                f"record.budget for more.{over}"
             )
         if self.size >= SMALL_PROBE_SET:
-            return None
+            return over.strip() or None
         return (
             f"Probe sets of {self.size} examples (sized to a {self.budget:.0%} recording budget) give "
-            f"a coarse spectrum; raise record.budget or set record.probe_size for a finer one."
+            f"a coarse spectrum; raise record.budget or set record.probe_size for a finer one.{over}"
         )
 
 
@@ -156,7 +160,9 @@ def plan_probes(
         limited = "minimum"
         affordable = int(allowed / (minimum * num_sets * probe_time))
         if min_snapshots is not None and affordable < snapshots:
-            snapshots, limited = max(affordable, check_positive_int(min_snapshots, "min_snapshots")), "snapshots"
+            thinned = max(affordable, check_positive_int(min_snapshots, "min_snapshots"))
+            if thinned < snapshots:  # never more snapshots than the schedule asked for
+                snapshots, limited = thinned, "snapshots"
     elif per_set > maximum:
         limited = "maximum"
     recording = size * num_sets * snapshots * probe_time

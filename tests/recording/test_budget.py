@@ -119,3 +119,16 @@ def test_a_log_schedule_is_thinned_rather_than_the_budget_overrun(monkeypatch, d
     _fixed_costs(monkeypatch, 8 * 0.040, 8 * 0.008)
     fixed = _plan(tiny_bert(), data, budget=0.05, num_sets=2, minimum=16)  # not a log schedule
     assert fixed.limited == "minimum" and fixed.snapshots == 51
+
+
+@pytest.mark.parametrize("requested", [3, 11, 20])
+def test_a_schedule_shorter_than_min_snapshots_is_never_lengthened_and_the_overrun_is_said(
+        monkeypatch, data, requested):
+    """A short run's log schedule asks for fewer snapshots than `min_snapshots`: the plan keeps the
+    schedule's count (never "20 of the 11 asked for") and says the budget is overrun."""
+    _fixed_costs(monkeypatch, 8 * 0.040, 8 * 0.008)
+    plan = _plan(tiny_bert(), data, budget=0.05, num_sets=2, minimum=16, min_snapshots=20,
+                 snapshots=requested, train_examples=100, epochs=1)
+    assert plan.snapshots == requested and plan.limited == "minimum"
+    assert plan.expected_share > 0.05
+    assert f"{plan.expected_share:.0%} of the wall time, above the 5% budget" in plan.warning
