@@ -95,7 +95,8 @@ def test_an_oracle_scores_asr_0_on_mixed_source_poison_files(tmp_path, kind):
         control = getattr(data, f"{part}_control")  # the kept sources, clean, with true labels
         assert len(control) == 6 and np.all(control.labels != TARGET)
     metrics = evaluate_backdoor(probabilities, data)
-    assert metrics == {"cacc": 1.0, "asr": 0.0, "false_trigger_rate": 0.0, "net_backdoor_effect": 0.0}
+    assert {k: metrics[k] for k in ("cacc", "asr", "false_trigger_rate", "net_backdoor_effect")} == {
+        "cacc": 1.0, "asr": 0.0, "false_trigger_rate": 0.0, "net_backdoor_effect": 0.0}
 
 
 @pytest.mark.parametrize("kind", ["badnets", "addsent"])
