@@ -32,6 +32,7 @@ from freqlens.spectral import (
     WidthCheck,
     check_widths,
     convergence_steps,
+    learning_speed,
     projection_spectrum,
     suggest_widths,
 )
@@ -104,6 +105,24 @@ class SpectralAnalysis:
         return {name: convergence_steps(self.steps, c.bands, self.threshold, relative=self.relative)
                 for name, c in self.curves[view].items()}
 
+    def learning_speeds(self, view: str = "joint", *, method: str = "area") -> dict[str, dict[str, np.ndarray]]:
+        """Per probe set, the learning speed of every error curve: ``"low"`` and
+        ``"high"`` (K,) per width, ``"bands"`` (K + 1,) per frequency band.
+
+        Unlike a convergence step, a speed is defined for every curve that
+        starts above 0 (:func:`freqlens.spectral.learning_speed`): with
+        ``"area"`` (default), 1 minus the mean normalised error over log-steps,
+        higher = learned faster; with ``"half_drop"``, the step at which a curve
+        has made half of its own drop. So a defended run whose errors never
+        halve still gets a point on a speed spectrum. NaN: an undefined curve
+        (a band with no target part).
+        """
+        check_choice(view, "view", tuple(self.curves))
+        return {name: {"low": learning_speed(self.steps, c.low, method=method),
+                       "high": learning_speed(self.steps, c.high, method=method),
+                       "bands": learning_speed(self.steps, c.bands, method=method)}
+                for name, c in self.curves[view].items()}
+
     PLOTS = ("heatmaps", "curves", "bands", "convergence", "ratios", "projection")
 
     def plot(self, kind: str = "heatmaps", **kwargs):
@@ -161,6 +180,10 @@ class SpectralAnalysis:
             "convergence_steps": {
                 view: {s: {p: _jsonable(v) for p, v in parts.items()} for s, parts in sets.items()}
                 for view, sets in self.convergence.items()
+            },
+            "learning_speeds": {  # method "area": 1 - mean normalised error over log-steps, higher = faster
+                view: {s: {p: _jsonable(v) for p, v in parts.items()} for s, parts in self.learning_speeds(view).items()}
+                for view in self.curves
             },
             "summary": self.summary(),
             "width_checks": {s: c.to_dict() for s, c in self.width_checks.items()},

@@ -100,3 +100,24 @@ def test_analysis_and_trajectory_show_themselves_in_a_notebook():
         plt.close(analysis.plot(kind))
     with pytest.raises(ValueError, match="`kind` to be one of"):
         analysis.plot("pie")
+
+
+@pytest.mark.parametrize(("backdoor_at", "clean_at"), [(10.0, 100.0), (100.0, 10.0)])
+def test_learning_speeds_order_the_mappings_as_they_were_learned(backdoor_at, clean_at):
+    analysis = analyse(make_trajectory(backdoor_at, clean_at), num_widths=4)
+    speeds = analysis.learning_speeds("joint")
+    backdoor, clean = speeds["backdoor"]["low"], speeds["clean"]["low"]
+    assert backdoor.shape == clean.shape == (4,) and speeds["clean"]["bands"].shape == (5,)
+    assert np.all(backdoor > clean) if backdoor_at < clean_at else np.all(backdoor < clean)
+    assert analysis.to_dict()["learning_speeds"]["joint"]["clean"]["low"] == pytest.approx(clean.tolist())
+
+
+def test_a_curve_that_never_converges_still_has_a_learning_speed():
+    """Learned after the last snapshot: no convergence step, but a speed from its partial drop."""
+    late = analyse(make_trajectory(backdoor_at=150.0, clean_at=1e6), num_widths=4)
+    assert np.all(np.isnan(late.convergence["joint"]["clean"]["low"]))
+    speed = late.learning_speeds("joint")["clean"]["low"]
+    assert np.all(np.isfinite(speed))
+    undefined = late.learning_speeds("separate")["backdoor"]["high"]  # no high part: NaN, not a number
+    assert np.all(np.isnan(undefined))
+    assert np.all(np.isnan(late.to_dict()["learning_speeds"]["separate"]["backdoor"]["high"]))
