@@ -188,3 +188,35 @@ def padded_encodings(
     if token_type_ids:
         encodings["token_type_ids"] = torch.zeros_like(ids)
     return encodings
+
+
+def save_tiny_bert(folder, tokenizer=None, *, layers: int = 2):
+    """A randomly initialised BertForSequenceClassification (hidden 32, 64 positions) and the demo's
+    tokenizer (or ``tokenizer``) saved in ``folder``, for ``from_pretrained`` / ``freqlens run``."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from freqlens.demo.model import make_tokenizer
+
+    tokenizer = tokenizer or make_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                        num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_clean_csvs(folder, *, num_train: int = 160, num_eval: int = 40):
+    """The demo's generated task, unpoisoned, as train/dev/test CSV files (text, label) in ``folder``."""
+    import csv
+
+    from freqlens.demo.task import TaskConfig, make_task
+
+    task = make_task(TaskConfig(num_train=num_train, num_dev=num_eval, num_test=num_eval, poison_rate=0.0))
+    folder.mkdir()
+    for name, split in (("train", task.train), ("dev", task.dev_clean), ("test", task.test_clean)):
+        with open(folder / f"{name}.csv", "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["text", "label"])
+            writer.writerows(zip(split.texts, split.labels.tolist()))
+    return folder

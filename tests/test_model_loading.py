@@ -113,15 +113,9 @@ def test_hub_ids_and_paths_are_told_apart():
 
 def test_an_existing_relative_folder_loads(tmp_path, monkeypatch):
     """A folder named without ./ that exists is local (not sent to the hub)."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from tests.models import save_tiny_bert
 
-    from freqlens.demo.model import make_tokenizer
-
-    tokenizer = make_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(tmp_path / "tiny")
-    tokenizer.save_pretrained(tmp_path / "tiny")
+    save_tiny_bert(tmp_path / "tiny", layers=1)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(experiment, "_hub_reachable", lambda: pytest.fail("the hub was probed for a folder"))
     _, model = load_model(_config("tiny"))

