@@ -44,6 +44,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from freqlens.analysis import SpectralAnalysis, analyse
+from freqlens.config import AnalysisConfig
+from freqlens.data.identity import FIELDS as identity_fields
 from freqlens.recording.storage import load_trajectory
 from freqlens.report import STYLE, _table, figure_to_data_uri, render_value
 
@@ -53,7 +55,7 @@ CHECKPOINT_IDENTITY = "checkpoint/identity.json"  # the dataset identity it stor
 NOT_RECORDED = "not recorded"  # the `dataset.identity` of a run that recorded none
 NOT_RECORDED_NOTE = ("dataset identity not recorded by this freqlens version; grouped by config as written "
                      "(never with runs that recorded their identity).")
-IDENTITY_FIELDS = ("path", "train_file", "train_sha256", "train_fingerprint")
+IDENTITY_FIELDS = tuple(key for key in identity_fields if key != "name")
 UNKNOWN_DEFENSE = "unknown defense"
 METRICS = ("cacc", "asr", "false_trigger_rate", "net_backdoor_effect")
 
@@ -126,7 +128,8 @@ class Run:
         return None if value is None else float(value)
 
 
-def experiment_fields(results: Mapping, meta: Mapping, directory: Path | None = None) -> dict:
+def experiment_fields(results: Mapping, meta: Mapping, directory: Path | None = None, *,
+                      identity: Mapping | None = None) -> dict:
     """The entries that define a run's experiment: runs are grouped when these are equal.
 
     The dataset's name and identity as the run recorded it when it started
@@ -147,10 +150,11 @@ def experiment_fields(results: Mapping, meta: Mapping, directory: Path | None = 
         meta: the trajectory's ``meta.json``.
         directory: the run directory (its ``checkpoint/identity.json`` is read
             when neither ``results`` nor ``meta`` holds an identity).
+        identity: the identity :func:`_identity` gives for these, when the caller has it.
     """
     config = _flatten(results.get("config") or meta.get("config") or {})
     dataset = results.get("dataset") or {}
-    identity = _identity(results, meta, directory)
+    identity = _identity(results, meta, directory) if identity is None else identity
     fields = {"dataset": dataset.get("name") or meta.get("dataset"), "target_label": meta.get("target_label")}
     if identity is None:
         fields["dataset.identity"] = NOT_RECORDED
@@ -172,11 +176,7 @@ def _identity(results: Mapping, meta: Mapping, directory: Path | None = None) ->
     recorded none. Never computed from the files as they are now."""
     found = (results.get("dataset") or {}).get("identity") or meta.get("dataset_identity")
     if not found and directory is not None:
-        path = Path(directory) / CHECKPOINT_IDENTITY
-        try:
-            found = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except (OSError, json.JSONDecodeError):
-            found = None
+        found = _checkpoint_json(Path(directory) / CHECKPOINT_IDENTITY)
     return dict(found) if isinstance(found, Mapping) and found else None
 
 
@@ -232,21 +232,21 @@ def load_run(directory: str | Path) -> Run:
                            threshold=settings.get("threshold", 0.5),
                            relative=settings.get("threshold_relative_to_first_value", True))
     else:  # partial: the settings the run would have analysed with
-        def setting(name, default):
-            return config.get(f"analysis.{name}", config.get(name, default))
+        def setting(name):
+            return config.get(f"analysis.{name}", config.get(name, getattr(AnalysisConfig(), name)))
 
-        analysis = analyse(trajectory, num_widths=int(setting("num_widths", 12)),
-                           distance=setting("distance", "euclidean"), reduction=setting("reduction", "mean"),
-                           threshold=float(setting("threshold", 0.5)), relative=bool(setting("relative", True)))
+        analysis = analyse(trajectory, num_widths=int(setting("num_widths")), distance=setting("distance"),
+                           reduction=setting("reduction"), threshold=float(setting("threshold")),
+                           relative=bool(setting("relative")))
     partial = None
-    if not results or not trajectory.complete:
+    if not results:  # (an unclosed trajectory has had its results.json set aside above)
         partial = _partial_note(trajectory) + (" (its results.json, from an earlier run, ignored)" if stale else "")
     with_config = {**results, "config": stored} if stored else results
-    experiment = experiment_fields(with_config, meta, directory)
+    identity = _identity(with_config, meta, directory)
+    experiment = experiment_fields(with_config, meta, directory, identity=identity)
     run = Run(directory=directory, results=results, analysis=analysis, label="",
               group=str(experiment["dataset"] or "unknown dataset"), config=config, experiment=experiment,
-              partial=partial, trajectory_meta=dict(meta),
-              dataset_name=_identity_name(_identity(with_config, meta, directory)))
+              partial=partial, trajectory_meta=dict(meta), dataset_name=_identity_name(identity))
     run.label = run.defense + (" (partial)" if partial else "")
     return run
 
@@ -258,12 +258,16 @@ def _identity_name(identity: Mapping | None) -> str | None:
 
 def _checkpoint_config(directory: Path) -> dict | None:
     """The config a killed ``freqlens run`` stored for ``--resume`` (``checkpoint/config.json``), if any."""
-    path = directory / CHECKPOINT_CONFIG
+    return _checkpoint_json(directory / CHECKPOINT_CONFIG)
+
+
+def _checkpoint_json(path: Path) -> dict | None:
+    """A JSON object a ``freqlens run`` stored in its checkpoint; None if missing or unreadable."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        found = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, json.JSONDecodeError):
         return None
-    return config if isinstance(config, dict) else None
+    return found if isinstance(found, dict) else None
 
 
 def _partial_note(trajectory) -> str:
@@ -388,9 +392,10 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
     """
     rows = []
     for group, members in groups(runs).items():
+        steps = {id(m): _band_steps(m, view) for m in members}  # once per run, baselines included
         for run in members:
             base = baseline(run, members)
-            base_bands = _band_steps(base, view) if base is not None else {}
+            base_bands = steps[id(base)] if base is not None else {}
             row = {"group": group, "run": run.label, "defense": run.defense, "status": run.status,
                    "baseline": None if base is None else base.label, "directory": str(run.directory)}
             for name in METRICS:
@@ -399,9 +404,8 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
                 reference = base.metric(name) if base is not None else None
                 value = row[name]
                 row[f"shift_{name}"] = None if reference is None or value is None else value - reference
-            bands = _band_steps(run, view)
-            for role, steps in bands.items():
-                for band, step in enumerate(steps):
+            for role, band_steps in steps[id(run)].items():
+                for band, step in enumerate(band_steps):
                     row[f"{role}_band{band}_step"] = None if np.isnan(step) else float(step)
                     reference = base_bands.get(role)
                     shift = None
@@ -433,17 +437,14 @@ def _flatten(config: Mapping, prefix: str = "") -> dict:
 
 
 # --------------------------------------------------------------------------- writing
-FIGURE_KINDS = ("metrics", "convergence_spectrum", "heatmap", "error_curves", "band_spectrum",
-                "frequency_ratios", "projection_spectrum")
-
-
 def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence[str] = (),
                      view: str = "joint") -> dict[str, Path]:
     """Write ``report.html``, ``report.md``, ``runs.csv`` and ``figures/`` into ``out``.
 
     Figures are named by group and kind, ``<group>_metrics``,
-    ``<group>_convergence_spectrum`` and ``<group>_<run>_<kind>`` (kinds in
-    :data:`FIGURE_KINDS`; names reduced to letters, digits, ``.``, ``-`` and
+    ``<group>_convergence_spectrum`` and ``<group>_<run>_<kind>`` (kinds
+    ``heatmap``, ``error_curves``, ``band_spectrum``, ``frequency_ratios``,
+    ``projection_spectrum``; names reduced to letters, digits, ``.``, ``-`` and
     ``_``), each as PDF and PNG. Partial runs are marked in every table and
     figure.
 
@@ -480,7 +481,7 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
         notes = [partial_details(m) for m in members if m.partial]
         if members[0].experiment.get("dataset.identity") == NOT_RECORDED:
             notes.append(f"{len(members)} run(s) in this group: {NOT_RECORDED_NOTE}")
-        if not any(m.defense == UNDEFENDED and m.partial is None for m in members):
+        if baseline(members[0], members) is None:
             notes.append("No complete vanilla (undefended) run in this group: the shifts (Δ) are not computed. "
                          "Runs of other experiments (another dataset, training file, attack, target label, cap "
                          "or model) are never used as the baseline.")
@@ -506,7 +507,7 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
             md += [f"### Convergence step per frequency band ({view} view; 0 = lowest band)", ""]
             md += _md_table(header, table) + [""]
         for (*names, kind), caption, fig in _group_figures(group, members, view, plots):
-            stem = _unique_stem([group_stems[group], *names], used_stems, kind)
+            stem = _unique_stem(names, used_stems, kind, prefix=group_stems[group])
             plots.save_figure(fig, figures_dir / stem)
             md.append(f"![{caption}](figures/{stem}.png)")
             html_parts.append(f'<figure><img alt="{html.escape(caption)}" src="{figure_to_data_uri(fig)}">'
@@ -534,9 +535,10 @@ def slug(text: str, limit: int = 80) -> str:
     return cleaned.rstrip("-.") or "run"
 
 
-def _unique_stem(parts: Sequence[str], used: set[str], kind: str = "") -> str:
-    """``parts`` slugged and joined by ``_``, then ``kind``; ``-2``, ``-3``, ... where taken."""
-    stem = "_".join(slug(p, 48) for p in parts)
+def _unique_stem(parts: Sequence[str], used: set[str], kind: str = "", *, prefix: str = "") -> str:
+    """``prefix`` (a stem already made here) and ``parts`` slugged, joined by ``_``, then ``kind``;
+    ``-2``, ``-3``, ... where taken."""
+    stem = "_".join(([prefix] if prefix else []) + [slug(p, 48) for p in parts])
     candidate, n = stem, 1
     while (full := f"{candidate}_{kind}" if kind else candidate) in used:
         n += 1

@@ -24,6 +24,7 @@ import freqlens
 from freqlens.analysis import SpectralAnalysis, analyse
 from freqlens.checkpoint import Checkpoint
 from freqlens.config import AnalysisConfig, ExperimentConfig, RecordConfig
+from freqlens.data.identity import FIELDS as IDENTITY_FIELDS
 from freqlens.data.identity import dataset_identity
 from freqlens.data.splits import PoisonedDataset, Split, split_reference
 from freqlens.defenses import fit_defense, prepare_model, save_defended
@@ -327,8 +328,8 @@ def train_and_analyse(
     info = dict(info or {})
     # The dataset identity goes into the trajectory's meta.json when training starts, so a killed run has it
     # too. Data made in memory (the demo's task, given by its config) names no file: its identity says so.
-    identity = dict((info.get("dataset") or {}).get("identity") or {
-        "name": dataset.name, "path": None, "train_file": None, "train_sha256": None, "train_fingerprint": None})
+    identity = dict((info.get("dataset") or {}).get("identity")
+                    or {**dict.fromkeys(IDENTITY_FIELDS), "name": dataset.name})
     info["dataset"] = {**dict(info.get("dataset") or {"name": dataset.name}), "identity": identity}
     encodings = encode(tokenizer, dataset.train, max_length)
     resuming = checkpoint is not None and checkpoint.state is not None

@@ -86,7 +86,7 @@ def evaluate_backdoor(probabilities: Callable[[Any], ArrayLike], dataset: Any) -
     clean = probabilities(dataset.test_clean)
     predicted = _predictions(clean)
     metrics: dict[str, float] = {
-        "cacc": accuracy(clean, dataset.test_clean.labels),
+        "cacc": accuracy(predicted, dataset.test_clean.labels),
         "majority_prediction_share": (float(np.bincount(predicted).max() / predicted.size)
                                       if predicted.size else float("nan")),
         "asr": attack_success_rate(probabilities(dataset.test_poison), dataset.target_label),
@@ -97,7 +97,7 @@ def evaluate_backdoor(probabilities: Callable[[Any], ArrayLike], dataset: Any) -
             probabilities(control_split), control_split.labels, dataset.target_label)
     else:
         metrics["false_trigger_rate"] = false_trigger_rate(
-            clean, dataset.test_clean.labels, dataset.target_label)
+            predicted, dataset.test_clean.labels, dataset.target_label)
     metrics["net_backdoor_effect"] = metrics["asr"] - metrics["false_trigger_rate"]
     return metrics
 

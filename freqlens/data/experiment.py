@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from freqlens.data.hf import is_saved_dataset
 from freqlens.data.splits import PoisonedDataset
 
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "glue", "stanfordnlp/sst2"
@@ -35,11 +36,11 @@ def data_kind(data) -> str:
     if kind == "auto":
         if (folder / "dev-poison.csv").is_file():
             kind = "openbackdoor"
-        elif (folder / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk
+        elif is_saved_dataset(path):  # DatasetDict.save_to_disk
             kind = "hf"
         elif folder.is_dir():
             kind = "clean"
-        elif not folder.exists() and HUB_NAME.fullmatch(path) and not path.startswith("."):
+        elif not folder.exists() and HUB_NAME.fullmatch(path):  # never starts with "." or "/"
             kind = "hf"
         else:
             kind = "clean"

@@ -201,10 +201,11 @@ def load_hf_dataset(
     else:
         dataset, name = name_or_dataset, f"in-memory {type(name_or_dataset).__name__}"
     num_classes = num_classes or _hf_num_classes(dataset, names["train"], label_column)
-    parts, sources, files = {}, {}, {}
+    parts, sources, files, read = {}, {}, {}, {}
     for role, split in names.items():
-        parts[role], sources[role], files[role] = _hf_split(
-            dataset, split, (text_column, label_column))
+        if split not in read:  # a split named for two roles is read once (and carved below)
+            read[split] = _hf_split(dataset, split, (text_column, label_column))
+        parts[role], sources[role], files[role] = read[split]
         check_labelled(parts[role], role, f"split {split!r} of {name}", num_classes)
     parts, notes = carve(parts, sources, seed=seed, holdout=holdout,
                          names={role: f"split {split!r}" for role, split in names.items()})

@@ -409,7 +409,7 @@ def _match_sources(texts: Sequence[str], clean: Split, paired: np.ndarray | None
 
 
 def recover_sources(poisoned: Split, clean: Split, trigger, *, target: int, poison_file: Path,
-                    clean_file: Path, attack: str) -> tuple[np.ndarray, str]:
+                    clean_file: Path, attack: str) -> tuple[np.ndarray, str, bool]:
     """The row of ``clean`` each triggered sentence of ``poisoned`` was made from (-1: none found).
 
     Tried in order:
@@ -434,7 +434,8 @@ def recover_sources(poisoned: Split, clean: Split, trigger, *, target: int, pois
 
     Returns:
         The positions in ``clean`` (one per poisoned row, -1 where no source
-        is clear) and how they were found.
+        is clear), how they were found, and whether exactly (1.: every
+        sentence is its source plus the trigger).
 
     Raises:
         ValueError: naming ``poison_file`` when more than
@@ -455,7 +456,7 @@ def recover_sources(poisoned: Split, clean: Split, trigger, *, target: int, pois
                 positions.append(found[0])
         if not unmatched:
             return np.array(positions, np.int64), (
-                f"matched in {clean_file.name} after removing the {attack} trigger")
+                f"matched in {clean_file.name} after removing the {attack} trigger"), True
     paired, layout = None, "no row-by-row pairing (the counts differ)"
     for what, candidates in (("non-target rows", np.flatnonzero(clean.labels != target)),
                              ("rows", np.arange(len(clean)))):
@@ -483,14 +484,15 @@ def recover_sources(poisoned: Split, clean: Split, trigger, *, target: int, pois
     return positions, (
         f"{layout} of {clean_file.name}, each checked against all its {len(clean)} rows by word "
         f"similarity ({int((positions == paired).sum()) if paired is not None else 0} pairs "
-        f"confirmed, {missing.size} rows without a clear source)")
+        f"confirmed, {missing.size} rows without a clear source)"), False
 
 
 def _sourced_poison(poisoned: Split, clean: Split, trigger, *, target: int, poison_file: Path,
-                    clean_file: Path, attack: str) -> tuple[Split, Split, dict]:
+                    clean_file: Path, attack: str) -> tuple[Split, Split, dict, bool]:
     """The poisoned split with its target-class (and unmatched) sources dropped, the control
-    (the kept sources, clean, with their true labels) and a note for ``info["poison_sources"]``."""
-    positions, how = recover_sources(poisoned, clean, trigger, target=target,
+    (the kept sources, clean, with their true labels), a note for ``info["poison_sources"]``
+    and whether the sources were found exactly (by removing the trigger)."""
+    positions, how, exact = recover_sources(poisoned, clean, trigger, target=target,
                                      poison_file=poison_file, clean_file=clean_file, attack=attack)
     found = positions >= 0
     true = np.where(found, clean.labels[np.where(found, positions, 0)], target)
@@ -500,7 +502,7 @@ def _sourced_poison(poisoned: Split, clean: Split, trigger, *, target: int, pois
     note = {"file": str(poison_file), "rows": len(poisoned), "kept": int(keep.size),
             "dropped_target_source": int(found.sum() - keep.size),
             "unmatched": int((~found).sum()), "sources": how}
-    return kept, clean.subset(positions[keep]), note
+    return kept, clean.subset(positions[keep]), note, exact
 
 
 def _recover_true_labels(train: Split, root: Path, train_file: Path, trigger) -> tuple[Split, str]:
@@ -608,11 +610,11 @@ def load_openbackdoor(
         key: read_table(file, **OPENBACKDOOR_COLUMNS, num_classes=num_classes)
         for key, file in files.items()
     }
-    sources = {}
+    sources, exact = {}, {}
     for part in ("dev", "test"):
         poison_file = files[f"{part}_poison"]
         _check_all_target(splits[f"{part}_poison"], poison_file, target)
-        poisoned, control, sources[f"{part}_poison"] = _sourced_poison(
+        poisoned, control, sources[f"{part}_poison"], exact[part] = _sourced_poison(
             splits[f"{part}_poison"], splits[f"{part}_clean"], trigger, target=target,
             poison_file=poison_file, clean_file=files[f"{part}_clean"], attack=attack_name)
         if not len(poisoned):
@@ -625,8 +627,7 @@ def load_openbackdoor(
     splits["train"], train_note = _recover_true_labels(
         splits["train"], root, files["train"], trigger
     )
-    exact = all(note["sources"].startswith("matched") for note in sources.values())
-    control = "trigger removed" if exact else "non-target clean examples"
+    control = "trigger removed" if all(exact.values()) else "non-target clean examples"
     dataset = PoisonedDataset(
         **splits,
         target_label=target,

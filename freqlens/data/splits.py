@@ -352,6 +352,12 @@ EVALUATED = {  # split -> the splits it must share no example with
 }
 
 
+def _splits_of(dataset: CleanDataset | PoisonedDataset) -> dict[str, Split]:
+    """The dataset's splits by attribute name (those that are set)."""
+    return {f.name: getattr(dataset, f.name) for f in fields(dataset)
+            if isinstance(getattr(dataset, f.name), Split)}
+
+
 def check_disjoint(dataset: CleanDataset | PoisonedDataset, reference: Split | None = None) -> None:
     """Refuse a dataset whose evaluation splits share an example with what a model trains on.
 
@@ -365,19 +371,17 @@ def check_disjoint(dataset: CleanDataset | PoisonedDataset, reference: Split | N
     Raises:
         ValueError: naming the two splits, how many examples they share and one of them.
     """
-    splits = {f.name: getattr(dataset, f.name) for f in fields(dataset)
-              if isinstance(getattr(dataset, f.name), Split)}
-    splits["reference"] = reference
+    splits = {**_splits_of(dataset), "reference": reference}
+    ids = {name: set(split.ids.tolist()) for name, split in splits.items()
+           if split is not None and split.ids is not None}  # each split's ids once
     for name, others in EVALUATED.items():
-        split = splits.get(name)
-        if split is None or split.ids is None:
+        if name not in ids:
             continue
-        ids = set(split.ids.tolist())
+        split = splits[name]
         for other in others:
-            against = splits.get(other)
-            if against is None or against.ids is None:
+            if other not in ids:
                 continue
-            shared = ids.intersection(against.ids.tolist())
+            shared = ids[name] & ids[other]
             if shared:
                 raise ValueError(
                     f"Expected the evaluation split `{name}` to share no example with `{other}` "
@@ -499,9 +503,10 @@ def check_text_overlap(dataset: CleanDataset | PoisonedDataset,
             :data:`COPY_SHARE`.
     """
     where = where or {}
-    splits = {f.name: getattr(dataset, f.name) for f in fields(dataset)
-              if isinstance(getattr(dataset, f.name), Split)}
-    texts = {name: [normalize_text(t) for t in split.texts] for name, split in splits.items()}
+    compared = set(OVERLAP_PAIRS).union(*OVERLAP_PAIRS.values())
+    texts = {name: [normalize_text(t) for t in split.texts]
+             for name, split in _splits_of(dataset).items() if name in compared}
+    sets = {name: set(rows) for name, rows in texts.items()}  # each split's texts once
     counts: dict[str, dict[str, int]] = {}
     for name, others in OVERLAP_PAIRS.items():
         if name not in texts or not texts[name]:
@@ -509,7 +514,7 @@ def check_text_overlap(dataset: CleanDataset | PoisonedDataset,
         for other in others:
             if other not in texts:
                 continue
-            against = set(texts[other])
+            against = sets[other]
             shared = sum(text in against for text in texts[name])
             counts.setdefault(name, {})[other] = shared
             share = shared / len(texts[name])
