@@ -98,9 +98,7 @@ def check_compute_dtype(dtype: torch.dtype | str | None, device: torch.device | 
             float32).
     """
     if isinstance(dtype, str):
-        if dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"Expected `{name}` to be one of {tuple(COMPUTE_DTYPES)} but got {dtype!r}.")
-        dtype = COMPUTE_DTYPES[dtype]
+        dtype = COMPUTE_DTYPES.get(dtype, dtype)  # an unknown name is refused just below
     if dtype is not None and dtype not in COMPUTE_DTYPES.values():
         raise ValueError(f"Expected `{name}` to be one of {tuple(COMPUTE_DTYPES)} but got {dtype!r}.")
     if dtype is None or dtype == torch.float32:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from freqlens.models import compute_autocast, model_device, trim_padding
+from freqlens.models import compute_autocast, eval_mode, model_device, trim_padding
 from freqlens.training import TrainConfig, TrainResult, steps_per_epoch, train
 
 
@@ -57,18 +57,12 @@ def per_example_losses(model: nn.Module, encodings, labels, *, batch_size: int =
     labels = torch.as_tensor(labels, dtype=torch.long)
     device = model_device(model)
     losses = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(labels), batch_size):
-                rows = torch.arange(start, min(start + batch_size, len(labels)))
-                batch = trim_padding({k: v[rows] for k, v in encodings.items()})
-                with compute_autocast(model):
-                    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-                losses.append(nn.functional.cross_entropy(logits, labels[rows].to(device), reduction="none").cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode(), compute_autocast(model):
+        for start in range(0, len(labels), batch_size):
+            rows = torch.arange(start, min(start + batch_size, len(labels)))
+            batch = trim_padding({k: v[rows] for k, v in encodings.items()})
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+            losses.append(nn.functional.cross_entropy(logits, labels[rows].to(device), reduction="none").cpu())
     losses = torch.cat(losses).numpy()
     if not np.isfinite(losses).all():
         raise FloatingPointError(

@@ -226,7 +226,7 @@ def checkpoint_shapes(model: nn.Module) -> dict[str, tuple[int, ...]] | None:
     Hugging Face cache (no network), holding ``model.safetensors``,
     ``pytorch_model.bin`` or their sharded index.
     """
-    source = str(getattr(getattr(_base_model(model), "config", None), "_name_or_path", "") or "")
+    source = _checkpoint_name(model)
     if not source:
         return None
     for filename in CHECKPOINT_FILES:
@@ -286,18 +286,24 @@ def _from_checkpoint(source: str, shape: tuple[int, ...], checkpoint: dict[str, 
     return any(checkpoint.get(name) == tuple(shape) for name in names)
 
 
-def weights_not_in_checkpoint(model: nn.Module) -> set[str] | None:
+def _checkpoint_name(model: nn.Module) -> str:
+    """The checkpoint the base model was loaded from (``config._name_or_path``; "" when built from a config)."""
+    return str(getattr(getattr(_base_model(model), "config", None), "_name_or_path", "") or "")
+
+
+def weights_not_in_checkpoint(model: nn.Module, plain: dict | None = None) -> set[str] | None:
     """State-dict keys of ``model`` without peft (:func:`plain_state`) that its checkpoint does not fill.
 
     These are the weights ``from_pretrained`` initialised at random (a head
     or pooler the checkpoint lacks, or one of another shape) and the ones
     added since (MSLR, a decoder's :class:`MSLRHead`). Every key when the
     model names no checkpoint (built from a config); None when it names one
-    whose files cannot be found (:func:`checkpoint_shapes`).
+    whose files cannot be found (:func:`checkpoint_shapes`). ``plain``: the
+    model's :func:`plain_state`, when the caller has it.
     """
     base = _base_model(model)
-    plain = plain_state(model)
-    if not getattr(getattr(base, "config", None), "_name_or_path", ""):
+    plain = plain_state(model) if plain is None else plain
+    if not _checkpoint_name(model):
         return set(plain)
     checkpoint = checkpoint_shapes(base)
     if checkpoint is None:
@@ -322,14 +328,15 @@ def weights_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     The adapter's own weights and trained ``modules_to_save`` copies are in
     peft's file.
     """
-    random = weights_not_in_checkpoint(model)
+    plain = plain_state(model)
+    random = weights_not_in_checkpoint(model, plain)
     if random is None:
         import warnings
 
-        warnings.warn(f"The files of {_base_model(model).config._name_or_path!r}, which the model was loaded "
+        warnings.warn(f"The files of {_checkpoint_name(model)!r}, which the model was loaded "
                       f"from, were not found; the saved model holds every weight.", stacklevel=3)
     return {name: tensor.detach().cpu().clone().contiguous()
-            for name, (tensor, _) in plain_state(model).items()
+            for name, (tensor, _) in plain.items()
             if random is None or name in random or tensor.requires_grad}
 
 
@@ -368,8 +375,7 @@ def save_defended(model: nn.Module, directory: str | Path, layout: DefendedLayou
     state = {} if full else weights_to_save(model)
     if state:
         save_file(state, str(directory / WEIGHTS_FILE))
-    base = getattr(getattr(_base_model(model), "config", None), "_name_or_path", "") or ""
-    settings = {**layout.to_dict(), "base": str(base), "weights": sorted(state)}
+    settings = {**layout.to_dict(), "base": _checkpoint_name(model), "weights": sorted(state)}
     (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
     return directory
 
@@ -443,12 +449,12 @@ def _check_saved_weights(model: nn.Module, state: dict[str, torch.Tensor], layou
         raise ValueError(f"Expected the weights in {weights} to fit {type(model).__name__} but "
                          f"{len(unfit)} do not (name, shape): {listing(sorted(unfit))}; was it saved from another "
                          f"base model?")
-    random = weights_not_in_checkpoint(model)
+    random = weights_not_in_checkpoint(model, plain)
     if random is None:
         return  # the base's files were not found: the saved list above is what can be checked
     lost = sorted(random - set(state))
     if lost:
-        source = model.config._name_or_path
+        source = _checkpoint_name(model)
         origin = (f"the base checkpoint {source!r} does not hold them" if source
                   else "the base model was built from a config, so none of its weights come from a checkpoint")
         raise ValueError(f"Expected {weights.name} in {weights.parent} to hold every weight of the rebuilt "

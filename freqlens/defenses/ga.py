@@ -303,11 +303,12 @@ class GradientAligner:
         device = model_device(model)
         total: list[torch.Tensor | None] = [None] * len(parameters)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        autocast = compute_autocast(model, unscaled_gradients=True)  # float16: reference gradients in float32
         for start in range(0, len(labels), self.micro_batch_size):
             part = {k: v[start : start + self.micro_batch_size] for k, v in batch.items()}
             part_labels = labels[start : start + self.micro_batch_size]
             weight = world * len(part_labels) / n
-            with compute_autocast(model, unscaled_gradients=True):  # float16: reference gradients in float32
+            with autocast:
                 loss = model(**{k: v.to(device) for k, v in trim_padding(part).items()},
                              labels=part_labels.to(device)).loss
             grads = torch.autograd.grad(loss * weight, parameters, allow_unused=True)
@@ -352,7 +353,7 @@ class GradientAligner:
         loss_value, mean_norm, dot, train_sq, ref_sq = summary
         if not (math.isfinite(loss_value) and math.isfinite(ref_sq)):
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-            value = loss_value if what == "loss" else math.sqrt(ref_sq) if ref_sq >= 0 else ref_sq
+            value = loss_value if what == "loss" else math.sqrt(ref_sq)  # a sum of squares: inf or NaN
             raise FloatingPointError(
                 f"The clean reference batch's {what} is {value} at gradient-alignment step "
                 f"{len(self.log.steps) + 1} (epoch {epoch + 1}); training stopped there, before the "

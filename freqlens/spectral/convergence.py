@@ -29,6 +29,20 @@ def convergence_steps(
         >>> convergence_steps([0, 5, 10, 15], [0.9, 0.4, 0.3, 0.2]).item()
         5.0
     """
+    s, e = _curves(steps, errors)
+    check_positive_number(threshold, "threshold")
+    level = threshold * e[0] if relative else threshold
+    below = e < level  # NaN compares False: a NaN curve never converges
+    # stays[t] is True when every value from t on is below the level.
+    stays = np.flip(np.logical_and.accumulate(np.flip(below, axis=0), axis=0), axis=0)
+    converged = stays.any(axis=0)
+    first = np.argmax(stays, axis=0)
+    return np.where(converged, s[first], np.nan)
+
+
+def _curves(steps: ArrayLike, errors: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """``steps`` (T,) and ``errors`` (T, ...) as float64, checked: non-empty, finite,
+    strictly increasing steps, one row of errors per step."""
     s = check_finite(np.asarray(to_numpy(steps, "steps"), dtype=np.float64), "steps")
     e = np.asarray(to_numpy(errors, "errors"), dtype=np.float64)
     if s.ndim != 1 or s.size == 0:
@@ -40,11 +54,4 @@ def convergence_steps(
         )
     if np.any(np.diff(s) <= 0):
         raise ValueError("Expected `steps` to be strictly increasing.")
-    check_positive_number(threshold, "threshold")
-    level = threshold * e[0] if relative else threshold
-    below = e < level  # NaN compares False: a NaN curve never converges
-    # stays[t] is True when every value from t on is below the level.
-    stays = np.flip(np.logical_and.accumulate(np.flip(below, axis=0), axis=0), axis=0)
-    converged = stays.any(axis=0)
-    first = np.argmax(stays, axis=0)
-    return np.where(converged, s[first], np.nan)
+    return s, e

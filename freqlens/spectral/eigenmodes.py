@@ -33,10 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
-import torch
 
-from freqlens._checks import ArrayLike, as_matrix, check_choice, check_positive_int, to_numpy
-from freqlens.spectral.filters import DISTANCES, _distances
+from freqlens._checks import ArrayLike, as_matrix, as_targets, check_choice, check_positive_int, to_numpy
+from freqlens.spectral.filters import DISTANCES, pairwise_distances
 
 #: Up to this many probes the decomposition is exact (dense ``eigh``); above, Lanczos finds the top modes.
 MAX_DENSE = 4096
@@ -78,22 +77,6 @@ class EigenBasis:
     def frequencies(self) -> np.ndarray:
         """Graph frequency of each mode, ``1 - eigenvalue``, shape (M,), increasing, in [0, 1)."""
         return np.clip(1.0 - self.eigenvalues, 0.0, None)
-
-    def coefficients(self, signal: ArrayLike, *, centre: bool = True) -> np.ndarray:
-        """The signal's coordinates in the eigenmodes.
-
-        Args:
-            signal: shape (N,) or (N, C).
-            centre: remove each column's mean first (the energy of the
-                constant is not a frequency of the mapping).
-
-        Returns:
-            Shape (M, C) (C = 1 for a 1-D signal), float64.
-        """
-        f = _signal(signal, self.n)
-        if centre:
-            f = f - f.mean(axis=0, keepdims=True)
-        return self.modes.T @ f
 
     def energy(self, signal: ArrayLike, *, centre: bool = True) -> tuple[np.ndarray, float]:
         """Energy per mode, and the energy beyond the modes held.
@@ -175,7 +158,7 @@ class EigenBasis:
             y = y[None]
         if y.ndim != 3 or y.shape[1] != self.n:
             raise ValueError(f"Expected `outputs` of shape (T, N, C) with N={self.n} but got {y.shape}.")
-        t = _targets(targets, self.n, y.shape[2])
+        t = as_targets(targets, self.n, y.shape[2])
         edges = self.band_edges(num_bands)
         residual = y - t[None]  # (T, N, C)
         coeff = np.einsum("nm,tnc->tmc", self.modes, residual)
@@ -189,10 +172,7 @@ class EigenBasis:
             with np.errstate(divide="ignore", invalid="ignore"):
                 norms = np.where(norms[:1] > 0, norms / norms[:1], np.nan)
         elif relative_to == "target":
-            tc = np.square(self.modes.T @ t).sum(axis=1)
-            tb = np.add.reduceat(tc, edges[:-1])
-            if not self.complete:
-                tb = np.append(tb, max(float(np.square(t).sum() - tc.sum()), 0.0))
+            tb = self.band_energy(t, num_bands, centre=False)
             with np.errstate(divide="ignore", invalid="ignore"):
                 norms = np.where(tb > 0, norms / np.sqrt(tb), np.nan)
         return norms[0] if single else norms
@@ -254,11 +234,11 @@ def eigenbasis(
         from freqlens.spectral.widths import suggest_widths
 
         target = min(max(math.sqrt(n), 4.0), n / 2.0)
-        width = float(suggest_widths(x, num=2, distance=distance,
-                                     neighbours=(target, min(target * 1.01, float(n))))[1])
+        width = float(suggest_widths(x, num=1, distance=distance,
+                                     neighbours=(target, min(target * 1.01, float(n))))[0])
     if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
         raise ValueError(f"Expected `width` to be a positive finite number but got {width!r}.")
-    dist = _distances(torch.from_numpy(x), distance).numpy()
+    dist = pairwise_distances(x, distance=distance)
     return basis_from_distances(dist, width, distance=distance, num_modes=num_modes, max_dense=max_dense,
                                 seed=seed)
 
@@ -322,17 +302,3 @@ def _signal(signal: ArrayLike, n: int) -> np.ndarray:
     if f.ndim != 2 or f.shape[0] != n:
         raise ValueError(f"Expected `signal` of shape (N,) or (N, C) with N={n} but got {f.shape}.")
     return f
-
-
-def _targets(targets: ArrayLike, n: int, classes: int) -> np.ndarray:
-    t = to_numpy(targets, "targets")
-    if t.ndim == 1:
-        if t.shape[0] != n:
-            raise ValueError(f"Expected `targets` of shape (N,) with N={n} but got {t.shape}.")
-        labels = t.astype(np.int64)
-        if labels.min() < 0 or labels.max() >= classes:
-            raise ValueError(f"Expected integer `targets` in [0, {classes}) but got {labels.min()}..{labels.max()}.")
-        return np.eye(classes)[labels]
-    if t.shape != (n, classes):
-        raise ValueError(f"Expected `targets` of shape ({n}, {classes}) or ({n},) but got {t.shape}.")
-    return t.astype(np.float64)

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from freqlens._checks import ArrayLike, check_choice, check_finite, to_numpy
+from freqlens._checks import ArrayLike, check_choice
+from freqlens.spectral.convergence import _curves
 
 SPEEDS = ("area", "half_drop")
 
@@ -52,6 +53,8 @@ def learning_speed(steps: ArrayLike, errors: ArrayLike, *, method: str = "area")
     """
     check_choice(method, "method", SPEEDS)
     s, e = _curves(steps, errors)
+    if s[0] < 0:
+        raise ValueError(f"Expected `steps` to be non-negative (log-time is log(1 + step)) but got {s[0]:g}.")
     if method == "area":
         x = np.log1p(s)
         span = x[-1] - x[0]
@@ -69,15 +72,3 @@ def learning_speed(steps: ArrayLike, errors: ArrayLike, *, method: str = "area")
     first = np.argmax(stays, axis=0)
     defined = (drop > 0) & stays.any(axis=0) & ~np.isnan(e).any(axis=0)
     return np.where(defined, s[first], np.nan)
-
-
-def _curves(steps: ArrayLike, errors: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    s = check_finite(np.asarray(to_numpy(steps, "steps"), dtype=np.float64), "steps")
-    e = np.asarray(to_numpy(errors, "errors"), dtype=np.float64)
-    if s.ndim != 1 or s.size == 0:
-        raise ValueError(f"Expected `steps` to be a non-empty 1-D array but got shape {s.shape}.")
-    if e.ndim == 0 or e.shape[0] != s.size:
-        raise ValueError(f"Expected `errors` of shape (T, ...) with T={s.size} but got shape {e.shape}.")
-    if np.any(np.diff(s) <= 0) or s[0] < 0:
-        raise ValueError("Expected `steps` to be non-negative and strictly increasing.")
-    return s, e
