@@ -11,9 +11,9 @@ from freqlens import __version__
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _check_out(args)  # before torch and the demo load
     from freqlens.demo.run import DemoConfig, run_demo
 
-    _check_out(args)
     config = DemoConfig.quick() if args.quick else DemoConfig()
     config = config.with_seed(args.seed)
     if args.epochs is not None:
@@ -37,10 +37,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """Refuse an --out that already holds a recording, at once (before anything loads),
-    in the command line's words (``freqlens run`` checks in ``run_experiment``)."""
+    """Refuse a ``freqlens demo --out`` that already holds a recording, at once (before anything
+    loads), in the command line's words (``freqlens run`` checks in ``run_experiment``)."""
     meta = Path(args.out) / "trajectory" / "meta.json"
-    if meta.exists() and not args.overwrite and not getattr(args, "resume", False):
+    if meta.exists() and not args.overwrite:
         raise FileExistsError(f"--out {args.out} already holds a run ({meta} exists); {_OUT_ADVICE[args.command]}.")
 
 
@@ -53,10 +53,9 @@ _OUT_ADVICE = {
 def _cli_words(error: Exception, command: str) -> str:
     """An error message with the Python API's advice (``overwrite=True``) put in CLI flags."""
     message = str(error)
-    if isinstance(error, FileExistsError) and "overwrite=True" in message:
-        advice = message[message.index("pass overwrite=True"):] if "pass overwrite=True" in message else ""
-        message = message.replace(advice, _OUT_ADVICE.get(command, "pass --overwrite to replace it") + ".") \
-            if advice else message.replace("overwrite=True", "--overwrite")
+    advice = message.find("pass overwrite=True")
+    if isinstance(error, FileExistsError) and advice >= 0:
+        message = message[:advice] + _OUT_ADVICE.get(command, "pass --overwrite to replace it") + "."
     return message
 
 

@@ -170,8 +170,8 @@ RUN_STYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
-def _missing_note(ax: plt.Axes, what: str) -> None:
-    ax.text(0.5, 0.5, f"undefined (NaN): {what}", transform=ax.transAxes, ha="center", va="center",
+def _missing_note(ax: plt.Axes, what: str, prefix: str = "undefined (NaN)") -> None:
+    ax.text(0.5, 0.5, f"{prefix}: {what}", transform=ax.transAxes, ha="center", va="center",
             fontsize=8, color="#555555")
 
 
@@ -365,11 +365,11 @@ def plot_defense_comparison(rows, *, ax=None, metrics=DEFENSE_METRICS):
     attacks = list(dict.fromkeys(r["attack"] for r in records))
     palette = dict(zip(attacks, sns.color_palette("colorblind", len(attacks))))
     for axis, (column, label) in zip(axes, metrics):
-        axis.set_ylabel(f"{METRIC_AXIS_LABELS.get(column, label)} (0–1)", fontsize=8)
+        ylabel = f"{METRIC_AXIS_LABELS.get(column, label)} (0–1)"
+        axis.set_ylabel(ylabel, fontsize=8)
         data = [r for r in long if r["metric"] == label]
         if not data:
-            axis.text(0.5, 0.5, f"not measured: {label}", transform=axis.transAxes, ha="center", va="center",
-                      fontsize=8, color="#555555")
+            _missing_note(axis, label, prefix="not measured")
             continue
         sns.barplot(x=[r["defense"] for r in data], y=[r["value"] for r in data], hue=[r["attack"] for r in data],
                     order=defenses, hue_order=attacks, palette=palette, errorbar="sd", ax=axis, alpha=0.85)
@@ -381,7 +381,7 @@ def plot_defense_comparison(rows, *, ax=None, metrics=DEFENSE_METRICS):
                 axis.text(x, 0.02, "not\nmeasured", ha="center", va="bottom", fontsize=7, color="#555555")
         axis.set_title(label, fontsize=10)
         axis.set_ylim(0, 1.02)
-        axis.set_ylabel(f"{METRIC_AXIS_LABELS.get(column, label)} (0–1)", fontsize=8)
+        axis.set_ylabel(ylabel, fontsize=8)  # again: seaborn may have replaced it
         axis.tick_params(axis="x", rotation=45, labelsize=8)
         for tick in axis.get_xticklabels():
             tick.set_horizontalalignment("right")

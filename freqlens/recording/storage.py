@@ -168,6 +168,9 @@ class TrajectoryWriter:
         self.existing = None
         self.meta = self._new_meta()
 
+    def _snapshot_path(self, step: int) -> Path:
+        return self.directory / "snapshots" / f"step-{int(step):09d}.npz"
+
     def snapshot_steps(self) -> list[int]:
         """The steps of the snapshot files on disk, increasing (from their names)."""
         return sorted(int(path.stem[len("step-"):]) for path in (self.directory / "snapshots").glob("step-*.npz"))
@@ -176,7 +179,7 @@ class TrajectoryWriter:
         """Delete the snapshots of steps after ``step``; returns their steps."""
         removed = [s for s in self.snapshot_steps() if s > step]
         for s in removed:
-            (self.directory / "snapshots" / f"step-{s:09d}.npz").unlink(missing_ok=True)
+            self._snapshot_path(s).unlink(missing_ok=True)
         return removed
 
     def update_meta(self, **fields) -> None:
@@ -221,7 +224,7 @@ class TrajectoryWriter:
         for key, value in scalars.items():
             if value is not None:
                 arrays[f"{_SCALAR_PREFIX}{key}__"] = np.asarray(value, dtype=np.float64)
-        path = self.directory / "snapshots" / f"step-{int(step):09d}.npz"
+        path = self._snapshot_path(step)
         write_npz(path, arrays)
         return path
 
