@@ -29,15 +29,43 @@ METHODS = ("neighbours", "quantiles")
 IDENTITY_NEIGHBOURS = 1.1
 #: A width whose median n_eff is above this share of N is ~uniform.
 UNIFORM_SHARE = 0.9
+#: With ``num="auto"``: adjacent widths' median n_eff differ by at least this factor
+#: (closer filters pass nearly the same part of the signal), and at most this many widths.
+RESOLVING_FACTOR = 1.5
+MAX_AUTO_WIDTHS = 12
+#: Widths whose median n_eff span less than this factor (largest / smallest) act as one filter.
+COLLAPSE_SPAN = 2.0
 
 
 class WidthWarning(UserWarning):
     """The filter widths cannot show frequency structure on these inputs."""
 
 
+def resolvable_widths(n: int, neighbours: tuple[float, float] | None = None) -> int:
+    """How many filter widths N probe inputs resolve: ``num="auto"`` of :func:`suggest_widths`.
+
+    With median effective neighbour counts log-spaced over ``neighbours``
+    (default ``(2, N / 2)``), adjacent widths must differ by at least
+    :data:`RESOLVING_FACTOR` in n_eff, else two filters pass nearly the same
+    low part; so ``K = 1 + floor(log(high / low) / log(1.5))``, between 2 and
+    :data:`MAX_AUTO_WIDTHS` (freqlens' rule). N = 16 gives 4 widths, 64 gives
+    7, 256 gives 11 and 600 or more 12.
+
+    Raises:
+        ValueError: ``n`` < 3.
+    """
+    n = check_positive_int(n, "n", minimum=3)
+    low, high = _check_range(neighbours or _default_neighbours(n), "neighbours", 1.0, float(n))
+    return int(min(MAX_AUTO_WIDTHS, max(2, 1 + np.floor(np.log(high / low) / np.log(RESOLVING_FACTOR) + 1e-9))))
+
+
+def _default_neighbours(n: int) -> tuple[float, float]:
+    return 2.0, max(2.5, n / 2.0)
+
+
 def suggest_widths(
     inputs: ArrayLike,
-    num: int = 25,
+    num: int | str = "auto",
     *,
     distance: str = "euclidean",
     method: str = "neighbours",
@@ -49,7 +77,8 @@ def suggest_widths(
 
     Args:
         inputs: probe inputs, shape (N, D).
-        num: number of widths K.
+        num: number of widths K, or ``"auto"`` (default): as many as N
+            resolves (:func:`resolvable_widths`; 11 for N = 256).
         distance: ``"euclidean"`` (default) or ``"squared"``.
         method: ``"neighbours"`` (default): widths whose median effective
             neighbour count ``n_eff`` is log-spaced over ``neighbours``;
@@ -57,13 +86,18 @@ def suggest_widths(
             1/e at the distance quantile ``q``, for ``q`` evenly spaced over
             ``quantiles`` of the pairwise distances.
         neighbours: (smallest, largest) effective neighbour count; default
-            ``(2, N / 4)``.
+            ``(2, N / 2)``: from a filter that averages each input with about
+            one neighbour to one that averages over half of the probe set.
         quantiles: (lowest, highest) quantile levels in (0, 1).
         max_rows: rows sampled (deterministically) to estimate the median.
 
     Returns:
         A float array of ``num`` widths in decreasing order (low cut-off
         frequency first, the order of the bands).
+
+    Raises:
+        ValueError: fewer than 3 inputs, all rows equal, ``num`` not a
+            positive integer or ``"auto"``, or a bad range.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -72,12 +106,12 @@ def suggest_widths(
         ((5,), True)
     """
     x = as_matrix(inputs, "inputs")
-    num = check_positive_int(num, "num")
     check_choice(distance, "distance", DISTANCES)
     check_choice(method, "method", METHODS)
     n = x.shape[0]
     if n < 3:
         raise ValueError(f"Expected `inputs` to hold at least 3 probe inputs to choose widths but got {n}.")
+    num = resolvable_widths(n, neighbours) if num == "auto" else check_positive_int(num, "num")
     rows = np.linspace(0, n - 1, min(n, max_rows)).astype(np.int64)
     sample = _distances(torch.from_numpy(x), distance, rows=np.unique(rows))  # (rows, N)
     off_diagonal = sample[sample > 0]
@@ -88,7 +122,7 @@ def suggest_widths(
         levels = torch.linspace(low, high, num, dtype=off_diagonal.dtype)
         widths = torch.quantile(_subsample(off_diagonal), levels).numpy() / 2.0
         return np.sort(widths)[::-1].copy()
-    low, high = _check_range(neighbours or (2.0, max(2.5, n / 4.0)), "neighbours", 1.0, float(n))
+    low, high = _check_range(neighbours or _default_neighbours(n), "neighbours", 1.0, float(n))
     # From below the identity regime (the nearest neighbour's weight under
     # 1/(N e^4)) to above the uniform one, on a geometric grid.
     nearest, farthest = off_diagonal.min().item(), off_diagonal.max().item()
@@ -148,12 +182,41 @@ class WidthCheck:
         """Boolean mask of the widths that are neither ~identity nor ~uniform."""
         return np.array([s == "useful" for s in self.status])
 
+    @property
+    def span(self) -> float:
+        """Largest over smallest median effective neighbour count (1 for one width)."""
+        return float(self.neighbours.max() / self.neighbours.min()) if self.neighbours.size else 1.0
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether the widths act as one filter: more than one width, and their median
+        n_eff span less than :data:`COLLAPSE_SPAN` (x2), or none of them is useful."""
+        return self.widths.size > 1 and (self.span < COLLAPSE_SPAN or not self.useful.any())
+
+    @property
+    def message(self) -> str | None:
+        """A plain warning when the widths cannot resolve frequencies, else None."""
+        counts = np.round(self.neighbours, 2).tolist()
+        if not self.useful.any():
+            return (f"Every filter width gives a low part that is ~the signal itself or ~constant (median "
+                    f"effective neighbours {counts} of N={self.n}): the relative errors cannot show "
+                    f"frequency structure. Choose widths from the data (analysis.widths = \"auto\", "
+                    f"freqlens.spectral.suggest_widths).")
+        if self.collapsed:
+            return (f"The {self.widths.size} filter widths collapse to one filter: their median effective "
+                    f"neighbour counts span only {self.span:.3g}x ({counts} of N={self.n}), so every "
+                    f"width shows the same split of the spectrum. Choose widths from the data "
+                    f"(analysis.widths = \"auto\": n_eff from 2 to N/2).")
+        return None
+
     def to_dict(self) -> dict:
         return {
             "widths": self.widths.tolist(),
             "neighbours": self.neighbours.tolist(),
             "n": self.n,
             "status": list(self.status),
+            "span": self.span,
+            "collapsed": self.collapsed,
         }
 
 
@@ -167,8 +230,9 @@ def check_widths(
     """Check which widths filter the probe inputs in a useful way.
 
     Warns with :class:`WidthWarning` when every width gives a low part that is
-    ~the signal itself or ~constant, naming the median distance and suggesting
-    :func:`suggest_widths`.
+    ~the signal itself or ~constant, or when the widths collapse to one filter
+    (:attr:`WidthCheck.collapsed`), naming the counts and the median distance
+    and suggesting :func:`suggest_widths`.
 
     Args:
         inputs: probe inputs (N, D), or a :class:`FilterBank` (then ``widths``
@@ -192,14 +256,10 @@ def check_widths(
         for c in counts
     )
     check = WidthCheck(widths=bank.widths.copy(), neighbours=counts, n=bank.n, status=status)
-    if warn and not check.useful.any():
-        median = bank.median_distance()
+    if warn and check.message:
         warnings.warn(
-            f"Every filter width gives a low part that is ~the signal itself or ~constant "
-            f"(median effective neighbours {np.round(counts, 2).tolist()} of N={bank.n}; "
-            f"widths {np.round(bank.widths, 4).tolist()}, median {bank.distance} distance "
-            f"{median:.4g}): the relative errors cannot show frequency structure. Use "
-            f"freqlens.spectral.suggest_widths(inputs).",
+            f"{check.message} (widths {np.round(bank.widths, 4).tolist()}, median {bank.distance} "
+            f"distance {bank.median_distance():.4g})",
             WidthWarning,
             stacklevel=2,
         )

@@ -34,8 +34,8 @@ def test_suggested_widths_hit_log_spaced_neighbour_counts(distance, n):
     assert widths.shape == (8,)
     assert np.all(widths > 0) and np.all(np.diff(widths) < 0)
     counts = FilterBank(x, widths, distance=distance).neighbour_counts()
-    # widest first: the neighbour counts run from N/4 down to 2
-    targets = np.geomspace(2.0, n / 4.0, 8)[::-1]
+    # widest first: the neighbour counts run from N/2 down to 2
+    targets = np.geomspace(2.0, n / 2.0, 8)[::-1]
     np.testing.assert_allclose(counts, targets, rtol=0.2)
     assert np.all(np.diff(counts) < 0)
 
