@@ -36,7 +36,7 @@ import html
 import json
 import re
 import textwrap
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -376,6 +376,58 @@ def baseline(run: Run, members: Sequence[Run]) -> Run | None:
     return next((m for m in vanilla if m.seed == run.seed), vanilla[0] if vanilla else None)
 
 
+#: Config keys that tell repeated runs of one configuration apart (``freqlens run``, ``freqlens demo``).
+SEED_KEYS = ("train.seed", "seed")
+
+
+def configurations(members: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs of one group that differ only in their seed, in the order given.
+
+    Keyed by a label: the defense, plus the settings that tell configurations
+    with the same defense apart (e.g. ``lora [train.lr=0.0005]``). Partial runs
+    are configurations of their own (their metrics are missing).
+    """
+    by_key: dict[str, list[Run]] = {}
+    for run in members:
+        settings = {k: v for k, v in run.config.items() if k not in SEED_KEYS}
+        key = json.dumps([settings, run.partial is not None, str(run.directory) if not run.config else ""],
+                         sort_keys=True, default=str)
+        by_key.setdefault(key, []).append(run)
+    labels: dict[str, str] = {}
+    for key, runs in by_key.items():
+        twins = [r[0] for r in by_key.values() if r[0].defense == runs[0].defense]
+        differing = [k for k in config_differences(twins) if k not in SEED_KEYS] if len(twins) > 1 else []
+        shown = ", ".join(f"{k}={_short(runs[0].config.get(k), 24)}" for k in differing[:2])
+        label = runs[0].defense + (f" [{shown}]" if shown else "") + (" (partial)" if runs[0].partial else "")
+        if not runs[0].config and len(twins) > 1:
+            label += f" ({runs[0].directory.name})"
+        while label in labels.values():
+            label += "'"
+        labels[key] = label
+    return {labels[key]: runs for key, runs in by_key.items()}
+
+
+def _mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean and sample standard deviation (ddof 1; None for one value) of the values measured."""
+    measured = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if not measured.size:
+        return None, None, 0
+    return float(measured.mean()), float(measured.std(ddof=1)) if measured.size > 1 else None, int(measured.size)
+
+
+def seed_summary(members: Sequence[Run]) -> list[dict]:
+    """Per configuration of a group (:func:`configurations`): how many seeds, and the mean and
+    spread (sample standard deviation over seeds) of CACC, ASR, false-trigger rate and net
+    backdoor effect. Spreads are None where fewer than two seeds measured the metric."""
+    rows = []
+    for label, runs in configurations(members).items():
+        row = {"configuration": label, "defense": runs[0].defense, "seeds": [r.seed for r in runs]}
+        for name in METRICS:
+            row[name], row[f"{name}_sd"], row[f"{name}_n"] = _mean_sd([r.metric(name) for r in runs])
+        rows.append(row)
+    return rows
+
+
 def config_differences(runs: Sequence[Run]) -> dict[str, list]:
     """The config keys whose values differ between runs: key -> value per run."""
     keys = sorted({k for run in runs for k in run.config})
@@ -494,6 +546,11 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
         header, table = _summary_table(group_rows)
         html_parts.append(_html_table(header, table))
         md += _md_table(header, table) + [""]
+        header, table = _seed_table(members)
+        if table:
+            title = "Across seeds: mean ± standard deviation over the seeds of each configuration"
+            html_parts += [f"<h3>{title}</h3>", _html_table(header, table)]
+            md += [f"### {title}", ""] + _md_table(header, table) + [""]
         differences = config_differences(members)
         if differences:
             header = ["setting"] + [m.label for m in members]
@@ -512,6 +569,7 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
             md.append(f"![{caption}](figures/{stem}.png)")
             html_parts.append(f'<figure><img alt="{html.escape(caption)}" src="{figure_to_data_uri(fig)}">'
                               f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            plt.close(fig)  # one figure open at a time, however many runs
         md.append("")
     script = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
               "document.body.dataset.figuresTotal=i.length;"
@@ -554,6 +612,21 @@ def _summary_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     return header, table
 
 
+def _seed_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
+    """The seed summary as a table; empty when no configuration has two or more seeds."""
+    rows = seed_summary(members)
+    if not any(len(r["seeds"]) > 1 for r in rows):
+        return [], []
+
+    def spread(row: dict, name: str) -> str:
+        mean, sd = row[name], row[f"{name}_sd"]
+        return "–" if mean is None else f"{mean:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
+
+    header = ["configuration", "seeds", "CACC", "ASR", "false-trigger", "net"]
+    return header, [[r["configuration"], ", ".join(str(s) for s in r["seeds"])]
+                    + [spread(r, name) for name in METRICS] for r in rows]
+
+
 def _band_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     keys = list(dict.fromkeys(k for r in rows for k in r if k.endswith("_step") and not k.startswith("shift_")))
     table = []
@@ -574,19 +647,20 @@ def _headed(fig, heading: str):
     return fig
 
 
-def _group_figures(group: str, members: Sequence[Run], view: str, plots) -> list[tuple[tuple, str, object]]:
-    """(file-name parts, caption, figure) for a group's comparison figures and each run's figures."""
+def _group_figures(group: str, members: Sequence[Run], view: str, plots) -> Iterator[tuple[tuple, str, object]]:
+    """(file-name parts, caption, figure) for a group's comparison figures and each run's figures,
+    each drawn when the caller asks for the next."""
     analyses = {m.label: m.analysis for m in members}
     records = [{"attack": group, "defense": m.label, "cacc": m.metric("cacc"), "asr": m.metric("asr"),
                 "false_trigger_rate": m.metric("false_trigger_rate")} for m in members]
     partial = [f"{m.label}: {m.partial.removeprefix('partial: ')}" for m in members if m.partial]
     mark = f" (partial runs, metrics missing: {'; '.join(partial)})" if partial else ""
     measured = any(r[k] is not None for r in records for k in ("cacc", "asr", "false_trigger_rate"))
-    figures = [(("metrics",), f"CACC, ASR and false-trigger rate per run{mark}",
-                plots.plot_defense_comparison(records))] if measured else []  # else: the table says missing
-    figures += [(("convergence_spectrum",),
-                f"Convergence spectrum: steps to converge per frequency band, one line per probe set and run{mark}",
-                _headed(plots.plot_convergence_spectrum(analyses, view=view), group))]
+    if measured:  # else: the table says what is missing
+        yield ("metrics",), f"CACC, ASR and false-trigger rate per run{mark}", plots.plot_defense_comparison(records)
+    yield (("convergence_spectrum",),
+           f"Convergence spectrum: steps to converge per frequency band, one line per probe set and run{mark}",
+           _headed(plots.plot_convergence_spectrum(analyses, view=view), group))
     for m in members:
         a = m.analysis
         v = view if view in a.curves else "separate"
@@ -597,9 +671,8 @@ def _group_figures(group: str, members: Sequence[Run], view: str, plots) -> list
                 ("band_spectrum", "band spectrum over training", lambda: plots.plot_band_spectrum(a, view=v)),
                 ("frequency_ratios", "LFR / HFR over training", lambda: plots.plot_frequency_ratios(a, view=v)),
                 ("projection_spectrum", "projection spectrum", lambda: plots.plot_projection_spectrum(a)))
-        figures += [((m.label, kind), f"{caption}: {what}", _headed(make(), heading))
-                    for kind, what, make in draw]
-    return figures
+        for kind, what, make in draw:  # drawn one at a time, as the caller saves and closes each
+            yield (m.label, kind), f"{caption}: {what}", _headed(make(), heading)
 
 
 def _format(value) -> str:

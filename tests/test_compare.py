@@ -9,10 +9,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from freqlens.cli import main
-from freqlens.compare import RunError, comparison_rows, config_differences, load_run, load_runs, write_comparison
+from freqlens.compare import (
+    RunError,
+    comparison_rows,
+    config_differences,
+    load_run,
+    load_runs,
+    seed_summary,
+    write_comparison,
+)
 
 
 @pytest.fixture(scope="module")
@@ -623,3 +632,31 @@ def test_an_identity_that_names_no_file_groups_by_the_config(runs, tmp_path):
     loaded, _ = load_runs(dirs)
     assert [sorted(r.directory.name for r in m) for m in groups(loaded).values()] == [
         ["with", "with-too"], ["fingerprinted"], ["without"]]
+
+
+def test_seeds_of_one_configuration_are_aggregated_with_mean_and_spread(runs, tmp_path):
+    dirs = [_variant(runs, tmp_path, "v0", _ob_config(seed=0), asr=1.0, cacc=0.80),
+            _variant(runs, tmp_path, "v1", _ob_config(seed=1), asr=0.8, cacc=0.84),
+            _variant(runs, tmp_path, "m0", _ob_config(seed=0, defense="muscle"), asr=0.2),
+            _variant(runs, tmp_path, "m1", _ob_config(seed=1, defense="muscle"), asr=0.1),
+            _variant(runs, tmp_path, "m2", _ob_config(seed=2, defense="muscle"), asr=0.6),
+            _variant(runs, tmp_path, "m-lr", _ob_config(seed=0, defense="muscle", lr=1e-3), asr=0.5)]
+    loaded, _ = load_runs(dirs)
+    summary = {r["configuration"]: r for r in seed_summary(loaded)}
+    assert sorted(summary) == ["muscle [train.lr=0.001]", "muscle [train.lr=4e-05]", "vanilla"]
+    muscle = summary["muscle [train.lr=4e-05]"]
+    assert muscle["seeds"] == [0, 1, 2] and muscle["asr_n"] == 3
+    assert muscle["asr"] == pytest.approx(np.mean([0.2, 0.1, 0.6]))
+    assert muscle["asr_sd"] == pytest.approx(np.std([0.2, 0.1, 0.6], ddof=1))
+    assert summary["vanilla"]["cacc"] == pytest.approx(0.82) and summary["muscle [train.lr=0.001]"]["asr_sd"] is None
+    write_comparison(loaded, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Across seeds" in md and "0.300 ± 0.265" in md and "| vanilla | 0, 1 |" in md
+
+
+def test_one_seed_per_configuration_adds_no_seed_table(runs, tmp_path):
+    dirs = [_variant(runs, tmp_path, "v0", _ob_config(seed=0), asr=1.0),
+            _variant(runs, tmp_path, "m0", _ob_config(seed=0, defense="muscle"), asr=0.2)]
+    loaded, _ = load_runs(dirs)
+    write_comparison(loaded, tmp_path / "report")
+    assert "Across seeds" not in (tmp_path / "report" / "report.md").read_text()
