@@ -623,3 +623,124 @@ def embedding_inputs(
                 hidden = hidden * mask[..., None].to(hidden.dtype)
             rows.append(hidden.reshape(hidden.shape[0], -1).cpu())
     return torch.cat(rows).numpy()
+
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, L, d) states averaged over the positions where ``mask`` (B, L) is 1 -> (B, d)
+    (over every position without a mask; a row without any kept position gives zeros)."""
+    hidden = hidden.float()
+    if mask is None or mask.shape != hidden.shape[:2]:
+        return hidden.mean(dim=1)
+    weights = mask.to(hidden.dtype)[..., None]
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def pooled_embedding_inputs(
+    model: nn.Module,
+    encodings: Mapping[str, torch.Tensor],
+    *,
+    module: nn.Module | None = None,
+    batch_size: int = 128,
+    mode: str | None = None,
+) -> np.ndarray:
+    """Kernel inputs: the embedding layer's outputs averaged over the attention mask.
+
+    The same states as :func:`embedding_inputs` (read where
+    :func:`resolve_probe_layer` says, in eval mode, float32, the forward pass
+    stopped at the embedding layer), averaged over the positions where
+    ``attention_mask`` is 1 instead of flattened, so the result does not
+    depend on the padded length L.
+
+    Args:
+        model: the classifier.
+        encodings: model inputs, each with N rows, with ``attention_mask``
+            where there is padding.
+        module, mode: where to read the embeddings, as in :func:`embedding_inputs`.
+        batch_size: rows per forward pass.
+
+    Returns:
+        float32 array of shape (N, d), d the embedding width.
+    """
+    layer, how = resolve_probe_layer(model, module, mode)
+    device = model_device(model)
+    rows = []
+    with eval_mode(model), torch.inference_mode():
+        for batch in _batches(encodings, batch_size, device):
+            with capture(layer, how) as captured:
+                run_until_captured(model, **batch)
+            rows.append(_masked_mean(captured[0], batch.get("attention_mask")).cpu())
+    return torch.cat(rows).numpy()
+
+
+@contextmanager
+def _no_new_hooks(model: nn.Module) -> Iterator[None]:
+    """Remove, on the way out, every forward hook added to ``model``'s modules in the
+    block, and the ``transformers`` marker saying its capturing hooks are installed."""
+    marker = "_output_capturing_hooks_installed"
+    before = {id(m): (set(m._forward_hooks), set(m._forward_pre_hooks), marker in vars(m))
+              for m in model.modules()}
+    try:
+        yield
+    finally:
+        for module in model.modules():
+            hooks, pre_hooks, marked = before.get(id(module), (set(), set(), False))
+            for key in [k for k in module._forward_hooks if k not in hooks]:
+                del module._forward_hooks[key]
+                module._forward_hooks_with_kwargs.pop(key, None)
+                module._forward_hooks_always_called.pop(key, None)
+            for key in [k for k in module._forward_pre_hooks if k not in pre_hooks]:
+                del module._forward_pre_hooks[key]
+                module._forward_pre_hooks_with_kwargs.pop(key, None)
+            if marker in vars(module) and not marked:
+                delattr(module, marker)
+
+
+def pooled_hidden_inputs(
+    model: nn.Module,
+    encodings: Mapping[str, torch.Tensor],
+    *,
+    layer: int = -1,
+    batch_size: int = 128,
+) -> tuple[np.ndarray, int]:
+    """Kernel inputs: hidden layer ``layer``'s states averaged over the attention mask.
+
+    One full forward pass with ``output_hidden_states=True`` (eval mode,
+    float32, ``torch.inference_mode``); ``hidden_states[layer]`` (index 0 is
+    the embedding output, -1 the last layer's) is averaged over the positions
+    where ``attention_mask`` is 1. Works for any ``transformers`` model that
+    returns ``hidden_states`` (BERT, RoBERTa, GPT-2, Llama, ...).
+
+    Args:
+        model: the classifier (a peft wrapper: pass its base model).
+        encodings: model inputs, each with N rows.
+        layer: index into the model's hidden states (Python indexing: -1 is
+            the last).
+        batch_size: rows per forward pass.
+
+    Returns:
+        (float32 array of shape (N, d), the number of hidden states the model
+        returns, so that a caller can say which layer ``layer`` was).
+
+    The model is left as it was: ``transformers`` installs output-capturing
+    hooks on a model the first time it is asked for hidden states, and those
+    this pass installed are removed again.
+
+    Raises:
+        ValueError: the model returns no ``hidden_states``, or ``layer`` is
+            outside them (the message gives the range).
+    """
+    device = model_device(model)
+    rows, count = [], 0
+    with eval_mode(model), torch.inference_mode(), _no_new_hooks(model):
+        for batch in _batches(encodings, batch_size, device):
+            output = model(**batch, output_hidden_states=True)
+            states = getattr(output, "hidden_states", None)
+            if not states:
+                raise ValueError(f"Expected {type(model).__name__} to return `hidden_states` with "
+                                 "output_hidden_states=True but it returned none.")
+            count = len(states)
+            if not -count <= layer < count:
+                raise ValueError(f"Expected a hidden layer index in [{-count}, {count - 1}] for "
+                                 f"{type(model).__name__} ({count} hidden states, 0 = embeddings) but got {layer}.")
+            rows.append(_masked_mean(states[layer], batch.get("attention_mask")).cpu())
+    return torch.cat(rows).numpy(), count

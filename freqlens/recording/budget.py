@@ -13,9 +13,14 @@ backward, with the random state restored and the gradients cleared, so the run
 itself is unchanged) and solves for the R that keeps the share at ``budget``.
 
 On a short CPU run this R is small (2,000 examples, 2 epochs, 50 snapshots at
-10%: about 20 per set), on the paper's budget it is a few hundred; the plan
-says which, and the report warns when the sets are too small for a fine
-spectrum.
+10%: about 20 per set), on the paper's budget it is a few hundred. A spectrum
+needs more than that, so a useful measurement comes first: ``freqlens run``
+keeps at least ``record.min_probe_size`` (128) examples per clean and backdoor
+set, leaving out the optional control set and thinning a log schedule (to no
+fewer than ``record.min_snapshots``, 20) before going below it, and says in
+the plan's warning when that costs more than the budget. The probe pass is
+timed in the precision the recorder will use (``precision``: bfloat16 on a
+CPU where it is exact enough, see :mod:`freqlens.recording.precision`).
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from torch import nn
 
 from freqlens._checks import check_positive_int
 from freqlens.models import compute_autocast, model_device, predict_proba, trim_padding
+from freqlens.recording import precision as _precision
 
 SMALL_PROBE_SET = 32  # below this many examples per set, a spectrum is coarse
+PROBE_TIMING_BATCHES = 4  # the probe pass is timed over this many probe batches of training examples
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,9 @@ class ProbePlan:
             minimum, which was used anyway), ``"snapshots"`` (the minimum at
             fewer snapshots) or ``"maximum"``.
         requested_snapshots: the snapshots the schedule asked for.
+        probe_precision: the precision the probe pass was timed in
+            (``"float32"`` or ``"bfloat16"``; with ``"auto"``, bfloat16 where its
+            probabilities agreed with float32 to 1e-3 on the timed batch).
     """
 
     size: int
@@ -62,29 +72,35 @@ class ProbePlan:
     snapshots: int
     limited: str
     requested_snapshots: int | None = None
+    probe_precision: str = "float32"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def note(self) -> str | None:
+        """What the plan changed to fit the budget (a thinned schedule), or None: information, not a fault."""
+        if self.limited != "snapshots":
+            return None
+        return (f"To keep {self.size} examples per probe set within a {self.budget:.0%} recording budget, the "
+                f"log schedule takes {self.snapshots} of the {self.requested_snapshots} snapshots asked for "
+                f"(recording expected at {self.expected_share:.0%} of the wall time); raise record.budget "
+                "for more.")
 
     @property
     def warning(self) -> str | None:
-        """A plain sentence when the sets are small enough to blur the spectrum."""
-        over = (f" Recording is expected to take {self.expected_share:.0%} of the wall time, above the "
-                f"{self.budget:.0%} budget (the fewest examples per set, record.min_probe_size, and "
-                f"snapshots, record.min_snapshots, come first)." if self.expected_share > 1.5 * self.budget
-                else "")
-        if self.limited == "snapshots":
-            return (
-                f"The {self.budget:.0%} recording budget affords {self.size} examples per probe set at "
-                f"{self.snapshots} of the {self.requested_snapshots} snapshots asked for; raise "
-                f"record.budget for more.{over}"
-            )
+        """A plain sentence when the measurement is coarse (small sets) or costs more than the
+        budget (even the fewest examples and snapshots overrun it), else None."""
+        over = (f"Recording is expected to take {self.expected_share:.0%} of the wall time, above the "
+                f"{self.budget:.0%} budget: the fewest examples per set (record.min_probe_size) at the fewest "
+                f"snapshots (record.min_snapshots) come first; raise record.budget to silence this, or lower "
+                f"those for a cheaper, coarser spectrum." if self.expected_share > self.budget else "")
         if self.size >= SMALL_PROBE_SET:
-            return over.strip() or None
+            return over or None
         return (
             f"Probe sets of {self.size} examples (sized to a {self.budget:.0%} recording budget) give "
-            f"a coarse spectrum; raise record.budget or set record.probe_size for a finer one.{over}"
-        )
+            f"a coarse spectrum; raise record.budget or set record.probe_size for a finer one. {over}"
+        ).strip()
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "note": self.note}
 
 
 def plan_probes(
@@ -105,13 +121,17 @@ def plan_probes(
     repeats: int = 2,
     margin: float = 0.85,
     min_snapshots: int | None = None,
+    precision: str = "float32",
 ) -> ProbePlan:
     """Measure training and probing costs on ``model`` and size the probe sets.
 
     Args:
         model: the model about to be trained (left as it was: parameters,
             gradients, mode and random state).
-        encodings, labels: the training examples; one batch of them is timed.
+        encodings, labels: the training examples; one training batch of them
+            is timed forward and backward, and up to ``4 * probe_batch_size``
+            of them in a probe pass (sorted by length into batches, as the
+            recorder's passes are).
         budget: the share of wall time recording may take, in (0, 1).
         train_examples, epochs: the run's length.
         snapshots: the number of snapshots the schedule takes.
@@ -129,6 +149,12 @@ def plan_probes(
             thinned), a budget that cannot pay for ``minimum`` examples per
             set at every snapshot keeps the minimum and takes fewer
             snapshots, down to this many, instead of overrunning.
+        precision: the precision the recorder's probe passes will use
+            (``"auto"``, ``"float32"``, ``"bfloat16"``; see
+            :mod:`freqlens.recording.precision`), so that the probe pass is
+            timed as it will run. With ``"auto"``, bfloat16 is timed where the
+            recorder would try it and its probabilities agree with float32 to
+            within 1e-3 on the timed batch.
 
     Returns:
         A :class:`ProbePlan`.
@@ -145,11 +171,27 @@ def plan_probes(
         raise ValueError(f"Expected `minimum` <= `maximum` but got {minimum} > {maximum}.")
     if not (isinstance(margin, (int, float)) and 0.0 < margin <= 1.0):
         raise ValueError(f"Expected `margin` in (0, 1] but got {margin!r}.")
+    tried = _precision.candidate(precision, model)[0]
     rows = torch.arange(min(batch_size, len(labels)))
     batch = trim_padding({k: v[rows] for k, v in encodings.items()})
     train_time = _fastest(lambda: _train_pass(model, batch, labels[rows]), model, repeats) / len(rows)
-    probe_time = _fastest(lambda: predict_proba(model, batch, batch_size=probe_batch_size), model,
-                          repeats) / len(rows)
+    # The probe pass is timed as the recorder runs it: several batches' worth of examples, which
+    # predict_proba sorts by length into batches with little padding.
+    probe_rows = torch.arange(min(max(batch_size, PROBE_TIMING_BATCHES * probe_batch_size), len(labels)))
+    probes = {k: v[probe_rows] for k, v in encodings.items()}
+    used = tried
+    if tried == "bfloat16" and precision == "auto":
+        exact = predict_proba(model, probes, batch_size=probe_batch_size)
+        with _precision.autocast("bfloat16", model):
+            low = predict_proba(model, probes, batch_size=probe_batch_size)
+        if float(abs(low - exact).max()) > _precision.TOLERANCE:
+            used = "float32"
+
+    def probe_pass():
+        with _precision.autocast(used, model):
+            predict_proba(model, probes, batch_size=probe_batch_size)
+
+    probe_time = _fastest(probe_pass, model, repeats) / len(probe_rows)
     allowed = margin * budget / (1.0 - budget) * train_examples * epochs * train_time
     per_set = int(allowed / (snapshots * num_sets * probe_time))
     while per_set < minimum and optional_sets > 0:
@@ -169,7 +211,8 @@ def plan_probes(
     share = recording / (recording + train_examples * epochs * train_time)
     return ProbePlan(size=size, num_sets=num_sets, budget=float(budget), expected_share=round(share, 4),
                      train_seconds_per_example=train_time, probe_seconds_per_example=probe_time,
-                     snapshots=snapshots, limited=limited, requested_snapshots=requested)
+                     snapshots=snapshots, limited=limited, requested_snapshots=requested,
+                     probe_precision=used)
 
 
 def _train_pass(model: nn.Module, batch: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:

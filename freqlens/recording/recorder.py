@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,18 +17,23 @@ from torch import nn
 
 from freqlens import distributed
 from freqlens._checks import check_positive_int
-from freqlens.models import embedding_inputs, predict_proba, resolve_probe_layer
+from freqlens.models import predict_proba, resolve_probe_layer
+from freqlens.recording import precision as _precision
 from freqlens.recording.probes import ProbeSet
 from freqlens.recording.schedule import Schedule
+from freqlens.recording.spaces import DEFAULT_INPUT_SPACES, resolve_input_spaces
 from freqlens.recording.storage import Trajectory, TrajectoryWriter, load_trajectory
 
 
 class Recorder:
     """Records softmax outputs on probe sets while a model trains.
 
-    At :meth:`start` it computes each probe set's kernel inputs (the
-    embedding-layer outputs of the model as it is before training) and records
-    step 0; then :meth:`step` is called once per optimisation step and records
+    At :meth:`start` it computes each probe set's kernel inputs from the model
+    as it is before training, in every input space asked for (``input_spaces``:
+    by default the paper's flattened embedding-layer outputs, their mean over
+    the attention mask, and the last hidden layer's mean; see
+    :mod:`freqlens.recording.spaces`), and records step 0; then
+    :meth:`step` is called once per optimisation step and records
     when the schedule says so. Every snapshot goes to disk at once, atomically
     (see :mod:`freqlens.recording.storage`), so a crash loses nothing already
     recorded. Use it from a plain PyTorch loop::
@@ -83,12 +89,30 @@ class Recorder:
         overwrite: replace a trajectory already in ``directory``.
         resume: continue a trajectory already in ``directory`` (see above).
         metadata: extra JSON-serialisable fields for meta.json.
+        input_spaces: the spaces whose kernel inputs are recorded, names as in
+            :mod:`freqlens.recording.spaces` (``"flattened"``,
+            ``"mean-pooled"``, ``"hidden:K"``, a registered name,
+            ``"package.module:function"``); the first is the trajectory's
+            ``inputs``. meta.json's ``input_spaces`` lists each with a
+            description (layer, pooling, dimension). A resumed recording must
+            ask for the spaces stored.
+        precision: the probe passes' precision: ``"float32"`` (the default:
+            exact), ``"auto"`` (bfloat16 autocast on a CPU for a float32-compute
+            model where its probabilities agree with float32 to within 1e-3 on
+            the step-0 probes, else float32; ``record.precision`` in a
+            config; see :mod:`freqlens.recording.precision`) or
+            ``"bfloat16"``. The step-0 snapshot is always float32; meta.json's
+            ``probe_precision`` records the choice and the largest differences
+            measured at the start and, in one more float32 pass, at the last
+            snapshot (whose outputs are then stored in float32; a difference
+            above 1e-3 there is also warned about).
 
     Raises:
         FileExistsError: ``directory`` holds a trajectory and neither
             ``overwrite`` nor ``resume`` is set.
-        ValueError: bad arguments; with ``resume``, probe sets that differ
-            from the stored ones.
+        ValueError: bad arguments (an unknown input space or precision is named
+            with the argument and the choices); with ``resume``, probe sets
+            that differ from the stored ones.
 
     Attributes:
         seconds: wall time spent recording (kernel inputs and snapshots).
@@ -108,6 +132,8 @@ class Recorder:
         overwrite: bool = False,
         resume: bool = False,
         metadata: Mapping | None = None,
+        input_spaces: Sequence[str] = DEFAULT_INPUT_SPACES,
+        precision: str = "float32",
     ) -> None:
         if isinstance(probes, ProbeSet):
             probes = [probes]
@@ -119,6 +145,12 @@ class Recorder:
             raise ValueError(f"Expected probe set names to be unique but got {names}.")
         self.probes = {p.name: p for p in sets}
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.input_spaces = resolve_input_spaces(input_spaces, argument="input_spaces")
+        self.precision = _precision.check_precision(precision, "precision")
+        self.probe_precision: dict = {}
+        self._precision_used = "float32"
+        self._latest_step: int | None = None
+        self._last_low: tuple[int, dict | None] | None = None
         self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
         self.embedding_layer = embedding_layer
         self.directory = os.fspath(directory)
@@ -185,13 +217,22 @@ class Recorder:
         # base model's embeddings, without virtual tokens (identical for LoRA at its start).
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         layer, mode = resolve_probe_layer(base, self.embedding_layer)
-        inputs = None
-        if self._writer is not None:  # rank 0 alone: a pass that stops at the embeddings is cheap
-            inputs = {name: embedding_inputs(base, probe.encodings, module=layer, mode=mode,
-                                             batch_size=self.batch_size)
-                      for name, probe in self.probes.items()}
+        tried, reason = _precision.candidate(self.precision, model)
+        inputs, spaces = None, []
+        if self._writer is not None:  # rank 0 alone: one pass per space and probe set, at initialisation
+            inputs = {name: {} for name in self.probes}
+            for space in self.input_spaces:
+                description = None
+                for name, probe in self.probes.items():
+                    values, text = space.compute(base, probe.encodings, embedding_layer=layer,
+                                                 batch_size=self.batch_size)
+                    inputs[name][space.name] = values
+                    description = description or text
+                spaces.append({"name": space.name, "description": description,
+                               "dim": int(inputs[next(iter(self.probes))][space.name].shape[1])})
         self._model, self._total, self._due = model, total_steps, due
         if self._writer is not None:
+            self._writer.update_meta(input_spaces=spaces)
             for name, probe in self.probes.items():
                 self._writer.write_probe(name, inputs=inputs[name], labels=probe.labels.numpy(),
                                          poison=probe.poison, texts=probe.texts, role=probe.role,
@@ -204,7 +245,35 @@ class Recorder:
                 **self._metadata,
             )
         self.seconds += time.perf_counter() - began
+        self._precision_used = "float32"  # step 0 is the float32 reference
         self.record(0, **scalars)
+        self._choose_precision(tried, reason)
+
+    def _choose_precision(self, tried: str, reason: str) -> None:
+        """After the float32 step-0 snapshot: probe once more in ``tried`` and decide
+        the precision of the later snapshots (see ``precision``)."""
+        began = time.perf_counter()
+        info = {"requested": self.precision, "used": "float32", "reason": reason,
+                "tolerance": _precision.TOLERANCE, "start_max_abs_diff": None,
+                "end_max_abs_diff": None, "end_step": None}
+        if tried == "bfloat16":
+            reference = self._last_low[1] if self._last_low is not None else None
+            low = self._predict("bfloat16")
+            difference = _max_difference(low, reference)
+            info["start_max_abs_diff"] = difference
+            if self.precision == "bfloat16":
+                info["used"] = "bfloat16"
+            elif difference is not None and difference <= _precision.TOLERANCE:
+                info.update(used="bfloat16", reason=f"bfloat16 agrees with float32 to {difference:.2g} on the "
+                                                    f"step-0 probes (tolerance {_precision.TOLERANCE:g})")
+            else:
+                info["reason"] = (f"bfloat16 differs from float32 by {difference:.2g} on the step-0 probes, "
+                                  f"above the tolerance {_precision.TOLERANCE:g}")
+        self._precision_used = info["used"]
+        self.probe_precision = info
+        if self._writer is not None:
+            self._writer.update_meta(probe_precision=info)
+        self.seconds += time.perf_counter() - began
 
     def _continue(self, model: nn.Module, total_steps: int | None, due: set[int] | None, step: int,
                   scalars: Mapping) -> None:
@@ -231,6 +300,15 @@ class Recorder:
                     f"total_steps={stored_total} but got {str(self.schedule)!r} over total_steps={total_steps}: "
                     f"the trajectory in {self.directory} cannot be continued by this run."
                 )
+            stored_spaces = [entry["name"] for entry in meta.get("input_spaces") or [{"name": "flattened"}]]
+            asked = [space.name for space in self.input_spaces]
+            if stored_spaces != asked:
+                raise ValueError(
+                    f"Expected the resumed run to record the stored input spaces {stored_spaces} but got "
+                    f"input_spaces={asked}: the trajectory in {self.directory} cannot be continued with "
+                    f"other kernel inputs."
+                )
+            stored_precision = dict(meta.get("probe_precision") or {})
             missing = [name for name in self.probes if not (Path(self.directory) / "probes" / f"{name}.npz").is_file()]
             if missing:
                 raise ValueError(f"Expected the kernel inputs of probe set(s) {missing} in "
@@ -243,6 +321,15 @@ class Recorder:
             writer.update_meta(status="recording", resumed=resumed, **self._metadata)
         model = distributed.unwrap(model)
         self._model, self._total, self._due = model, total_steps, due
+        if self._writer is not None:  # the snapshots go on in the precision the run chose at its start
+            used = stored_precision.get("used", "float32")
+            self.probe_precision = stored_precision
+            if used == "bfloat16" and _precision.candidate("bfloat16" if self.precision == "bfloat16" else "auto",
+                                                           model)[0] != "bfloat16":
+                used = "float32"
+            self._precision_used = used
+        self._precision_used = _broadcast_precision(self._precision_used)
+        self._latest_step = step
         self.recorded_steps = list(kept)
         self._recorded = set(kept)
         # The snapshot at the checkpoint's step is normally on disk (recorded before the
@@ -267,6 +354,7 @@ class Recorder:
             raise RuntimeError("Recorder.step() after close(): use a new Recorder for a new run.")
         if self._model is None:
             raise RuntimeError("Call Recorder.start(model) before Recorder.step().")
+        self._latest_step = max(int(step), self._latest_step or 0)
         if step in self._recorded or not self.due(step):
             return False
         self.record(step, **scalars)
@@ -277,15 +365,19 @@ class Recorder:
         if self._model is None or self.closed:
             raise RuntimeError("Recorder.record() needs a started, unclosed recorder.")
         began = time.perf_counter()
-        outputs = self._predict()
+        outputs = self._predict(self._precision_used)
         if self._writer is not None:
             self._writer.write_snapshot(step, outputs, **scalars)
+        # kept for the precision checks: the float32 step-0 outputs, later the last low-precision ones
+        self._last_low = (int(step), outputs) if step == 0 or self._precision_used != "float32" else None
+        self._latest_step = max(int(step), self._latest_step or 0)
         self.recorded_steps.append(int(step))
         self._recorded.add(int(step))
         self.seconds += time.perf_counter() - began
 
-    def _predict(self) -> dict | None:
-        """Outputs per probe set (None on ranks other than 0).
+    def _predict(self, precision: str = "float32") -> dict | None:
+        """Outputs per probe set (None on ranks other than 0), with the probe passes
+        in ``precision`` (``"bfloat16"``: under bfloat16 autocast).
 
         The probe rows, all sets end to end, are split into one contiguous share
         per process (all of them in a single process). A share is predicted in
@@ -295,15 +387,16 @@ class Recorder:
         bounds, n = self._bounds, int(self._bounds[-1])
         mine = distributed.shard(n) if distributed.is_distributed() else slice(0, n)
         parts = []
-        if self._joint is not None and mine.start < mine.stop:
-            rows = {k: v[mine] for k, v in self._joint.items()}
-            parts.append(predict_proba(self._model, rows, batch_size=self.batch_size))
-        elif self._joint is None:
-            for probe, a, b in zip(self.probes.values(), bounds[:-1], bounds[1:]):
-                lo, hi = max(a, mine.start), min(b, mine.stop)
-                if lo < hi:
-                    rows = {k: v[lo - a : hi - a] for k, v in probe.encodings.items()}
-                    parts.append(predict_proba(self._model, rows, batch_size=self.batch_size))
+        with _precision.autocast(precision, self._model):
+            if self._joint is not None and mine.start < mine.stop:
+                rows = {k: v[mine] for k, v in self._joint.items()}
+                parts.append(predict_proba(self._model, rows, batch_size=self.batch_size))
+            elif self._joint is None:
+                for probe, a, b in zip(self.probes.values(), bounds[:-1], bounds[1:]):
+                    lo, hi = max(a, mine.start), min(b, mine.stop)
+                    if lo < hi:
+                        rows = {k: v[lo - a : hi - a] for k, v in probe.encodings.items()}
+                        parts.append(predict_proba(self._model, rows, batch_size=self.batch_size))
         whole = distributed.gather_rows(np.concatenate(parts) if parts else None, n)
         if whole is None:
             return None
@@ -313,10 +406,36 @@ class Recorder:
         """Mark the trajectory finished; idempotent."""
         if self.closed:
             return
+        more = {}
+        if status == "complete" and self._model is not None:
+            more = self._check_last_snapshot()
         self.closed = True
         if self._writer is not None:
-            self._writer.close(status, recording_seconds=round(self.seconds, 3), snapshots=len(self.recorded_steps))
+            self._writer.close(status, recording_seconds=round(self.seconds, 3), snapshots=len(self.recorded_steps),
+                               **more)
         self._model = None
+        self._last_low = None
+
+    def _check_last_snapshot(self) -> dict:
+        """With low-precision snapshots: one float32 pass at the last one (when the model
+        is still at that step) and the largest difference, for meta.json."""
+        last = self._last_low
+        if self._precision_used == "float32" or last is None or last[0] in (0, None) or last[0] != self._latest_step:
+            return {}
+        began = time.perf_counter()
+        reference = self._predict("float32")
+        difference = _max_difference(last[1], reference)
+        self.probe_precision = {**self.probe_precision, "end_max_abs_diff": difference, "end_step": last[0]}
+        if self._writer is not None:  # the last snapshot keeps the exact (float32) outputs
+            self._writer.replace_outputs(last[0], reference)
+        if difference is not None and difference > _precision.TOLERANCE:
+            warnings.warn(f"The bfloat16 probe passes differed from float32 by {difference:.2g} at the last "
+                          f"snapshot (step {last[0]}, now stored in float32), above the tolerance "
+                          f"{_precision.TOLERANCE:g} (at the start: {self.probe_precision.get('start_max_abs_diff')}); "
+                          "record with precision 'float32' (record.precision) for exact snapshots.",
+                          RuntimeWarning, stacklevel=3)
+        self.seconds += time.perf_counter() - began
+        return {"probe_precision": self.probe_precision}
 
     def __enter__(self) -> Recorder:
         return self
@@ -334,6 +453,22 @@ class Recorder:
         from freqlens.recording.callback import RecorderCallback
 
         return RecorderCallback(self)
+
+
+def _broadcast_precision(used: str) -> str:
+    """Rank 0's precision on every process (the snapshots are collectives)."""
+    if not distributed.is_distributed():
+        return used
+    flag = torch.tensor([1.0 if used == "bfloat16" else 0.0])
+    return "bfloat16" if float(distributed.broadcast_([flag])[0][0]) > 0 else "float32"
+
+
+def _max_difference(first: Mapping | None, second: Mapping | None) -> float | None:
+    """The largest absolute difference between two outputs-per-probe-set (None where
+    either is missing, as on ranks other than 0)."""
+    if first is None or second is None:
+        return None
+    return float(max(np.max(np.abs(np.asarray(first[k]) - np.asarray(second[k]))) for k in first))
 
 
 def _fingerprint(probe: ProbeSet) -> str:

@@ -3,7 +3,10 @@
 Layout of a trajectory directory::
 
     meta.json                  format, version, status, probe sets, schedule, model, ...
-    probes/<name>.npz          inputs (N, D) float32, labels (N,) int64, poison (N,) bool
+    probes/<name>.npz          inputs (N, D) float32, labels (N,) int64, poison (N,) bool;
+                               with several input spaces, ``inputs`` is the first one
+                               and ``inputs_1``, ``inputs_2``, ... the others, in the
+                               order of meta.json's ``input_spaces``
     probes/<name>.json         texts of the probe set (optional)
     snapshots/step-000000042.npz
                                one array per probe set: softmax outputs (N, C) float32,
@@ -15,10 +18,19 @@ whole file or none of it: every snapshot finished before the kill is kept,
 and :func:`load_trajectory` reads them back. meta.json records, per probe
 set, a fingerprint of its examples, and ``resumed``: the steps at which a
 killed run was continued (see :class:`~freqlens.Recorder`, ``resume=True``).
+
+**Input spaces.** The kernel inputs may be recorded in several spaces
+(:mod:`freqlens.recording.spaces`: ``"flattened"``, ``"mean-pooled"``,
+``"hidden:-1"``, a user function). meta.json's ``input_spaces`` lists each
+space's ``name`` and ``description`` (layer, pooling, dimension), and each
+probe set's entry in ``probe_sets`` maps ``spaces``: space name -> the npz key
+and dimension. A trajectory written before input spaces existed holds one
+space, ``"flattened"`` (its ``inputs``), and reads back as such.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -35,6 +47,7 @@ import numpy as np
 FORMAT = "freqlens.trajectory"
 VERSION = 1
 _SCALAR_PREFIX = "__"
+DEFAULT_SPACE = "flattened"  # the kernel inputs' space in a trajectory that names none
 
 
 def _create_temporary(path: Path) -> tuple[int, str]:
@@ -191,7 +204,7 @@ class TrajectoryWriter:
         self,
         name: str,
         *,
-        inputs: np.ndarray,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
         labels: np.ndarray,
         poison: np.ndarray | None = None,
         texts: list[str] | None = None,
@@ -200,12 +213,30 @@ class TrajectoryWriter:
     ) -> None:
         """Write one probe set's kernel inputs, labels and texts (``fingerprint``, a
         hash of the set's encodings, labels, flags and texts, goes into meta.json,
-        so that a resumed recording can check it probes the same examples)."""
-        arrays = {
-            "inputs": np.asarray(inputs, dtype=np.float32),
-            "labels": np.asarray(labels, dtype=np.int64),
-            "poison": np.zeros(len(labels), bool) if poison is None else np.asarray(poison, bool),
-        }
+        so that a resumed recording can check it probes the same examples).
+
+        Args:
+            inputs: the kernel inputs, (N, D): one array (stored as before
+                input spaces, read back as the ``"flattened"`` space), or a
+                mapping input-space name -> (N, D_space) array, every one with
+                N rows; the first is the set's ``inputs``.
+
+        Raises:
+            ValueError: an empty mapping, an array that is not 2-D, or spaces
+                with different numbers of rows.
+        """
+        spaces = dict(inputs) if isinstance(inputs, Mapping) else {DEFAULT_SPACE: inputs}
+        if not spaces:
+            raise ValueError(f"Expected `inputs` of probe set {name!r} to hold at least one input space.")
+        keys = {space: ("inputs" if i == 0 else f"inputs_{i}") for i, space in enumerate(spaces)}
+        arrays = {keys[space]: np.asarray(values, dtype=np.float32) for space, values in spaces.items()}
+        n = len(labels)
+        for space, key in keys.items():
+            if arrays[key].ndim != 2 or arrays[key].shape[0] != n:
+                raise ValueError(f"Expected the {space!r} inputs of probe set {name!r} to have shape ({n}, D) "
+                                 f"but got {arrays[key].shape}.")
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+        arrays["poison"] = np.zeros(n, bool) if poison is None else np.asarray(poison, bool)
         write_npz(self.directory / "probes" / f"{name}.npz", arrays)
         if texts is not None:
             write_json(self.directory / "probes" / f"{name}.json", {"texts": list(texts)})
@@ -213,6 +244,8 @@ class TrajectoryWriter:
             "n": int(arrays["inputs"].shape[0]),
             "dim": int(arrays["inputs"].shape[1]),
             "role": role or name,
+            **({"spaces": {space: {"key": key, "dim": int(arrays[key].shape[1])} for space, key in keys.items()}}
+               if isinstance(inputs, Mapping) else {}),
             **({"fingerprint": fingerprint} if fingerprint is not None else {}),
         }
         self.update_meta()
@@ -225,6 +258,19 @@ class TrajectoryWriter:
             if value is not None:
                 arrays[f"{_SCALAR_PREFIX}{key}__"] = np.asarray(value, dtype=np.float64)
         path = self._snapshot_path(step)
+        write_npz(path, arrays)
+        return path
+
+    def replace_outputs(self, step: int, outputs: Mapping[str, np.ndarray]) -> Path:
+        """Rewrite the outputs of the snapshot at ``step`` (its scalars kept), atomically.
+
+        Raises:
+            FileNotFoundError: no snapshot at ``step``.
+        """
+        path = self._snapshot_path(step)
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        arrays.update({name: np.asarray(values, dtype=np.float32) for name, values in outputs.items()})
         write_npz(path, arrays)
         return path
 
@@ -261,6 +307,12 @@ class Trajectory:
             NaN where a snapshot did not record it.
         meta: the contents of meta.json.
         directory: where it was loaded from, if anywhere.
+        spaces: per input space (``"flattened"``, ``"mean-pooled"``,
+            ``"hidden:-1"``, ...), in recording order, per probe set the kernel
+            inputs in that space (N, D_space). Empty for a trajectory recorded
+            before input spaces existed (or built without them): its one space
+            is ``inputs``, named by :attr:`input_spaces`.
+            Read it through :meth:`kernel_inputs`.
     """
 
     steps: np.ndarray
@@ -272,11 +324,58 @@ class Trajectory:
     scalars: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     directory: Path | None = None
+    spaces: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
         """Probe-set names, in recording order."""
         return list(self.inputs)
+
+    @property
+    def input_spaces(self) -> list[str]:
+        """The input spaces whose kernel inputs were recorded, the first being
+        :attr:`inputs`'s (``["flattened"]`` for a trajectory recorded before
+        input spaces existed)."""
+        if self.spaces:
+            return list(self.spaces)
+        recorded = self.meta.get("input_spaces") or [{"name": DEFAULT_SPACE}]
+        return [recorded[0]["name"]]
+
+    def kernel_inputs(self, space: str) -> dict[str, np.ndarray]:
+        """The kernel inputs in one input space.
+
+        Args:
+            space: one of :attr:`input_spaces`.
+
+        Returns:
+            Per probe set (in recording order), the inputs, shape (N, D) float32
+            (D depends on the space: L*d for ``"flattened"``, d for the pooled ones).
+
+        Raises:
+            ValueError: ``space`` was not recorded; the message lists those that were.
+        """
+        if self.spaces and space in self.spaces:
+            return {name: np.asarray(self.spaces[space][name], dtype=np.float32) for name in self.names}
+        if not self.spaces and space == self.input_spaces[0]:
+            return {name: np.asarray(values, dtype=np.float32) for name, values in self.inputs.items()}
+        raise ValueError(f"Expected an input space this trajectory recorded, one of {self.input_spaces}, "
+                         f"but got {space!r}.")
+
+    def in_space(self, space: str) -> Trajectory:
+        """This trajectory with :attr:`inputs` taken from input space ``space`` (the
+        arrays are shared, not copied); raises ``ValueError`` like :meth:`kernel_inputs`."""
+        return dataclasses.replace(self, inputs=self.kernel_inputs(space))
+
+    def input_space_description(self, space: str) -> str:
+        """How ``space``'s kernel inputs were computed (layer, pooling, dimension), as
+        recorded in meta.json; raises ``ValueError`` like :meth:`kernel_inputs`."""
+        self.kernel_inputs(space)  # checks the name
+        for entry in self.meta.get("input_spaces", []):
+            if entry.get("name") == space:
+                return str(entry.get("description", space))
+        embedding = self.meta.get("embedding_layer")
+        return (f"embedding-layer outputs ({embedding}), padding zeroed, flattened" if embedding
+                else "embedding-layer outputs, flattened")
 
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><td>{n}</td><td>{self.meta.get('probe_sets', {}).get(n, {}).get('role', '')}</td>"
@@ -324,9 +423,12 @@ def load_trajectory(directory: str | os.PathLike) -> Trajectory:
         raise FileNotFoundError(f"Expected `directory` to hold a freqlens trajectory but {meta_path} does not exist.")
     meta = _read_meta(meta_path)
     inputs, labels, poison, texts = {}, {}, {}, {}
-    for name in meta.get("probe_sets", {}):
+    spaces: dict[str, dict[str, np.ndarray]] = {}
+    for name, info in meta.get("probe_sets", {}).items():
         with np.load(root / "probes" / f"{name}.npz", allow_pickle=False) as data:
             inputs[name], labels[name], poison[name] = data["inputs"], data["labels"], data["poison"]
+            for space, entry in info.get("spaces", {}).items():
+                spaces.setdefault(space, {})[name] = data[entry["key"]]
         text_path = root / "probes" / f"{name}.json"
         if text_path.exists():
             texts[name] = json.loads(text_path.read_text())["texts"]
@@ -362,4 +464,5 @@ def load_trajectory(directory: str | os.PathLike) -> Trajectory:
         scalars=scalars,
         meta=meta,
         directory=root,
+        spaces=spaces,
     )

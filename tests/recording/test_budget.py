@@ -24,7 +24,7 @@ def _fixed_costs(monkeypatch, train_seconds: float, probe_seconds: float) -> Non
 def _plan(model, data, **kwargs):
     encodings, labels = data
     settings = dict(budget=0.1, train_examples=2000, epochs=2, snapshots=51, num_sets=3, batch_size=8,
-                    margin=1.0)
+                    probe_batch_size=2, margin=1.0)  # 8 rows timed in each pass
     settings.update(kwargs)
     return plan_probes(model, encodings, labels, **settings)
 
@@ -112,7 +112,7 @@ def test_a_log_schedule_is_thinned_rather_than_the_budget_overrun(monkeypatch, d
     assert plan.limited == "snapshots" and plan.size == 16
     assert plan.snapshots == int(allowed / (16 * 2 * 0.008)) and plan.requested_snapshots == 51
     assert plan.expected_share <= 0.05
-    assert "32 of the 51 snapshots" in plan.warning
+    assert "32 of the 51 snapshots" in plan.note and "coarse spectrum" in plan.warning  # 16 per set
     _fixed_costs(monkeypatch, 8 * 0.040, 8 * 0.008)
     floor = _plan(tiny_bert(), data, budget=0.05, num_sets=2, minimum=16, min_snapshots=40)
     assert floor.snapshots == 40 and floor.expected_share > 0.05
@@ -132,3 +132,73 @@ def test_a_schedule_shorter_than_min_snapshots_is_never_lengthened_and_the_overr
     assert plan.snapshots == requested and plan.limited == "minimum"
     assert plan.expected_share > 0.05
     assert f"{plan.expected_share:.0%} of the wall time, above the 5% budget" in plan.warning
+
+
+# ------------------------------------------------------------- the defaults (issue 13, item 1)
+#: Measured by plan_probes in `freqlens run analysis/sst2-addsent.toml` (all-MiniLM-L6-v2, SST-2,
+#: 2 CPU cores): training (forward + backward) and a float32 probe forward, seconds per example.
+MINILM_TRAIN, MINILM_PROBE = 0.0215, 0.00386
+
+
+def _plan_from_config(monkeypatch, data, record, *, probe_seconds=MINILM_PROBE, train_examples=2000,
+                      epochs=2, total_steps=126):
+    """plan_probes as freqlens run calls it with ``record``, the README's CPU example by default."""
+    from freqlens.recording import Schedule
+
+    _fixed_costs(monkeypatch, 8 * MINILM_TRAIN, 8 * probe_seconds)
+    encodings, labels = data
+    schedule = Schedule.parse(record.schedule)
+    return plan_probes(tiny_bert(), encodings, labels, budget=record.budget, train_examples=train_examples,
+                       epochs=epochs, snapshots=len(schedule.steps(total_steps)), num_sets=3, optional_sets=1,
+                       batch_size=8, probe_batch_size=2, minimum=record.min_probe_size, maximum=record.max_probe_size,
+                       min_snapshots=record.min_snapshots if schedule.kind == "log" else None)
+
+
+def test_the_default_record_settings_give_the_readme_example_a_spectrum(monkeypatch, data):
+    """2,000 examples, 2 epochs, batch 32 (126 steps): >= 128 examples per clean and backdoor set,
+    >= 20 log-spaced snapshots, recording at most 20% of the wall time."""
+    from freqlens.config import RecordConfig
+
+    record = RecordConfig()
+    assert record.schedule.startswith("log:") and record.precision == "float32"
+    plan = _plan_from_config(monkeypatch, data, record)
+    assert plan.size >= 128 and plan.num_sets == 2  # the control set is dropped first
+    assert plan.snapshots >= 20 and plan.limited == "snapshots"
+    assert plan.expected_share <= 0.20
+    assert "20 of the 51 snapshots" in plan.note and plan.to_dict()["note"] == plan.note
+    assert plan.warning is None  # the default measurement within its budget: nothing to warn about
+
+
+@pytest.mark.parametrize("probe_seconds", [0.001, MINILM_PROBE, 0.01, 0.05])
+@pytest.mark.parametrize("min_snapshots", [5, 20, 30])
+def test_the_minimum_is_kept_and_snapshots_are_thinned_never_below_min_snapshots(
+        monkeypatch, data, probe_seconds, min_snapshots):
+    from freqlens.config import RecordConfig
+
+    record = RecordConfig(min_snapshots=min_snapshots)
+    plan = _plan_from_config(monkeypatch, data, record, probe_seconds=probe_seconds)
+    assert plan.size >= record.min_probe_size
+    assert min_snapshots <= plan.snapshots <= plan.requested_snapshots == 51
+    recording = plan.size * plan.num_sets * plan.snapshots * probe_seconds
+    assert plan.expected_share == pytest.approx(recording / (recording + 4000 * MINILM_TRAIN), abs=1e-4)
+    if plan.expected_share > record.budget:  # even the minimum overruns: the warning gives the share
+        assert plan.snapshots == min_snapshots
+        assert (f"expected to take {plan.expected_share:.0%} of the wall time, above the {record.budget:.0%} "
+                f"budget") in plan.warning
+    else:
+        assert "above the" not in (plan.warning or "")
+
+
+def test_the_probe_pass_is_timed_over_several_length_sorted_batches(monkeypatch, data):
+    """The recorder predicts a whole probe set sorted by length, so the plan times a pass over
+    4 probe batches' worth of training examples (not one padded training batch)."""
+    seen = []
+    original = budget.predict_proba
+    monkeypatch.setattr(budget, "predict_proba", lambda model, encodings, batch_size: seen.append(
+        (len(encodings["input_ids"]), batch_size)) or original(model, encodings, batch_size=batch_size))
+    times = iter([8 * 0.040, 20 * 0.008])
+    monkeypatch.setattr(budget, "_fastest", lambda work, model, repeats: work() or next(times))
+    plan = _plan(tiny_bert(), data, batch_size=8, probe_batch_size=5)
+    assert seen == [(20, 5)]  # 4 x 5 rows of the 24, in batches of 5
+    assert plan.probe_seconds_per_example == pytest.approx(0.008)
+    assert plan.train_seconds_per_example == pytest.approx(0.040)

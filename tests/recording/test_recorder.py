@@ -33,7 +33,10 @@ def test_manual_loop_records_the_schedule(bert, probes, directory, manual_loop):
     assert meta["recording_seconds"] >= 0
     backdoor = dict(meta["probe_sets"]["backdoor"])
     assert len(backdoor.pop("fingerprint")) == 64  # a SHA-256, checked when a run resumes
-    assert backdoor == {"n": 6, "dim": LENGTH * HIDDEN, "role": "backdoor"}
+    assert backdoor == {"n": 6, "dim": LENGTH * HIDDEN, "role": "backdoor",
+                        "spaces": {"flattened": {"key": "inputs", "dim": LENGTH * HIDDEN},
+                                   "mean-pooled": {"key": "inputs_1", "dim": HIDDEN},
+                                   "hidden:-1": {"key": "inputs_2", "dim": HIDDEN}}}
 
 
 def test_trajectory_shapes_and_probabilities(bert, probes, directory, manual_loop):
