@@ -11,6 +11,8 @@ stateful form that builds the kernels once for many snapshots.
 :func:`eigenbasis` gives the whole graph-Fourier spectrum over a probe set
 (eigenmodes of the normalised kernel), and :func:`learning_speed` a speed
 that every error curve has, also one that never halves.
+:func:`bootstrap_weights` and :func:`conservative_interval` give their
+uncertainty: a bootstrap over probe rows with the filters held fixed.
 """
 
 from freqlens.spectral.convergence import convergence_steps
@@ -28,6 +30,12 @@ from freqlens.spectral.filters import (
 from freqlens.spectral.projection import principal_projection, projection_spectrum
 from freqlens.spectral.sketch import RandomProjection, jl_dimension, sketch_inputs
 from freqlens.spectral.speed import SPEEDS, learning_speed
+from freqlens.spectral.uncertainty import (
+    bootstrap_weights,
+    centred_interval,
+    conservative_interval,
+    percentile_interval,
+)
 from freqlens.spectral.widths import WidthCheck, WidthWarning, check_widths, suggest_widths
 
 __all__ = [
@@ -41,6 +49,9 @@ __all__ = [
     "WidthCheck",
     "WidthWarning",
     "band_errors",
+    "bootstrap_weights",
+    "centred_interval",
+    "conservative_interval",
     "check_widths",
     "convergence_steps",
     "eigenbasis",
@@ -48,6 +59,7 @@ __all__ = [
     "learning_speed",
     "joint_relative_errors",
     "pairwise_distances",
+    "percentile_interval",
     "principal_projection",
     "projection_spectrum",
     "relative_errors",

@@ -38,6 +38,7 @@ from freqlens._checks import (
     check_positive_int,
 )
 from freqlens.spectral.sketch import RandomProjection
+from freqlens.spectral.uncertainty import as_weights
 
 DISTANCES = ("euclidean", "squared")
 REDUCTIONS = ("mean", "frobenius")
@@ -80,27 +81,47 @@ class _Problem:
     single: bool  # the outputs were one snapshot (N, C)
     errors: int  # columns of errors; the targets follow
     end: int  # columns of errors and targets; outputs follow
+    weights: torch.Tensor | None = None  # bootstrap row weights (R, rows) float64, or None
 
 
 class _Sums:
-    """Sizes of column groups (mean row norm or Frobenius norm), summed over row chunks."""
+    """Sizes of column groups (mean row norm or Frobenius norm), summed over row chunks.
 
-    def __init__(self, classes: int, reduction: str, rows: int) -> None:
+    With bootstrap ``weights`` (R, rows) the per-row terms of each chunk (row
+    norms, or row sums of squares) are contracted with the chunk's weights,
+    one (R, c) @ (c, groups) product, so every size gains a leading R axis:
+    weighted means ``sum_n w_n ||f_n|| / sum_n w_n`` and weighted sums of
+    squares ``sqrt(sum_n w_n ||f_n||^2)``.
+    """
+
+    def __init__(self, classes: int, reduction: str, rows: int, weights: torch.Tensor | None = None) -> None:
         self.classes, self.reduction, self.rows = classes, reduction, rows
+        self.weights = weights  # (R, rows) float64, or None
+        self.total = float(rows) if weights is None else weights.sum(dim=1, keepdim=True)
+        self.chunk: torch.Tensor | None = None  # the current chunk's weights (R, c)
         self.sums: dict = {}
+
+    def start(self, positions: slice) -> None:
+        """The next chunk's rows are these positions among the reduced rows."""
+        if self.weights is not None:
+            self.chunk = self.weights[:, positions]
 
     def add(self, key, values: torch.Tensor) -> None:
         blocks = values.reshape(values.shape[0], -1, self.classes)
         if self.reduction == "mean":
-            part = torch.linalg.vector_norm(blocks, dim=2).sum(dim=0)
+            terms = torch.linalg.vector_norm(blocks, dim=2)
         else:
-            part = blocks.square().sum(dim=(0, 2))
+            terms = blocks.square().sum(dim=2)
+        part = terms.sum(dim=0) if self.chunk is None else self.chunk @ terms.double()
         previous = self.sums.get(key)
         self.sums[key] = part if previous is None else previous + part
 
     def size(self, key) -> np.ndarray:
         total = self.sums[key]
-        return (total / self.rows if self.reduction == "mean" else total.sqrt()).cpu().numpy()
+        if self.reduction == "mean":
+            total = total / (self.total.to(total.device) if isinstance(self.total, torch.Tensor) else self.total)
+            return total.cpu().numpy()
+        return total.sqrt().cpu().numpy()
 
 
 def pairwise_distances(inputs: ArrayLike, *, distance: str = "euclidean") -> np.ndarray:
@@ -419,6 +440,7 @@ class FilterBank:
         *,
         reduction: str = "mean",
         subset: ArrayLike | None = None,
+        weights: ArrayLike | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Relative errors of the low and high parts of ``outputs`` against ``targets``.
 
@@ -443,12 +465,26 @@ class FilterBank:
             subset: optional boolean mask or indices: the kernel stays over all
                 N inputs but the errors are reduced over these rows only (the
                 joint view of :func:`joint_relative_errors`).
+        weights: bootstrap row weights, shape (R, n_rows) with n_rows =
+            ``len(subset)`` (its rows in increasing index order) or N, e.g.
+            :func:`~freqlens.spectral.bootstrap_weights`. Every reduction
+            over rows becomes weighted (``"mean"``: weighted means
+            ``sum_n w_n ||.|| / sum_n w_n``; ``"frobenius"``: weighted sums of
+            squares) and every result gains a leading R axis. The kernel is
+            not resampled: it stays over all N inputs (resampling its inputs
+            would duplicate points and bias the filters, see
+            :mod:`freqlens.spectral.uncertainty`); one pass over the kernel
+            serves all R resamples. ``None`` (default): unweighted.
 
         Returns:
             ``(low, high)``, float arrays of shape (K,) for one snapshot or
-            (T, K) for a stack, K = ``len(widths)`` in the given order.
+            (T, K) for a stack, K = ``len(widths)`` in the given order;
+            (R, K) or (R, T, K) with ``weights``.
+
+        Raises:
+            ValueError: bad outputs, targets, reduction, subset or weights.
         """
-        problem = self._prepare(outputs, targets, reduction, subset)
+        problem = self._prepare(outputs, targets, reduction, subset, weights=weights)
         result = self._measure(problem, split=True)
         return result["low"], result["high"]
 
@@ -459,18 +495,23 @@ class FilterBank:
         *,
         reduction: str = "mean",
         subset: ArrayLike | None = None,
+        weights: ArrayLike | None = None,
     ) -> np.ndarray:
         """Relative error per frequency band (see :meth:`bands`), lowest band first.
 
+        Args: as :meth:`relative_errors` (``weights`` included).
+
         Returns:
             Shape (K + 1,) for one snapshot or (T, K + 1) for a stack; NaN
-            where the band of the target is zero.
+            where the band of the target is zero; (R, K + 1) or (R, T, K + 1)
+            with ``weights``.
         """
-        problem = self._prepare(outputs, targets, reduction, subset)
+        problem = self._prepare(outputs, targets, reduction, subset, weights=weights)
         return self._measure(problem, bands=True)["bands"]
 
     def ratios(
-        self, outputs: ArrayLike, *, reduction: str = "mean", subset: ArrayLike | None = None
+        self, outputs: ArrayLike, *, reduction: str = "mean", subset: ArrayLike | None = None,
+        weights: ArrayLike | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Low- and high-frequency ratios of the outputs.
 
@@ -478,10 +519,12 @@ class FilterBank:
         ``h_high`` (``reduction="mean"``); ``||H_low||_F / ||H||_F`` with
         ``"frobenius"`` (Xu et al. report its square).
 
+        ``weights``: bootstrap row weights as in :meth:`relative_errors`.
+
         Returns:
-            ``(lfr, hfr)`` of shape (K,) or (T, K).
+            ``(lfr, hfr)`` of shape (K,) or (T, K); (R, K) or (R, T, K) with ``weights``.
         """
-        problem = self._prepare(outputs, None, reduction, subset)
+        problem = self._prepare(outputs, None, reduction, subset, weights=weights)
         result = self._measure(problem, ratios=True)
         return result["lfr"], result["hfr"]
 
@@ -492,26 +535,45 @@ class FilterBank:
         *,
         reduction: str = "mean",
         subset: ArrayLike | None = None,
+        weights: ArrayLike | None = None,
     ) -> dict[str, np.ndarray]:
         """Everything at once: low/high errors, band errors and LFR/HFR.
 
         The same numbers as :meth:`relative_errors`, :meth:`band_errors` and
         :meth:`ratios`, from one pass over the kernel instead of three.
 
+        Args:
+            outputs, targets, reduction, subset: as in :meth:`relative_errors`.
+        weights: bootstrap row weights, shape (R, n_rows) with n_rows =
+            ``len(subset)`` (its rows in increasing index order) or N, e.g.
+            :func:`~freqlens.spectral.bootstrap_weights`. Every reduction
+            over rows becomes weighted (``"mean"``: weighted means
+            ``sum_n w_n ||.|| / sum_n w_n``; ``"frobenius"``: weighted sums of
+            squares) and every result gains a leading R axis. The kernel is
+            not resampled: it stays over all N inputs (resampling its inputs
+            would duplicate points and bias the filters, see
+            :mod:`freqlens.spectral.uncertainty`); one pass over the kernel
+            serves all R resamples. ``None`` (default): unweighted.
+
         Returns:
             A dict with ``"low"``, ``"high"``, ``"lfr"``, ``"hfr"`` of shape
-            (K,) or (T, K) and ``"bands"`` of shape (K + 1,) or (T, K + 1).
+            (K,) or (T, K) and ``"bands"`` of shape (K + 1,) or (T, K + 1);
+            with ``weights`` each gains a leading R axis: (R, T, K), (R, T, K + 1).
         """
-        problem = self._prepare(outputs, targets, reduction, subset, with_outputs=True)
+        problem = self._prepare(outputs, targets, reduction, subset, with_outputs=True, weights=weights)
         return self._measure(problem, split=True, bands=True, ratios=True)
 
     def _measure(self, problem: _Problem, *, split=False, bands=False, ratios=False) -> dict:
         """One pass over the kernel's row chunks, reducing as it goes (nothing (N, N) is kept)."""
         e, end, k_all = problem.errors, problem.end, self.widths.size
         rows_total = self.n if problem.rows is None else problem.rows.numel()
-        sums = _Sums(problem.classes, problem.reduction, rows_total)
+        sums = _Sums(problem.classes, problem.reduction, rows_total, problem.weights)
         values = self._with_ones(problem.signal)
+        position = 0
         for rows in self._row_chunks(problem.rows):
+            count = rows.stop - rows.start if isinstance(rows, slice) else rows.numel()
+            sums.start(slice(position, position + count))
+            position += count
             own = problem.signal[_on(rows, self.device)]
             if ratios:
                 sums.add("whole", own[:, end:])
@@ -549,8 +611,9 @@ class FilterBank:
             ], single)
         if ratios:
             whole = sums.size("whole")
-            for name in ("lfr", "hfr"):
-                result[name] = _finish([sums.size((name, k)) / whole for k in range(k_all)], single)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                for name in ("lfr", "hfr"):
+                    result[name] = _finish([sums.size((name, k)) / whole for k in range(k_all)], single)
         return result
 
     def neighbour_counts(self) -> np.ndarray:
@@ -578,16 +641,19 @@ class FilterBank:
         sample = self._distance_block(rows)
         return float(torch.median(sample[sample > 0]).item()) if bool((sample > 0).any()) else 0.0
 
-    def _prepare(self, outputs, targets, reduction, subset, with_outputs: bool = False) -> _Problem:
+    def _prepare(self, outputs, targets, reduction, subset, with_outputs: bool = False,
+                 weights: ArrayLike | None = None) -> _Problem:
         check_choice(reduction, "reduction", REDUCTIONS)
         values = as_outputs(outputs, self.n)
         t, n, c = values.shape
         rows = None if subset is None else torch.as_tensor(as_index(subset, n))
+        if weights is not None:
+            weights = torch.from_numpy(as_weights(weights, n if rows is None else rows.numel())).to(self.device)
         stacked = values.transpose(1, 0, 2).reshape(n, t * c)  # snapshot-major
         if targets is None:  # ratios only: outputs alone
             signal = torch.from_numpy(np.ascontiguousarray(stacked)).to(self.device)
             return _Problem(signal=signal, rows=rows, classes=c, reduction=reduction, scale=1.0,
-                            constant=False, single=np.ndim(outputs) == 2, errors=0, end=0)
+                            constant=False, single=np.ndim(outputs) == 2, errors=0, end=0, weights=weights)
         y = as_targets(targets, n, c)
         columns = [stacked - np.tile(y, t), y] + ([stacked] if with_outputs else [])
         signal = torch.from_numpy(np.concatenate(columns, axis=1)).to(self.device)
@@ -604,6 +670,7 @@ class FilterBank:
             single=np.ndim(outputs) == 2,
             errors=t * c,
             end=t * c + c,
+            weights=weights,
         )
 
 
@@ -620,11 +687,19 @@ def _index(rows: torch.Tensor | slice, device: torch.device) -> torch.Tensor:
 
 
 def _ratio(sums: _Sums, numerator_key, denominator_key, problem: _Problem, what: str) -> np.ndarray:
-    """Size of an error part over the size of the matching target part (NaN where that is zero)."""
+    """Size of an error part over the size of the matching target part (NaN where that is zero).
+
+    Shapes: (T,) without weights, (R, T) with (one denominator per resample).
+    """
     numerator = sums.size(numerator_key)
-    denominator = sums.size(denominator_key)[0]
-    if denominator > ZERO_PART_RTOL * problem.scale:
+    denominator = sums.size(denominator_key)[..., :1]
+    zero = ~(denominator > ZERO_PART_RTOL * problem.scale)
+    if not zero.any():
         return numerator / denominator
+    if problem.weights is not None and not zero.all():
+        # only some resamples drew no row with this target part: NaN there
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(zero, np.nan, numerator / denominator)
     reason = (
         "the targets are constant over the probe set (all one class), so they have no "
         "high-frequency part; use the joint view (one kernel over clean and backdoor probes, "
@@ -643,9 +718,10 @@ def _ratio(sums: _Sums, numerator_key, denominator_key, problem: _Problem, what:
 
 
 def _finish(columns: list[np.ndarray], single: bool) -> np.ndarray:
-    """Stack K per-width columns of length T into (T, K), or (K,) for one snapshot."""
+    """Stack K per-width columns of shape (T,) into (T, K), or (K,) for one snapshot;
+    with bootstrap weights columns of shape (R, T) into (R, T, K), or (R, K)."""
     stacked = np.stack(columns, axis=-1)
-    return stacked[0] if single else stacked
+    return stacked[..., 0, :] if single else stacked
 
 
 def relative_errors(
