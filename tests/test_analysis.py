@@ -109,7 +109,7 @@ def test_learning_speeds_order_the_mappings_as_they_were_learned(backdoor_at, cl
     backdoor, clean = speeds["backdoor"]["low"], speeds["clean"]["low"]
     assert backdoor.shape == clean.shape == (4,) and speeds["clean"]["bands"].shape == (5,)
     assert np.all(backdoor > clean) if backdoor_at < clean_at else np.all(backdoor < clean)
-    assert analysis.to_dict()["learning_speeds"]["joint"]["clean"]["low"] == pytest.approx(clean.tolist())
+    assert analysis.to_dict()["learning_speeds"]["joint"]["clean"]["low"]["estimate"] == pytest.approx(clean.tolist())
 
 
 def test_a_curve_that_never_converges_still_has_a_learning_speed():
@@ -120,4 +120,4 @@ def test_a_curve_that_never_converges_still_has_a_learning_speed():
     assert np.all(np.isfinite(speed))
     undefined = late.learning_speeds("separate")["backdoor"]["high"]  # no high part: NaN, not a number
     assert np.all(np.isnan(undefined))
-    assert np.all(np.isnan(late.to_dict()["learning_speeds"]["separate"]["backdoor"]["high"]))
+    assert np.all(np.isnan(late.to_dict()["learning_speeds"]["separate"]["backdoor"]["high"]["estimate"]))
