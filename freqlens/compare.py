@@ -32,6 +32,7 @@ written, never with a run that recorded its identity, and the report says so.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import json
 import re
@@ -224,20 +225,10 @@ def load_run(directory: str | Path) -> Run:
     meta = trajectory.meta
     stored = results.get("config") or meta.get("config") or _checkpoint_config(directory)
     config = _flatten(stored or {})
-    if results:
-        settings = results["analysis"]
-        analysis = analyse(trajectory, widths=np.asarray(results["widths"], dtype=float),
-                           distance=settings.get("distance", "euclidean"),
-                           reduction=settings.get("reduction", "mean"),
-                           threshold=settings.get("threshold", 0.5),
-                           relative=settings.get("threshold_relative_to_first_value", True))
-    else:  # partial: the settings the run would have analysed with
-        def setting(name):
-            return config.get(f"analysis.{name}", config.get(name, getattr(AnalysisConfig(), name)))
-
-        analysis = analyse(trajectory, num_widths=int(setting("num_widths")), distance=setting("distance"),
-                           reduction=setting("reduction"), threshold=float(setting("threshold")),
-                           relative=bool(setting("relative")))
+    try:
+        analysis = analyse(trajectory, _analysis_config(results, config))
+    except ValueError as error:  # e.g. an input space this trajectory did not record
+        raise RunError(f"{directory}: cannot be re-analysed with its own settings ({error}).") from error
     partial = None
     if not results:  # (an unclosed trajectory has had its results.json set aside above)
         partial = _partial_note(trajectory) + (" (its results.json, from an earlier run, ignored)" if stale else "")
@@ -249,6 +240,24 @@ def load_run(directory: str | Path) -> Run:
               partial=partial, trajectory_meta=dict(meta), dataset_name=_identity_name(identity))
     run.label = run.defense + (" (partial)" if partial else "")
     return run
+
+
+def _analysis_config(results: Mapping, config: Mapping) -> AnalysisConfig:
+    """The settings a run was analysed with (or, partial, would have been): the whole
+    :class:`AnalysisConfig` stored in results.json; for a run of an older freqlens the
+    few settings it stored, its widths as numbers."""
+    settings = results.get("analysis") or {}
+    if settings.get("config"):
+        return AnalysisConfig(**settings["config"])
+    if results:
+        return AnalysisConfig(widths=tuple(float(w) for w in results["widths"]),
+                              distance=settings.get("distance", "euclidean"),
+                              reduction=settings.get("reduction", "mean"),
+                              threshold=settings.get("threshold", 0.5),
+                              relative=settings.get("threshold_relative_to_first_value", True))
+    known = {f.name for f in dataclasses.fields(AnalysisConfig)}
+    given = {name: config.get(f"analysis.{name}", config.get(name)) for name in known}
+    return AnalysisConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None})
 
 
 def _identity_name(identity: Mapping | None) -> str | None:
@@ -658,6 +667,23 @@ def _group_figures(group: str, members: Sequence[Run], view: str, plots) -> Iter
     measured = any(r[k] is not None for r in records for k in ("cacc", "asr", "false_trigger_rate"))
     if measured:  # else: the table says what is missing
         yield ("metrics",), f"CACC, ASR and false-trigger rate per run{mark}", plots.plot_defense_comparison(records)
+    complete = [m for m in members if m.analysis.modes is not None]
+    if complete:
+        by_configuration = {label: [m.analysis for m in runs if m.analysis.modes is not None]
+                            for label, runs in configurations(members).items()}
+        by_configuration = {k: v for k, v in by_configuration.items() if v}
+        several = any(len(v) > 1 for v in by_configuration.values())
+        yield (("speed_spectrum",),
+               "Learning-speed spectrum per eigenmode band, one line per configuration: "
+               + ("mean over seeds, band ± one standard deviation over seeds (one seed: its bootstrap interval)"
+                  if several else "band = the run's bootstrap interval over probe rows") + mark,
+               _headed(plots.plot_speed_spectrum(by_configuration), group))
+    static = next((m for m in members if m.analysis.static_spectra and m.defense == UNDEFENDED),
+                  next((m for m in members if m.analysis.static_spectra), None))
+    if static is not None:
+        yield (("static_spectrum",),
+               f"Static target spectrum of the probe sets (before training; from {static.label})",
+               _headed(plots.plot_static_spectrum(static.analysis), group))
     yield (("convergence_spectrum",),
            f"Convergence spectrum: steps to converge per frequency band, one line per probe set and run{mark}",
            _headed(plots.plot_convergence_spectrum(analyses, view=view), group))
@@ -666,7 +692,9 @@ def _group_figures(group: str, members: Sequence[Run], view: str, plots) -> Iter
         v = view if view in a.curves else "separate"
         heading = f"{group}\n{m.label}" + (f": {m.partial.removeprefix('partial: ')}" if m.partial else "")
         caption = m.label + (f" [{m.partial}]" if m.partial else "")
-        draw = (("heatmap", f"heat map ({v} view)", lambda: plots.plot_heatmaps(a, view=v)),
+        draw = ((("mode_heatmap", "error per eigenmode band over training", lambda: plots.plot_mode_heatmap(a)),)
+                if a.modes is not None else ()) + (
+                ("heatmap", f"heat map ({v} view)", lambda: plots.plot_heatmaps(a, view=v)),
                 ("error_curves", "relative-error curves", lambda: plots.plot_error_curves(a, view=v)),
                 ("band_spectrum", "band spectrum over training", lambda: plots.plot_band_spectrum(a, view=v)),
                 ("frequency_ratios", "LFR / HFR over training", lambda: plots.plot_frequency_ratios(a, view=v)),

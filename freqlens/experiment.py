@@ -30,7 +30,13 @@ from freqlens.data.splits import PoisonedDataset, Split, split_reference
 from freqlens.defenses import fit_defense, prepare_model, save_defended
 from freqlens.metrics import accuracy, collapse_warning, evaluate_backdoor
 from freqlens.models import predict_proba
-from freqlens.plots import plot_error_curves, plot_heatmaps
+from freqlens.plots import (
+    plot_error_curves,
+    plot_heatmaps,
+    plot_mode_heatmap,
+    plot_speed_spectrum,
+    plot_static_spectrum,
+)
 from freqlens.recording import ProbeSet, Recorder, Schedule
 from freqlens.recording.budget import plan_probes
 from freqlens.recording.storage import write_json
@@ -90,6 +96,7 @@ def plan_probe_sets(model, dataset: PoisonedDataset, encodings, *, train_config,
         optional_sets=1 if available == 3 else 0, batch_size=train_config.batch_size,
         probe_batch_size=record.batch_size, minimum=record.min_probe_size, maximum=record.max_probe_size,
         min_snapshots=record.min_snapshots if schedule.kind == "log" else None,
+        precision=record.precision,
     )
     if plan.limited == "snapshots":
         schedule = Schedule.log_fitting(total, plan.snapshots)
@@ -108,14 +115,27 @@ def evaluate(model, tokenizer, dataset: PoisonedDataset, *, max_length: int,
 
 def write_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
                   metrics: Mapping[str, float], details: Mapping, warnings: Sequence[str] = ()) -> None:
-    """Write the figures and ``report.html`` of a run into ``out``."""
-    figures = {
-        "Joint view: one kernel over clean + backdoor probes (freqlens' default)": plot_heatmaps(analysis),
-        "Separate view: a kernel per probe set (the paper's)": plot_heatmaps(analysis, view="separate"),
-        "Error curves at the middle width (joint view)": plot_error_curves(analysis),
-    }
-    for name, fig in zip(("heatmap.png", "heatmap_separate.png", "curves.png"), figures.values()):
+    """Write the figures (PNG) and ``report.html`` of a run into ``out``: the learning-speed
+    spectrum, the static target spectrum and the eigenmode heat map where the run has clean
+    and backdoor probe sets, then the paper's heat maps and the error curves."""
+    figures = {}
+    if analysis.modes is not None:
+        figures["speed_spectrum.png"] = (
+            "Learning-speed spectrum: how fast each eigenmode band is learned, with its bootstrap interval",
+            plot_speed_spectrum(analysis))
+        figures["mode_heatmap.png"] = ("Error per eigenmode band over training", plot_mode_heatmap(analysis))
+    if analysis.static_spectra:
+        figures["static_spectrum.png"] = (
+            "Static target spectrum: where the clean and the backdoor mapping put their energy, per input space",
+            plot_static_spectrum(analysis))
+    figures["heatmap.png"] = ("Joint view: one kernel over clean + backdoor probes (freqlens' default)",
+                              plot_heatmaps(analysis))
+    figures["heatmap_separate.png"] = ("Separate view: a kernel per probe set (the paper's)",
+                                       plot_heatmaps(analysis, view="separate"))
+    figures["curves.png"] = ("Error curves at the middle width (joint view)", plot_error_curves(analysis))
+    for name, (_, fig) in figures.items():
         fig.savefig(out / name, dpi=130)
+    figures = {caption: fig for caption, fig in figures.values()}
     write_report(out / "report.html", title=title, analysis=analysis, metrics=metrics,
                  figures=figures, details=details, warnings=warnings)
     plt.close("all")
@@ -349,6 +369,7 @@ def train_and_analyse(
     probes = build_probe_sets(dataset, tokenizer, size=size, max_length=max_length, max_sets=num_sets)
     with Recorder(out / "trajectory", probes, schedule=schedule, batch_size=record.batch_size,
                   overwrite=overwrite and not resuming, resume=resuming,
+                  input_spaces=record.input_spaces, precision=record.precision,
                   metadata={"dataset": dataset.name, "target_label": dataset.target_label,
                             "dataset_identity": identity, "config": info.get("config")}) as recorder:
         more = {} if checkpoint is None else {"checkpoint": checkpoint}
@@ -360,10 +381,8 @@ def train_and_analyse(
                                    progress=progress, **more)
     metrics = evaluate(model, tokenizer, dataset, max_length=max_length, batch_size=record.batch_size)
     analysis_began = time.perf_counter()
-    a = analysis_config
     trajectory = recorder.trajectory()
-    analysis = analyse(trajectory, num_widths=a.num_widths, distance=a.distance,
-                       reduction=a.reduction, threshold=a.threshold, relative=a.relative)
+    analysis = analyse(trajectory, analysis_config)
     train_seconds = trained.seconds - trained.recording_seconds
     wall = train_seconds + recorder.seconds  # training and recording, start included
     timings = {
@@ -375,7 +394,7 @@ def train_and_analyse(
     }
     probing = {"size": min(size, *(len(p) for p in probes)), "sets": [p.name for p in probes],
                "plan": stored["plan"]}
-    warnings = [w for w in (stored["warning"], collapse_warning(metrics)) if w]
+    warnings = [w for w in (stored["warning"], collapse_warning(metrics), *analysis.warnings) if w]
     results = {
         "freqlens_version": freqlens.__version__,
         **dict(info or {}),
@@ -389,6 +408,9 @@ def train_and_analyse(
         "probes": probing,
         "warnings": warnings,
     }
+    for key in ("input_spaces", "probe_precision"):  # what the recorder chose and checked (meta.json)
+        if trajectory.meta.get(key) is not None:
+            results["probes"][key] = trajectory.meta[key]
     resumed = trajectory.meta.get("resumed")
     if resumed:  # the steps a killed run was resumed at (freqlens run --resume)
         results["resumed_at_steps"] = [entry["step"] for entry in resumed]

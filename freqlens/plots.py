@@ -412,3 +412,208 @@ def save_figure(fig, path) -> list:
         fig.savefig(target, bbox_inches="tight", pad_inches=0.05, **options)
         written.append(target)
     return written
+
+
+# ------------------------------------------------------------ eigenmode spectrum figures
+def _band_names(edges: np.ndarray, rest: bool = False) -> list[str]:
+    """Tick labels of mode bands: ``"0"``, ``"1"``, ``"2-3"``, ... (and ``"rest"`` for a partial basis)."""
+    names = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1].tolist(), edges[1:].tolist())]
+    return names + (["rest"] if rest else [])
+
+
+SPEED_FAMILIES = {"modes": "eigenmode band", "low": "filter width (low part)", "bands": "filter band"}
+
+
+def _speed_axis_labels(analysis: SpectralAnalysis, family: str, size: int) -> tuple[list[str], str]:
+    if family == "modes" and analysis.modes is not None:
+        return (_band_names(analysis.modes.edges, rest=not analysis.modes.complete)[:size],
+                "eigenmode band: modes (0 = smoothest) → higher graph frequency")
+    if family == "low" and analysis.effective_neighbours is not None:
+        return ([f"{n:.3g}" for n in analysis.effective_neighbours[:size]],
+                "filter width: median effective neighbours (wide, low cut-off → narrow)")
+    return [str(i) for i in range(size)], f"{SPEED_FAMILIES.get(family, family)} (0 = lowest frequency)"
+
+
+def plot_speed_spectrum(analyses, *, family: str = "modes", view: str = "joint", axes=None):
+    """The learning-speed spectrum: speed against frequency, one line and interval per run.
+
+    One panel per probe set (backdoor, clean); in each, one line per run (a
+    defense), so a defense that shifts what is learned first moves its line.
+
+    Args:
+        analyses: one :class:`SpectralAnalysis`, or a mapping label -> analysis,
+            or label -> list of analyses (the seeds of one configuration).
+            One analysis: the line is its speed and the band its bootstrap
+            interval (``analysis.config.level``, probe rows resampled). Several
+            seeds: the line is the mean over seeds and the band ± one standard
+            deviation over seeds (the caption says which).
+        family: ``"modes"`` (eigenmode bands, default), ``"low"`` (the low
+            part at each filter width) or ``"bands"`` (filter bands).
+        view: ``"joint"`` (the eigenmode bands exist only there) or ``"separate"``.
+        axes: a sequence of two axes to draw into.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: no analysis, an unknown family or view, or an analysis
+            without learning speeds (made by freqlens before intervals existed:
+            re-analyse it with :func:`freqlens.analyse`).
+    """
+    if family not in SPEED_FAMILIES:
+        raise ValueError(f"Expected `family` to be one of {tuple(SPEED_FAMILIES)} but got {family!r}.")
+    runs = {"": [analyses]} if isinstance(analyses, SpectralAnalysis) else {
+        label: list(a) if isinstance(a, (list, tuple)) else [a] for label, a in dict(analyses).items()}
+    if not runs or not all(runs.values()):
+        raise ValueError("Expected at least one analysis per run but got none.")
+    roles = ("backdoor", "clean")
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10.0, 3.6), layout="constrained", sharey=True)
+    first = next(iter(runs.values()))[0]
+    method = first.config.speed if first.config is not None else "area"
+    x_names: list[str] = []
+    x_label = ""
+    notes = []
+    for i, (label, members) in enumerate(runs.items()):
+        colour = f"C{i % 10}"
+        for ax, role in zip(axes, roles):
+            values = []
+            for a in members:
+                speeds = a.speeds.get(view, {}).get(a.roles.get(role, role), {})
+                if family not in speeds:
+                    continue
+                values.append(speeds[family])
+            if not values:
+                notes.append(f"{label or 'run'}: no {role} {family} speeds ({view} view)")
+                continue
+            estimate = np.array([v.estimate for v in values], dtype=float)
+            x = np.arange(estimate.shape[1])
+            if len(values) == 1:
+                mean, low, high = estimate[0], values[0].low, values[0].high
+                spread = f"{int(round(100 * members[0].config.level))}% CI" if members[0].config else "CI"
+            else:
+                mean = np.nanmean(estimate, axis=0)
+                sd = np.nanstd(estimate, axis=0, ddof=1)
+                low, high, spread = mean - sd, mean + sd, f"±1 sd over {len(values)} seeds"
+            name = f"{label} ({spread})" if label else spread
+            ax.plot(x, mean, "-", marker=_MARKERS[i % len(_MARKERS)], markersize=3.5, color=colour, label=name)
+            if np.isfinite(low).any():
+                ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
+            if len(x) > len(x_names):
+                x_names, x_label = _speed_axis_labels(members[0], family, len(x))
+    if not any(ax.lines for ax in axes):
+        plt.close(axes[0].figure)
+        raise ValueError(f"Expected analyses with {family!r} learning speeds of the backdoor and clean probe "
+                         f"sets ({view} view) but none has them ({'; '.join(notes)}); re-analyse the "
+                         "trajectory with freqlens.analyse.")
+    higher = method == "area"
+    for ax, role in zip(axes, roles):
+        ax.set_title(f"{role} probes", fontsize=10, color=ROLE_COLOURS[role])
+        ax.set_xticks(np.arange(len(x_names)), x_names, rotation=45 if len(x_names) > 8 else 0, fontsize=7)
+        ax.set_xlabel(x_label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"learning speed ({method}; {'higher' if higher else 'lower'} = learned faster)"
+                       if method == "area" else f"learning speed: step ({method}; lower = faster)", fontsize=8)
+    if any(ax.lines for ax in axes):
+        axes[-1].legend(fontsize=7, loc="best")
+    axes[0].figure.suptitle(f"Learning-speed spectrum ({view} view): how fast each frequency is learned",
+                            fontsize=11)
+    if notes:
+        axes[0].figure.text(0.01, 0.0, "; ".join(notes), fontsize=6.5, color="#555555", va="bottom")
+    return axes[0].figure
+
+
+def plot_static_spectrum(analysis: SpectralAnalysis, *, spaces=None):
+    """The static target spectrum: where the clean and the backdoor mapping put their energy.
+
+    One panel per input space the run recorded: the share of each target's
+    (mean-removed) energy per eigenmode band of the probe kernel, before any
+    training, against a flat spectrum (each band's share of the modes). The
+    title gives the share in the lowest quarter of the modes with its
+    interval. A backdoor that sits lower in frequency than the clean mapping
+    (the premise of Wu et al., arXiv 2402.12026) has more energy on the left.
+
+    Raises:
+        ValueError: the analysis holds no static spectra (no clean and
+            backdoor probe sets), or ``spaces`` names one it does not hold.
+    """
+    held = analysis.static_spectra
+    if not held:
+        raise ValueError("Expected an analysis with static target spectra (clean and backdoor probe sets) "
+                         "but it has none.")
+    spaces = list(held) if spaces is None else list(spaces)
+    unknown = [s for s in spaces if s not in held]
+    if unknown:
+        raise ValueError(f"Expected `spaces` among {list(held)} but got {unknown}.")
+    fig, axes = plt.subplots(1, len(spaces), figsize=(max(6.5, 4.3 * len(spaces)), 3.6), layout="constrained",
+                             squeeze=False, sharey=True)
+    for ax, space in zip(axes[0], spaces):
+        spectrum = held[space]
+        edges = np.asarray(spectrum.edges)
+        size = next(iter(spectrum.shares.values())).size
+        x = np.arange(size)
+        flat = np.diff(edges) / spectrum.n
+        if size > flat.size:  # a partial basis: the rest
+            flat = np.append(flat, 1.0 - flat.sum())
+        ax.step(x, flat, where="mid", color="#777777", linestyle=":", label="flat spectrum")
+        parts = []
+        for role in ("clean", "backdoor"):
+            if role not in spectrum.shares:
+                continue
+            ax.plot(x, spectrum.shares[role], marker="o", markersize=3, color=ROLE_COLOURS[role],
+                    label={"clean": "clean mapping (true label)", "backdoor": "backdoor (poison flag)"}[role])
+            share = spectrum.low_share.get(role)
+            if share is not None:
+                interval = ("" if not np.isfinite(share.low) else f" [{float(share.low):.2f}, {float(share.high):.2f}]")
+                parts.append(f"{role} {float(share.estimate):.2f}{interval}")
+        ax.set_yscale("log")
+        ax.set_xticks(x, _band_names(edges, rest=size > edges.size - 1), rotation=45, fontsize=7)
+        ax.set_xlabel("eigenmode band (0 = smoothest)", fontsize=8)
+        ax.set_title(f"{space}: share in the lowest {spectrum.top} of {spectrum.n} modes\n" + ", ".join(parts)
+                     + f" (flat {spectrum.flat:.2f})", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of the target's energy")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("Static target spectrum: where each mapping's energy sits, before training\n"
+                 "(left = smooth over the probe inputs, low frequency)", fontsize=10)
+    return fig
+
+
+def plot_mode_heatmap(analysis: SpectralAnalysis, *, vmin: float = 0.0, vmax: float = 1.0):
+    """The error per eigenmode band over training: band (low to high) by step, one panel per probe set.
+
+    Colour: the band's error ``||P_b (outputs - targets)||`` over that set's
+    probes, divided by its value at the first snapshot (1 = nothing learned
+    yet, 0 = learned). Undefined bands are hatched grey.
+
+    Raises:
+        ValueError: the analysis has no eigenmode spectrum (no clean and backdoor probe sets).
+    """
+    modes = analysis.modes
+    if modes is None:
+        raise ValueError("Expected an analysis with an eigenmode spectrum (clean and backdoor probe sets) "
+                         "but it has none.")
+    names = [analysis.roles[r] for r in ("backdoor", "clean") if analysis.roles.get(r) in modes.errors] \
+        or list(modes.errors)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.3), layout="constrained",
+                             squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        errors = np.asarray(modes.errors[name])  # (T, B)
+        ax.set_facecolor("#d9d9d9")
+        ax.add_patch(plt.Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, hatch="//",
+                                   edgecolor="#9a9a9a", linewidth=0, zorder=0))
+        mesh = ax.pcolormesh(_step_edges(analysis.steps), np.arange(errors.shape[1] + 1),
+                             np.ma.masked_invalid(errors.T), cmap=CMAP, norm=Normalize(vmin=vmin, vmax=vmax),
+                             shading="flat")
+        _step_axis(ax, analysis.steps, cells=True)
+        labels = _band_names(modes.edges, rest=errors.shape[1] > modes.edges.size - 1)
+        ax.set_yticks(np.arange(len(labels)) + 0.5, labels, fontsize=7)
+        ax.set_title(f"{name} probes", fontsize=10, color=ROLE_COLOURS.get(analysis_role(analysis, name)))
+        if np.all(np.isnan(errors)):
+            _missing_note(ax, f"every band of {name}")
+    axes[0][0].set_ylabel("eigenmode band (modes; low → high frequency)", fontsize=8)
+    fig.colorbar(mesh, ax=axes[0].tolist(), label="error / error at step 0", fraction=0.04, pad=0.02,
+                 extend="max" if np.nanmax([np.nanmax(np.asarray(e), initial=0) for e in modes.errors.values()])
+                 > vmax else "neither")
+    fig.suptitle(f"Error per eigenmode band over training (kernel over {modes.n} probes)", fontsize=11)
+    return fig

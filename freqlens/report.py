@@ -93,6 +93,55 @@ def _convergence_table(analysis: SpectralAnalysis, view: str) -> str:
     return _table(header, rows)
 
 
+def _interval(estimate, low, high) -> str:
+    """``0.412 [0.380, 0.441]``; without an interval the number alone; ``–`` for NaN."""
+    if estimate is None or not np.isfinite(estimate):
+        return "–"
+    if low is None or not (np.isfinite(low) and np.isfinite(high)):
+        return f"{estimate:.3g}"
+    return f"{estimate:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def _speed_table(analysis: SpectralAnalysis, view: str, family: str) -> str:
+    """Speeds of the backdoor and clean probes per width or mode band, their difference and the verdict."""
+    verdicts = analysis.speed_verdicts.get(view, {}).get(family)
+    speeds = analysis.speeds.get(view, {})
+    names = [analysis.roles.get(r) for r in ("backdoor", "clean")]
+    if verdicts is None or not all(n in speeds and family in speeds[n] for n in names):
+        return ""
+    if family == "modes" and analysis.modes is not None:
+        edges = analysis.modes.edges.tolist()
+        columns = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
+    else:
+        counts = analysis.effective_neighbours if analysis.effective_neighbours is not None else analysis.widths
+        columns = [f"{c:.3g}" for c in counts]
+    size = verdicts.difference.estimate.size
+    columns = (columns + ["rest"])[:size]
+    rows = []
+    for role, name in zip(("backdoor", "clean"), names):
+        e = speeds[name][family]
+        rows.append([f"{role} speed"] + [_interval(*v) for v in zip(e.estimate, e.low, e.high)])
+    d = verdicts.difference
+    rows.append(["backdoor − clean"] + [_interval(*v) for v in zip(d.estimate, d.low, d.high)])
+    rows.append(["verdict"] + list(verdicts.outcomes))
+    first = "mode band" if family == "modes" else "median effective neighbours"
+    return _table([first] + columns, rows)
+
+
+def _static_table(analysis: SpectralAnalysis) -> str:
+    """Per input space: the share of each target's energy in the lowest quarter of the modes."""
+    rows = []
+    for space, spectrum in analysis.static_spectra.items():
+        share = spectrum.low_share
+        cells = [_interval(float(share[r].estimate), float(share[r].low), float(share[r].high))
+                 if r in share else "–" for r in ("clean", "backdoor")]
+        d = spectrum.difference
+        rows.append([space, *cells, "–" if d is None else _interval(float(d.estimate), float(d.low), float(d.high)),
+                     f"{spectrum.flat:.2f}"])
+    return _table(["input space", "clean mapping (true label)", "backdoor (poison flag)", "backdoor − clean",
+                   "flat spectrum"], rows)
+
+
 def write_report(
     path: str | Path,
     *,
@@ -143,6 +192,28 @@ def write_report(
     for caption, fig in figures.items():
         parts.append(f"<figure><img alt=\"{html.escape(caption)}\" src=\"{figure_to_data_uri(fig)}\">"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if analysis.static_spectra:
+        top = next(iter(analysis.static_spectra.values()))
+        parts.append(f"<h2>Static target spectrum: share of energy in the lowest {top.top} of {top.n} "
+                     "eigenmodes, before training</h2>")
+        parts.append(_static_table(analysis))
+        parts.append('<p class="note">Higher than the flat spectrum: smoother over the probe inputs (lower '
+                     'frequency). Intervals: bootstrap over probe rows, the eigenbasis held fixed.</p>')
+    level = int(round(100 * analysis.config.level)) if analysis.config is not None else 95
+    method = analysis.config.speed if analysis.config is not None else "area"
+    for view, families in analysis.speed_verdicts.items():
+        for family in families:
+            table = _speed_table(analysis, view, family)
+            if table:
+                what = "eigenmode band" if family == "modes" else "filter width (low part)"
+                parts.append(f"<h2>Learning speed per {what}, {view} view, with {level}% intervals</h2>")
+                parts.append(table)
+    if analysis.speed_verdicts:
+        faster = "higher" if method == "area" else "lower"
+        parts.append(f'<p class="note">Learning speed ({html.escape(method)}): {faster} = learned faster. '
+                     f"A verdict is \"backdoor first\" or \"clean first\" only where the {level}% "
+                     "bootstrap interval of the speed difference excludes 0; else \"no difference "
+                     "resolved\".</p>")
     for view in analysis.convergence:
         parts.append(f"<h2>Convergence steps, {view} view (columns: filter width)</h2>")
         parts.append(_convergence_table(analysis, view))

@@ -3,7 +3,14 @@ import numpy as np
 import pytest
 
 from freqlens import analyse
-from freqlens.plots import plot_error_curves, plot_heatmap, plot_heatmaps
+from freqlens.plots import (
+    plot_error_curves,
+    plot_heatmap,
+    plot_heatmaps,
+    plot_mode_heatmap,
+    plot_speed_spectrum,
+    plot_static_spectrum,
+)
 from tests.synthetic import make_trajectory
 
 
@@ -228,6 +235,9 @@ ALL_PLOTS = {
     **{name: draw for name, (draw, _) in STEP_PLOTS.items()},
     "convergence_spectrum": lambda a: plot_convergence_spectrum(a, view="separate"),  # with its note
     "defense_comparison": lambda a: plot_defense_comparison(_rows()),
+    "speed_spectrum": lambda a: plot_speed_spectrum({"vanilla": a, "muscle (3 seeds)": [a, a, a]}),
+    "static_spectrum": lambda a: plot_static_spectrum(a),
+    "mode_heatmap": lambda a: plot_mode_heatmap(a),
 }
 
 
@@ -278,3 +288,71 @@ def test_saved_figures_keep_everything_inside(analysis, tmp_path):
     image = imread(png)
     assert image.shape[1] > 3.0 * 150  # the saved canvas grew to hold the labels
     plt.close(fig)
+
+
+# ------------------------------------------------- the eigenmode figures (issue 13, item 8)
+def test_speed_spectrum_one_line_and_interval_per_run_per_probe_set(analysis):
+    fig = plot_speed_spectrum({"vanilla": analysis, "muscle": analysis})
+    backdoor, clean = fig.axes[:2]
+    assert backdoor.get_title() == "backdoor probes" and clean.get_title() == "clean probes"
+    speeds = analysis.speeds["joint"]["backdoor"]["modes"]
+    for ax in (backdoor, clean):
+        assert len(ax.lines) == 2 and len(ax.collections) == 2  # a line and its interval per run
+    np.testing.assert_allclose(backdoor.lines[0].get_ydata(), speeds.estimate)
+    band = backdoor.collections[0].get_paths()[0].vertices[:, 1]
+    assert np.nanmin(band) == pytest.approx(np.nanmin(speeds.low)) and np.nanmax(band) == pytest.approx(
+        np.nanmax(speeds.high))
+    labels = [t.get_text() for t in clean.get_legend().get_texts()]
+    assert labels == ["vanilla (95% CI)", "muscle (95% CI)"]
+    plt.close(fig)
+
+
+def test_speed_spectrum_of_seeds_is_their_mean_and_spread(analysis):
+    other = analyse(make_trajectory(backdoor_at=60.0, seed=1), num_widths=4)
+    fig = plot_speed_spectrum({"vanilla": [analysis, other]}, family="low")
+    ax = fig.axes[0]
+    a, b = (x.speeds["joint"]["backdoor"]["low"].estimate for x in (analysis, other))
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), (a + b) / 2)
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    sd = np.std([a, b], axis=0, ddof=1)
+    assert np.nanmax(band) == pytest.approx(np.nanmax((a + b) / 2 + sd))
+    assert "±1 sd over 2 seeds" in fig.axes[1].get_legend().get_texts()[0].get_text()
+    plt.close(fig)
+
+
+def test_static_spectrum_one_panel_per_input_space_with_the_flat_reference(analysis):
+    fig = plot_static_spectrum(analysis)
+    assert len(fig.axes) == len(analysis.static_spectra)
+    ax = fig.axes[0]
+    spectrum = next(iter(analysis.static_spectra.values()))
+    drawn = {line.get_label(): line.get_ydata() for line in ax.lines}
+    np.testing.assert_allclose(drawn["backdoor (poison flag)"], spectrum.shares["backdoor"])
+    assert "flat spectrum" in drawn and f"{float(spectrum.low_share['backdoor'].estimate):.2f}" in ax.get_title()
+    plt.close(fig)
+
+
+def test_mode_heatmap_draws_each_sets_band_errors(analysis):
+    fig = plot_mode_heatmap(analysis)
+    names = [analysis.roles["backdoor"], analysis.roles["clean"]]
+    for ax, name in zip(fig.axes, names):
+        data = ax.collections[0].get_array().reshape(-1, analysis.steps.size)
+        np.testing.assert_allclose(np.ma.filled(data, np.nan), analysis.modes.errors[name].T, equal_nan=True)
+    plt.close(fig)
+
+
+def test_eigenmode_figures_refuse_an_analysis_without_them(analysis):
+    import dataclasses
+
+    bare = dataclasses.replace(analysis, modes=None, static_spectra={}, speeds={})
+    with pytest.raises(ValueError, match="eigenmode spectrum"):
+        plot_mode_heatmap(bare)
+    with pytest.raises(ValueError, match="static target spectra"):
+        plot_static_spectrum(bare)
+    with pytest.raises(ValueError, match="`spaces`"):
+        plot_static_spectrum(analysis, spaces=["hidden:7"])
+    with pytest.raises(ValueError, match="`family`"):
+        plot_speed_spectrum(analysis, family="wavelets")
+    with pytest.raises(ValueError, match="at least one"):
+        plot_speed_spectrum({})
+    with pytest.raises(ValueError, match="re-analyse"):
+        plot_speed_spectrum(bare)

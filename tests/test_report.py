@@ -6,6 +6,7 @@ import html
 import re
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 from freqlens import analyse
 from freqlens.report import write_report
@@ -51,3 +52,22 @@ def test_render_value_of_plain_and_empty_values():
     assert render_value(True) == "true"
     assert render_value({}) == render_value([]) == render_value(None) == "&ndash;"
     assert render_value("<b>") == "&lt;b&gt;"
+
+
+def test_the_report_gives_static_spectra_speeds_and_verdicts_with_their_intervals(tmp_path):
+    analysis = analyse(make_trajectory(), num_widths=3)
+    page = write_report(tmp_path / "report.html", title="t", analysis=analysis, metrics={"cacc": 0.9},
+                        figures={}).read_text()
+    static = page[page.index("Static target spectrum"):page.index("Learning speed per")]
+    for spectrum in analysis.static_spectra.values():
+        share = spectrum.low_share["backdoor"]
+        assert f"{float(share.estimate):.3g} [{float(share.low):.3g}, {float(share.high):.3g}]" in static
+    modes = page[page.index("Learning speed per eigenmode band, joint view"):]
+    verdicts = analysis.speed_verdicts["joint"]["modes"]
+    d = verdicts.difference
+    i = int(np.nanargmax(np.abs(d.estimate)))
+    assert f"{d.estimate[i]:.3g} [{d.low[i]:.3g}, {d.high[i]:.3g}]" in modes
+    row = modes[modes.index("<td>verdict</td>"):].split("</tr>")[0]
+    assert row.count("<td>") == 1 + len(verdicts.outcomes)
+    assert "Learning speed per filter width (low part), joint view" in page
+    plt.close("all")

@@ -1,5 +1,6 @@
 """`freqlens run` end to end on tiny models and tiny data, offline."""
 
+import html
 import json
 from pathlib import Path
 
@@ -43,8 +44,26 @@ def _check_results(out: Path) -> dict:
         assert results["timings"][key] is not None
     assert results["analysis"]["summary"]["joint"]["statement"]
     assert set(results["analysis"]["convergence_steps"]["separate"]) == {"clean", "backdoor", "control"}
-    for name in ("report.html", "heatmap.png", "heatmap_separate.png", "curves.png"):
+    for name in ("report.html", "heatmap.png", "heatmap_separate.png", "curves.png", "speed_spectrum.png",
+                 "static_spectrum.png", "mode_heatmap.png"):
         assert (out / name).stat().st_size > 0
+    # the instrument's numbers (issue 13, "Done when"): counts per width, static spectra per recorded
+    # input space, speeds with intervals, verdicts with theirs, the settings to re-analyse with
+    analysis = results["analysis"]
+    assert len(analysis["effective_neighbours"]) == len(results["widths"])
+    recorded = [space["name"] for space in results["probes"]["input_spaces"]]
+    assert list(analysis["static_spectra"]) == recorded == results["config"]["record"]["input_spaces"]
+    for spectrum in analysis["static_spectra"].values():
+        share = spectrum["low_share"]["backdoor"]
+        assert share["low"] <= share["estimate"] <= share["high"]
+    speeds = analysis["learning_speeds"]["joint"]["backdoor"]["modes"]
+    assert len(speeds["estimate"]) == len(speeds["low"]) == len(speeds["high"]) >= 3
+    for family in ("low", "modes"):
+        verdicts = analysis["verdicts"]["joint"][family]
+        assert len(verdicts["outcomes"]) == len(verdicts["estimate"]) == len(verdicts["labels"])
+    assert analysis["config"]["bootstrap"] == 200 and analysis["config"]["input_space"] == "flattened"
+    report = (out / "report.html").read_text()
+    assert "Static target spectrum" in report and "Learning speed per eigenmode band" in report
     return results
 
 
@@ -252,3 +271,26 @@ def test_an_overwritten_run_that_dies_is_never_reported_with_the_earlier_metrics
     assert not (out / "results.json").exists()
     run = load_run(out)
     assert run.partial and run.metric("cacc") is None and run.metric("asr") is None
+
+
+def test_widths_that_act_as_one_filter_are_a_warning_in_results_and_a_report_banner(tmp_path, capsys):
+    config = _tiny_experiment(tmp_path, """rate = 0.1
+[train]
+epochs = 1
+batch_size = 16
+[record]
+schedule = "log:6"
+probe_size = 12
+[analysis]
+widths = [1.0, 1.01, 1.02]
+bootstrap = 20
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    banner = [w for w in results["warnings"] if "filter" in w]
+    assert banner and all("analysis.widths" in w for w in banner)
+    assert results["analysis"]["config"]["widths"] == [1.02, 1.01, 1.0]
+    report = (out / "report.html").read_text()
+    assert f'<p class="warning">{html.escape(banner[0])[:60]}' in report
+    assert "freqlens: warning: Probe set" in capsys.readouterr().err
