@@ -317,8 +317,10 @@ class ModeSpectrum:
         eigenvalues: (M,), decreasing (mode 0 the smoothest).
         complete: whether all N modes are held (else the last band is the rest).
         edges: mode-band edges (B + 1,).
-        errors: per probe set, (T, B) band errors normalised to 1 at the
-            first snapshot (``relative_to="initial"``; B + 1 columns with a
+        errors: per probe set, (T, B) band errors divided by their value at
+            the first snapshot or, where that is smaller, by a tenth of a flat
+            spectrum's share of the set's whole first error
+            (``relative_to="floored"``, so 1 or less at the start; B + 1 columns with a
             partial basis' rest): the set's own residual ``outputs - targets``
             as a signal over the pooled probes (zero on the other set's),
             its energy per band (:meth:`~freqlens.spectral.EigenBasis.band_errors`
@@ -726,7 +728,8 @@ def analyse(
         config = replace(config, mode_width=float(basis.width))
         mode_errors = _mode_errors(basis, trajectory, joint_sets, config, weights_of)
         for name, (errors, resampled) in mode_errors.items():
-            speeds["joint"][name]["modes"] = _speed_estimate(trajectory.steps, errors, resampled, config)
+            # the mode curves are divided by a floored start already ("floored"): drops count against it
+            speeds["joint"][name]["modes"] = _speed_estimate(trajectory.steps, errors, resampled, config, 1.0)
         modes = ModeSpectrum(width=float(basis.width), distance=basis.distance, n=basis.n,
                              eigenvalues=basis.eigenvalues,
                              complete=basis.complete, edges=basis.band_edges(config.num_bands),
@@ -813,17 +816,18 @@ def _measure(bank: FilterBank, outputs, labels, reduction, subset=None, weights=
     return curves, {k: v[1:] for k, v in result.items() if k in ("low", "high", "bands")}
 
 
-def _speed(steps: np.ndarray, errors: np.ndarray, config: AnalysisConfig) -> np.ndarray:
-    """Speed of curves (T, ...) with the config's method."""
+def _speed(steps: np.ndarray, errors: np.ndarray, config: AnalysisConfig, scale=None) -> np.ndarray:
+    """Speed of curves (T, ...) with the config's method (``scale``: see ``learning_speed``)."""
     if config.speed == "threshold":
         return convergence_steps(steps, errors, config.threshold, relative=config.relative)
-    return learning_speed(steps, errors, method=config.speed)
+    return learning_speed(steps, errors, method=config.speed, scale=scale if config.speed == "area" else None)
 
 
-def _speed_estimate(steps, errors: np.ndarray, resampled: np.ndarray | None, config: AnalysisConfig) -> Estimate:
+def _speed_estimate(steps, errors: np.ndarray, resampled: np.ndarray | None, config: AnalysisConfig,
+                    scale=None) -> Estimate:
     """The speed of curves (T, E) and its interval from resampled curves (R, T, E)."""
-    estimate = _speed(steps, errors, config)
-    samples = None if resampled is None else _speed(steps, np.moveaxis(resampled, 0, 1), config)
+    estimate = _speed(steps, errors, config, scale)
+    samples = None if resampled is None else _speed(steps, np.moveaxis(resampled, 0, 1), config, scale)
     return Estimate.from_samples(estimate, samples, config.level)
 
 
@@ -883,7 +887,7 @@ def _mode_errors(basis: EigenBasis, trajectory: Trajectory, joint_sets, config, 
     out = {}
     for i, name in enumerate(joint_sets):
         w = weights_of(name)
-        errors = basis.band_errors(outputs, labels, config.num_bands, relative_to="initial",
+        errors = basis.band_errors(outputs, labels, config.num_bands, relative_to="floored",
                                    subset=np.arange(offsets[i], offsets[i + 1]), weights=w)
         out[name] = (errors, None) if w is None else (errors[0], errors[1:])
     return out

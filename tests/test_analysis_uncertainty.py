@@ -164,7 +164,9 @@ def test_interval_speed_of_every_curve_family_matches_the_curves():
                 np.testing.assert_allclose(analysis.speeds[view][name][family].estimate,
                                            learning_speed(analysis.steps, getattr(c, family)), rtol=1e-12)
     modes = analysis.speeds["joint"]["backdoor"]["modes"]
-    np.testing.assert_allclose(modes.estimate, learning_speed(analysis.steps, analysis.modes.errors["backdoor"]))
+    # the mode curves are divided by a floored start already: drops count against that, not e(0)
+    np.testing.assert_allclose(modes.estimate,
+                               learning_speed(analysis.steps, analysis.modes.errors["backdoor"], scale=1.0))
     assert "modes" not in analysis.speeds["separate"]["clean"]
 
 
@@ -231,7 +233,8 @@ def test_mode_errors_are_normalised_curves_per_set_with_speeds_and_verdicts():
     assert modes.complete and modes.eigenvalues.shape == (80,) and bands <= 6
     for name in ("clean", "backdoor"):
         assert modes.errors[name].shape == (trajectory.steps.size, bands)
-        np.testing.assert_allclose(modes.errors[name][0], 1.0)
+        first = modes.errors[name][0]  # 1, or below 1 where the band's start was under the floor
+        assert np.all(first <= 1.0 + 1e-12) and np.any(np.isclose(first, 1.0))
     verdicts = analysis.speed_verdicts["joint"]["modes"]
     assert len(verdicts.outcomes) == bands and set(verdicts.outcomes) <= set(OUTCOMES)
     assert not any("identical curves" in label for label in verdicts.labels)

@@ -49,6 +49,9 @@ from freqlens.spectral.uncertainty import as_weights
 
 #: Up to this many probes the decomposition is exact (dense ``eigh``); above, Lanczos finds the top modes.
 MAX_DENSE = 4096
+#: ``relative_to="floored"``: a band's first error counts as at least this fraction of what a
+#: flat spectrum would give it (norms; 0.1 = 1% of the flat share of the energy).
+FLOOR_SHARE = 0.1
 #: Modes kept by the partial (Lanczos) decomposition when ``num_modes`` is not given.
 PARTIAL_MODES = 512
 #: Rows sampled (evenly) for the median effective neighbour count of a width.
@@ -223,7 +226,14 @@ class EigenBasis:
             outputs: shape (T, N, C) (or (N, C) for one snapshot): class probabilities.
             targets: shape (N, C) one-hot / soft targets, or (N,) integer labels.
             num_bands: bands as in :meth:`band_edges`.
-            relative_to: ``"initial"`` divides each band's error by its value
+            relative_to: ``"floored"`` divides each band's error by its value
+                at the first snapshot or, where that is smaller, by a tenth of
+                what a flat spectrum would give the band of the (set's) whole
+                first error, ``0.1 ||r(0)|| sqrt(m_b / M)`` (m_b modes in the
+                band of M; :data:`FLOOR_SHARE`):
+                a band with almost no error at the start then does not turn
+                small changes into huge relative ones (freqlens' choice for the
+                error per mode band over training); ``"initial"`` divides each band's error by its value
                 at the first snapshot (a normalised error curve, 1 at the
                 start; NaN where that is 0, e.g. a set with no error in that
                 band); ``"target"`` by the same band error of the
@@ -243,7 +253,7 @@ class EigenBasis:
             ValueError: outputs, targets, subset or weights of the wrong shape,
                 or an unknown ``relative_to``.
         """
-        check_choice(relative_to, "relative_to", ("initial", "target", "none"))
+        check_choice(relative_to, "relative_to", ("initial", "floored", "target", "none"))
         y = to_numpy(outputs, "outputs").astype(np.float64)
         single = y.ndim == 2
         if single:
@@ -276,6 +286,15 @@ class EigenBasis:
         with np.errstate(divide="ignore", invalid="ignore"):
             if relative_to == "initial":
                 first = norms[..., :1, :]
+                norms = np.where(first > 0, norms / first, np.nan)
+            elif relative_to == "floored":
+                # the band's share of the set's whole initial error under a flat spectrum: m_b / M
+                sizes = np.diff(edges).astype(np.float64)
+                if norms.shape[-1] > sizes.size:  # a partial basis' rest
+                    sizes = np.append(sizes, self.n - edges[-1])
+                total = np.sqrt(bands[..., :1, :].sum(axis=-1, keepdims=True))
+                floor = FLOOR_SHARE * total * np.sqrt(sizes / sizes.sum())
+                first = np.maximum(norms[..., :1, :], floor)
                 norms = np.where(first > 0, norms / first, np.nan)
             elif relative_to == "target":
                 target = target[..., None, :]

@@ -27,7 +27,8 @@ from freqlens.spectral.convergence import _curves
 SPEEDS = ("area", "half_drop")
 
 
-def learning_speed(steps: ArrayLike, errors: ArrayLike, *, method: str = "area") -> np.ndarray:
+def learning_speed(steps: ArrayLike, errors: ArrayLike, *, method: str = "area",
+                   scale: ArrayLike | None = None) -> np.ndarray:
     """The learning speed of each error curve.
 
     Args:
@@ -35,6 +36,13 @@ def learning_speed(steps: ArrayLike, errors: ArrayLike, *, method: str = "area")
         errors: error curves, shape (T, ...) (axis 0 runs over the steps).
         method: ``"area"`` (default: higher is faster, unitless) or
             ``"half_drop"`` (a step: lower is faster).
+        scale: with ``"area"``, the level drops are measured against,
+            broadcast to ``errors.shape[1:]``: the speed is ``(e(0) - mean
+            e) / scale``. Default: each curve's first value, which gives
+            ``1 - mean e / e(0)``. Give ``1.0`` for curves already divided
+            by a floored start (:meth:`~freqlens.spectral.EigenBasis.band_errors`
+            with ``relative_to="floored"``), so that a curve with almost no
+            error at the start is not blown up by it.
 
     Returns:
         Shape ``errors.shape[1:]``. ``"area"`` is NaN only where a curve holds
@@ -58,13 +66,14 @@ def learning_speed(steps: ArrayLike, errors: ArrayLike, *, method: str = "area")
     if method == "area":
         x = np.log1p(s)
         span = x[-1] - x[0]
+        level = e[:1] if scale is None else np.broadcast_to(np.asarray(scale, dtype=np.float64), e.shape[1:])[None]
         with np.errstate(divide="ignore", invalid="ignore"):
-            normalised = np.where(e[:1] > 0, e / e[:1], np.nan)
+            normalised = np.where(level > 0, e / level, np.nan)
         if s.size == 1 or span <= 0:
             return np.where(np.isnan(normalised[0]), np.nan, 0.0)
         widths = np.diff(x).reshape((-1,) + (1,) * (e.ndim - 1))
         area = ((normalised[1:] + normalised[:-1]) * 0.5 * widths).sum(axis=0) / span
-        return 1.0 - area
+        return normalised[0] - area
     drop = e[0] - np.min(e, axis=0)
     with np.errstate(invalid="ignore"):
         made = (e[0] - e) >= 0.5 * drop  # NaN compares False
