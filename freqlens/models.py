@@ -610,6 +610,20 @@ def embedding_inputs(
     Returns:
         float32 array of shape (N, L * d).
     """
+    return _embedding_rows(model, encodings, module, batch_size, mode, _masked_flat)
+
+
+def _masked_flat(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, L, d) states with the positions where ``mask`` (B, L) is 0 zeroed, flattened -> (B, L * d)."""
+    hidden = hidden.float()
+    if mask is not None and mask.shape == hidden.shape[:2]:
+        hidden = hidden * mask[..., None].to(hidden.dtype)
+    return hidden.reshape(hidden.shape[0], -1)
+
+
+def _embedding_rows(model, encodings, module, batch_size, mode, reduce) -> np.ndarray:
+    """The embedding layer's output for every row, reduced per batch by ``reduce(hidden, mask)``:
+    eval mode, ``inference_mode``, the forward pass stopped at the layer, the hook always removed."""
     layer, how = resolve_probe_layer(model, module, mode)
     device = model_device(model)
     rows = []
@@ -617,11 +631,7 @@ def embedding_inputs(
         for batch in _batches(encodings, batch_size, device):
             with capture(layer, how) as captured:
                 run_until_captured(model, **batch)
-            hidden = captured[0].float()
-            mask = batch.get("attention_mask")
-            if mask is not None and mask.shape == hidden.shape[:2]:
-                hidden = hidden * mask[..., None].to(hidden.dtype)
-            rows.append(hidden.reshape(hidden.shape[0], -1).cpu())
+            rows.append(reduce(captured[0], batch.get("attention_mask")).cpu())
     return torch.cat(rows).numpy()
 
 
@@ -661,15 +671,7 @@ def pooled_embedding_inputs(
     Returns:
         float32 array of shape (N, d), d the embedding width.
     """
-    layer, how = resolve_probe_layer(model, module, mode)
-    device = model_device(model)
-    rows = []
-    with eval_mode(model), torch.inference_mode():
-        for batch in _batches(encodings, batch_size, device):
-            with capture(layer, how) as captured:
-                run_until_captured(model, **batch)
-            rows.append(_masked_mean(captured[0], batch.get("attention_mask")).cpu())
-    return torch.cat(rows).numpy()
+    return _embedding_rows(model, encodings, module, batch_size, mode, _masked_mean)
 
 
 @contextmanager

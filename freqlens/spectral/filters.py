@@ -465,16 +465,16 @@ class FilterBank:
             subset: optional boolean mask or indices: the kernel stays over all
                 N inputs but the errors are reduced over these rows only (the
                 joint view of :func:`joint_relative_errors`).
-        weights: bootstrap row weights, shape (R, n_rows) with n_rows =
-            ``len(subset)`` (its rows in increasing index order) or N, e.g.
-            :func:`~freqlens.spectral.bootstrap_weights`. Every reduction
-            over rows becomes weighted (``"mean"``: weighted means
-            ``sum_n w_n ||.|| / sum_n w_n``; ``"frobenius"``: weighted sums of
-            squares) and every result gains a leading R axis. The kernel is
-            not resampled: it stays over all N inputs (resampling its inputs
-            would duplicate points and bias the filters, see
-            :mod:`freqlens.spectral.uncertainty`); one pass over the kernel
-            serves all R resamples. ``None`` (default): unweighted.
+            weights: bootstrap row weights, shape (R, n_rows) with n_rows =
+                ``len(subset)`` (its rows in increasing index order) or N, e.g.
+                :func:`~freqlens.spectral.bootstrap_weights`. Every reduction
+                over rows becomes weighted (``"mean"``: weighted means
+                ``sum_n w_n ||.|| / sum_n w_n``; ``"frobenius"``: weighted sums
+                of squares) and every result gains a leading R axis. The kernel
+                is not resampled: it stays over all N inputs (resampling its
+                inputs would duplicate points and bias the filters, see
+                :mod:`freqlens.spectral.uncertainty`); one pass over the kernel
+                serves all R resamples. ``None`` (default): unweighted.
 
         Returns:
             ``(low, high)``, float arrays of shape (K,) for one snapshot or
@@ -543,17 +543,7 @@ class FilterBank:
         :meth:`ratios`, from one pass over the kernel instead of three.
 
         Args:
-            outputs, targets, reduction, subset: as in :meth:`relative_errors`.
-        weights: bootstrap row weights, shape (R, n_rows) with n_rows =
-            ``len(subset)`` (its rows in increasing index order) or N, e.g.
-            :func:`~freqlens.spectral.bootstrap_weights`. Every reduction
-            over rows becomes weighted (``"mean"``: weighted means
-            ``sum_n w_n ||.|| / sum_n w_n``; ``"frobenius"``: weighted sums of
-            squares) and every result gains a leading R axis. The kernel is
-            not resampled: it stays over all N inputs (resampling its inputs
-            would duplicate points and bias the filters, see
-            :mod:`freqlens.spectral.uncertainty`); one pass over the kernel
-            serves all R resamples. ``None`` (default): unweighted.
+            outputs, targets, reduction, subset, weights: as in :meth:`relative_errors`.
 
         Returns:
             A dict with ``"low"``, ``"high"``, ``"lfr"``, ``"hfr"`` of shape
