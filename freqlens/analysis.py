@@ -77,7 +77,9 @@ FAMILIES = ("low", "high", "bands", "modes")
 #: Verdict outcomes (the label starts with one of these).
 OUTCOMES = ("backdoor first", "clean first", "no difference resolved", "undefined")
 #: A speed difference (and its interval's ends) within this of 0 means the two curves are the same.
-IDENTICAL = 1e-12
+#: Speed differences this small are float rounding of curves recorded in float32 (area speeds are
+#: unitless, O(1); step speeds are whole steps): a tie, never a verdict.
+IDENTICAL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,9 @@ class AnalysisConfig:
         reduction: ``"mean"`` (MuScleLoRA) or ``"frobenius"`` (Frequency Principle).
         threshold: the convergence level (fraction of each curve's first
             value when ``relative``), for convergence steps and ``speed = "threshold"``.
-        relative: the threshold is relative to each curve's first value.
+        relative: the threshold is relative to each curve's first value
+            (the filter curves; the eigenmode curves are normalised to their
+            start already, so for them the threshold is always relative).
         speed: ``"area"`` (1 - mean normalised error over log-steps; higher =
             faster), ``"half_drop"`` (the step at which a curve has made half
             its own drop; lower = faster) or ``"threshold"`` (the paper's
@@ -207,7 +211,9 @@ class Estimate:
         low, high: the interval's ends, shape S (NaN without resamples, or
             where every resample is undefined): the hull of the percentile
             interval and the interval of the resamples centred on the estimate
-            (:func:`~freqlens.spectral.uncertainty.conservative_interval`).
+            (:func:`~freqlens.spectral.uncertainty.conservative_interval`);
+            NaN where more than ``1 - level`` of the resamples have no value
+            (a curve that never converged in them is slow, not missing).
         samples: the R bootstrap values, shape (R, *S) (not written to results.json).
     """
 
@@ -223,6 +229,10 @@ class Estimate:
             nan = np.full(estimate.shape, np.nan)
             return cls(estimate, nan, nan.copy(), None)
         low, high = conservative_interval(estimate, samples, level, axis=0)
+        # A resample without a value (a curve that never converged or dropped in it) is not a fast one:
+        # where more than 1 - level of them have none, the percentiles of the rest would be overconfident.
+        missing = np.isnan(np.asarray(samples, dtype=np.float64)).mean(axis=0)
+        low, high = (np.where(missing > 1.0 - level, np.nan, bound) for bound in (low, high))
         return cls(estimate, np.asarray(low), np.asarray(high), samples)
 
     def to_dict(self) -> dict:
@@ -839,9 +849,9 @@ def _verdicts(backdoor: Estimate, clean: Estimate, config: AnalysisConfig) -> Ve
     labels, outcomes = [], []
     for i, (d, low, high) in enumerate(zip(np.atleast_1d(difference.estimate), np.atleast_1d(difference.low),
                                            np.atleast_1d(difference.high))):
-        if np.all(np.abs([d, low, high]) <= IDENTICAL):  # NaN compares False
-            # the two sets' normalised curves coincide in the estimate and in every resample
-            # (e.g. a filter so wide that it averages both sets alike): nothing to resolve
+        if abs(d) <= IDENTICAL and (samples is None or np.all(np.abs([low, high]) <= IDENTICAL)):
+            # the two sets' normalised curves coincide (up to float32 rounding) in the estimate and in
+            # every resample (e.g. a filter so wide that it averages both sets alike): nothing to resolve
             outcome, label = "no difference resolved", "no difference resolved (identical curves for both sets)"
         elif np.isnan(d):
             outcome, label = "undefined", f"undefined ({_undefined_reason(backdoor, clean, i, config)})"
@@ -850,7 +860,8 @@ def _verdicts(backdoor: Estimate, clean: Estimate, config: AnalysisConfig) -> Ve
                        else "no difference resolved")
             label = f"{outcome} (no interval: analysis.bootstrap = 0)"
         elif np.isnan(low) or np.isnan(high):
-            outcome, label = "undefined", "undefined (no interval: the speed is undefined in too many resamples)"
+            outcome, label = "undefined", (f"undefined (no interval: the speed is undefined in more than "
+                                           f"{1 - config.level:.0%} of the resamples)")
         else:
             lo, hi = sorted((faster * low, faster * high))  # on the "backdoor faster > 0" scale
             outcome = "backdoor first" if lo > 0 else "clean first" if hi < 0 else "no difference resolved"

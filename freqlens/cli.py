@@ -73,8 +73,15 @@ def _report(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if not args.out.strip():
+        raise ValueError("--out is empty; expected a directory (created if missing).")
     if out.exists() and not out.is_dir():  # at once, in the command line's words
         raise ValueError(f"--out {args.out} is a file; expected a directory (created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {args.out} cannot be created as a directory "
+                         f"({error.strerror or error}).") from error
     from freqlens.validate import validate
 
     results = validate(out, quick=args.quick, seed=args.seed, progress=not args.no_progress,

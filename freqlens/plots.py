@@ -434,6 +434,15 @@ def _speed_axis_labels(analysis: SpectralAnalysis, family: str, size: int) -> tu
     return [str(i) for i in range(size)], f"{SPEED_FAMILIES.get(family, family)} (0 = lowest frequency)"
 
 
+def _speed_signature(analysis: SpectralAnalysis, family: str, view: str) -> tuple:
+    """What must agree for two runs' speeds to be averaged band by band: the mode-band edges
+    (they follow N), or the number of widths / filter bands (log-spaced over 2..N/2 either way)."""
+    if family == "modes":
+        return tuple(analysis.modes.edges.tolist()) if analysis.modes is not None else ()
+    sizes = {e[family].estimate.size for e in analysis.speeds.get(view, {}).values() if family in e}
+    return tuple(sorted(sizes))
+
+
 def plot_speed_spectrum(analyses, *, family: str = "modes", view: str = "joint", axes=None):
     """The learning-speed spectrum: speed against frequency, one line and interval per run.
 
@@ -469,11 +478,24 @@ def plot_speed_spectrum(analyses, *, family: str = "modes", view: str = "joint",
     roles = ("backdoor", "clean")
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10.0, 3.6), layout="constrained", sharey=True)
-    first = next(iter(runs.values()))[0]
-    method = first.config.speed if first.config is not None else "area"
+    methods = {a.config.speed if a.config is not None else "area" for members in runs.values() for a in members}
+    if len(methods) > 1:
+        raise ValueError(f"Expected analyses with one learning-speed method (analysis.speed) but got "
+                         f"{sorted(methods)}: their speeds are on different scales.")
+    method = methods.pop()
+    notes = []
+    split = {}
+    for label, members in runs.items():  # seeds whose bands differ (other probe sizes) are not averaged
+        kinds = {_speed_signature(a, family, view) for a in members}
+        if len(members) > 1 and len(kinds) > 1:
+            notes.append(f"{label}: its {len(members)} runs have different bands (other probe sizes), drawn "
+                         "one by one, not averaged")
+            split.update({f"{label} [{j + 1}]": [a] for j, a in enumerate(members)})
+        else:
+            split[label] = members
+    runs = split
     x_names: list[str] = []
     x_label = ""
-    notes = []
     for i, (label, members) in enumerate(runs.items()):
         colour = f"C{i % 10}"
         for ax, role in zip(axes, roles):

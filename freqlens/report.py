@@ -112,9 +112,10 @@ def _speed_table(analysis: SpectralAnalysis, view: str, family: str) -> str:
     if family == "modes" and analysis.modes is not None:
         edges = analysis.modes.edges.tolist()
         columns = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
-    else:
-        counts = analysis.effective_neighbours if analysis.effective_neighbours is not None else analysis.widths
-        columns = [f"{c:.3g}" for c in counts]
+    elif view == "joint" and analysis.effective_neighbours is not None:  # the joint kernel's counts
+        columns = [f"{c:.3g}" for c in analysis.effective_neighbours]
+    else:  # a kernel per set: the widths (each set's counts are in the widths table)
+        columns = [f"δ {w:.3g}" for w in analysis.widths]
     size = verdicts.difference.estimate.size
     columns = (columns + ["rest"])[:size]
     rows = []
@@ -124,7 +125,8 @@ def _speed_table(analysis: SpectralAnalysis, view: str, family: str) -> str:
     d = verdicts.difference
     rows.append(["backdoor − clean"] + [_interval(*v) for v in zip(d.estimate, d.low, d.high)])
     rows.append(["verdict"] + list(verdicts.outcomes))
-    first = "mode band" if family == "modes" else "median effective neighbours"
+    first = ("mode band" if family == "modes" else "median effective neighbours" if view == "joint"
+             else "filter width")
     return _table([first] + columns, rows)
 
 

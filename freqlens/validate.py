@@ -511,11 +511,19 @@ def validate(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
         of ``validation.json``.
 
     Raises:
-        ValueError: ``out`` names an existing file.
+        ValueError: ``out`` is empty, names an existing file, or cannot be
+            created (checked before any check runs).
     """
+    if not str(out).strip():
+        raise ValueError("Expected `out` to name a directory (created if missing) but got an empty path.")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"Expected `out` to be a directory (created if missing) but {str(out)!r} is a file.")
+    try:  # before minutes of checks, not after: a path that cannot hold the results fails now
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"Expected `out` to be a directory that can be created but {str(out)!r} cannot "
+                         f"({error.strerror or error}).") from error
     model = "lookup" if control else "mlp"
     start = time.perf_counter()
     checks = {}

@@ -332,3 +332,35 @@ def test_analysis_without_a_backdoor_set_has_no_verdicts_or_mode_spectrum():
     assert analysis.modes is None and analysis.static_spectra == {} and analysis.speed_verdicts == {}
     assert analysis.effective_neighbours.shape == (3,)
     assert analysis.to_dict()["eigenmodes"] is None
+
+
+@pytest.mark.parametrize("bootstrap", [0, 20])
+def test_identical_sets_never_get_a_verdict_from_float_noise(bootstrap):
+    """The backdoor set a copy of the clean one: the speeds differ only by float32 rounding, which is a
+    tie, with or without an interval, at every width (a uniform one included) and mode band."""
+    from tests.synthetic import make_trajectory
+
+    trajectory = make_trajectory()
+    for field in ("inputs", "labels", "outputs"):
+        getattr(trajectory, field)["backdoor"] = getattr(trajectory, field)["clean"].copy()
+    for widths in (None, [1e6, 2e6]):
+        analysis = analyse(trajectory, widths=widths, bootstrap=bootstrap)
+        for family, verdicts in analysis.speed_verdicts["joint"].items():
+            assert set(verdicts.outcomes) <= {"no difference resolved", "undefined"}, (family, verdicts.labels)
+
+
+def test_an_interval_resting_on_a_few_resamples_is_no_interval():
+    """Resamples whose curve never converged have no speed: if more than 1 - level of them have none, the
+    percentiles of the rest would be overconfident (and biased towards fast), so there is no interval."""
+    from freqlens.analysis import AnalysisConfig, Estimate, _verdicts
+
+    few = np.full((200, 1), np.nan)
+    few[:3, 0] = [10.0, 12.0, 14.0]
+    backdoor = Estimate.from_samples(np.array([12.0]), few, 0.95)
+    assert np.isnan(backdoor.low).all() and np.isnan(backdoor.high).all()
+    clean = Estimate.from_samples(np.array([50.0]), 50 + np.random.default_rng(0).normal(size=(200, 1)), 0.95)
+    verdicts = _verdicts(backdoor, clean, AnalysisConfig(speed="threshold"))
+    assert verdicts.outcomes == ["undefined"] and "more than 5% of the resamples" in verdicts.labels[0]
+    most = few.copy()
+    most[:195, 0] = 12.0  # 2.5% missing: an interval
+    assert np.isfinite(Estimate.from_samples(np.array([12.0]), most, 0.95).low).all()

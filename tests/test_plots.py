@@ -356,3 +356,23 @@ def test_eigenmode_figures_refuse_an_analysis_without_them(analysis):
         plot_speed_spectrum({})
     with pytest.raises(ValueError, match="re-analyse"):
         plot_speed_spectrum(bare)
+
+
+def test_seeds_with_other_bands_are_drawn_one_by_one_and_methods_never_mixed(analysis):
+    from tests.synthetic import make_trajectory as make
+
+    small = make(seed=1)
+    for field in ("inputs", "labels", "outputs"):
+        for name in ("clean", "backdoor", "control"):
+            getattr(small, field)[name] = getattr(small, field)[name][..., :8, :] if field == "outputs" \
+                else getattr(small, field)[name][:8]
+    other = analyse(small, num_widths=4)
+    assert not np.array_equal(other.modes.edges, analysis.modes.edges)
+    fig = plot_speed_spectrum({"cfg": [analysis, other]})
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == [
+        "cfg [1] (95% CI)", "cfg [2] (95% CI)"]
+    assert any("not averaged" in t.get_text() for t in fig.texts)
+    plt.close(fig)
+    half = analyse(make(), num_widths=4, speed="half_drop")
+    with pytest.raises(ValueError, match="one learning-speed method"):
+        plot_speed_spectrum({"area": analysis, "half": half})

@@ -132,3 +132,16 @@ def test_out_that_is_a_file_is_refused_naming_the_flag(tmp_path, capsys):
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="`model`"):
         validation.check_fp_1d(quick=True, model="linear")
+
+
+@pytest.mark.parametrize("out", ["", "taken/sub"])
+def test_an_out_that_cannot_hold_the_results_is_refused_before_any_check_runs(tmp_path, capsys, monkeypatch, out):
+    (tmp_path / "taken").write_text("x")  # a file where a parent directory is needed
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    monkeypatch.setattr(validation, "check_fp_1d", lambda **kwargs: ran.append(1))
+    assert main(["validate", "--out", out, "--quick"]) == 2
+    assert "--out" in capsys.readouterr().err and not ran
+    with pytest.raises(ValueError, match="`out`"):
+        validation.validate(out, quick=True)
+    assert not ran

@@ -48,7 +48,8 @@ def resolvable_widths(n: int, neighbours: tuple[float, float] | None = None) -> 
     (default ``(2, N / 2)``), adjacent widths must differ by at least
     :data:`RESOLVING_FACTOR` in n_eff, else two filters pass nearly the same
     low part; so ``K = 1 + floor(log(high / low) / log(1.5))``, between 2 and
-    :data:`MAX_AUTO_WIDTHS` (freqlens' rule). N = 16 gives 4 widths, 64 gives
+    :data:`MAX_AUTO_WIDTHS` (freqlens' rule), and 1 where the range spans
+    less than 2x (N < 8), where two widths would act as one filter. N = 16 gives 4 widths, 64 gives
     7, 256 gives 11 and 600 or more 12.
 
     Raises:
@@ -56,6 +57,8 @@ def resolvable_widths(n: int, neighbours: tuple[float, float] | None = None) -> 
     """
     n = check_positive_int(n, "n", minimum=3)
     low, high = _check_range(neighbours or _default_neighbours(n), "neighbours", 1.0, float(n))
+    if high / low < COLLAPSE_SPAN:  # N < 8: two widths would be one filter; one is one by choice
+        return 1
     return int(min(MAX_AUTO_WIDTHS, max(2, 1 + np.floor(np.log(high / low) / np.log(RESOLVING_FACTOR) + 1e-9))))
 
 

@@ -34,7 +34,13 @@ def test_default_widths_span_two_to_half_n_neighbours_on_concentrated_distances(
 
 
 def test_auto_gives_as_many_widths_as_n_resolves():
-    for n in (3, 8, 16, 64, 256, 600, 10_000):
+    for n in (3, 7):  # (2, N/2) spans less than 2x: one width, not two that act as one
+        assert resolvable_widths(n) == 1
+        x = np.random.default_rng(n).normal(size=(n, 4))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            check_widths(x, suggest_widths(x))
+    for n in (8, 16, 64, 256, 600, 10_000):
         k = resolvable_widths(n)
         span = max(2.5, n / 2.0) / 2.0
         assert 2 <= k <= 12
