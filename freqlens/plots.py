@@ -7,6 +7,8 @@ constant target) are drawn hatched grey with a note, never as a colour.
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import Normalize
@@ -529,19 +531,24 @@ def plot_speed_spectrum(analyses, *, family: str = "modes", view: str = "joint",
                          f"sets ({view} view) but none has them ({'; '.join(notes)}); re-analyse the "
                          "trajectory with freqlens.analyse.")
     higher = method == "area"
+    lowest = min((np.nanmin(line.get_ydata()) for ax in axes for line in ax.lines
+                  if np.isfinite(line.get_ydata()).any()), default=0.0)
+    if higher and lowest < -1.0:  # a few bands whose error grew: keep the rest readable
+        for ax in axes:
+            ax.set_yscale("symlog", linthresh=0.5, linscale=2.0)
     for ax, role in zip(axes, roles):
         ax.set_title(f"{role} probes", fontsize=10, color=ROLE_COLOURS[role])
         ax.set_xticks(np.arange(len(x_names)), x_names, rotation=45 if len(x_names) > 8 else 0, fontsize=7)
         ax.set_xlabel(x_label, fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"learning speed ({method}; {'higher' if higher else 'lower'} = learned faster)"
-                       if method == "area" else f"learning speed: step ({method}; lower = faster)", fontsize=8)
+    scale = "; log below -0.5" if axes[0].get_yscale() == "symlog" else ""
+    axes[0].set_ylabel(f"learning speed ({method}; higher = learned faster{scale})"
+                       if higher else f"learning speed: step ({method}; lower = faster)", fontsize=8)
     if any(ax.lines for ax in axes):
         axes[-1].legend(fontsize=7, loc="best")
-    axes[0].figure.suptitle(f"Learning-speed spectrum ({view} view): how fast each frequency is learned",
-                            fontsize=11)
-    if notes:
-        axes[0].figure.text(0.01, 0.0, "; ".join(notes), fontsize=6.5, color="#555555", va="bottom")
+    title = f"Learning-speed spectrum ({view} view): how fast each frequency is learned"
+    axes[0].figure.suptitle(title + ("\n" + textwrap.fill("; ".join(notes), 150) if notes else ""), fontsize=11
+                            if not notes else 9)
     return axes[0].figure
 
 
@@ -604,8 +611,9 @@ def plot_static_spectrum(analysis: SpectralAnalysis, *, spaces=None):
 def plot_mode_heatmap(analysis: SpectralAnalysis, *, vmin: float = 0.0, vmax: float = 1.0):
     """The error per eigenmode band over training: band (low to high) by step, one panel per probe set.
 
-    Colour: the band's error ``||P_b (outputs - targets)||`` over that set's
-    probes, divided by its value at the first snapshot (1 = nothing learned
+    Colour: the band's error (the set's residual over the joint eigenbasis)
+    divided by its value at the first snapshot, or by a floor where that was
+    tiny (:attr:`~freqlens.analysis.ModeSpectrum.errors`; 1 = nothing learned
     yet, 0 = learned). Undefined bands are hatched grey.
 
     Raises:
@@ -634,7 +642,7 @@ def plot_mode_heatmap(analysis: SpectralAnalysis, *, vmin: float = 0.0, vmax: fl
         if np.all(np.isnan(errors)):
             _missing_note(ax, f"every band of {name}")
     axes[0][0].set_ylabel("eigenmode band (modes; low → high frequency)", fontsize=8)
-    fig.colorbar(mesh, ax=axes[0].tolist(), label="error / error at step 0", fraction=0.04, pad=0.02,
+    fig.colorbar(mesh, ax=axes[0].tolist(), label="error / error at step 0 (floored)", fraction=0.04, pad=0.02,
                  extend="max" if np.nanmax([np.nanmax(np.asarray(e), initial=0) for e in modes.errors.values()])
                  > vmax else "neither")
     fig.suptitle(f"Error per eigenmode band over training (kernel over {modes.n} probes)", fontsize=11)
