@@ -91,8 +91,11 @@ class AnalysisConfig:
 
     Attributes:
         input_space: the kernel inputs' space, one the trajectory recorded
-            (``"flattened"``, the paper's, default; ``"mean-pooled"``,
-            ``"hidden:K"``, a user space's name).
+            (``"flattened"``, the paper's; ``"mean-pooled"``, ``"hidden:K"``,
+            a user space's name), or ``"auto"`` (default): the first space
+            the trajectory recorded, ``"flattened"`` unless
+            ``record.input_spaces`` says otherwise. Resolved to the name in
+            :attr:`SpectralAnalysis.config`.
         widths: ``"auto"`` (chosen from the clean and backdoor inputs
             together with ``width_rule``) or filter widths (positive numbers,
             in the units of the distances).
@@ -122,7 +125,7 @@ class AnalysisConfig:
         num_frequencies: frequencies of the projection view.
     """
 
-    input_space: str = "flattened"
+    input_space: str = "auto"
     widths: str | tuple[float, ...] = "auto"
     width_rule: str = "neighbours"
     num_widths: int | str = "auto"
@@ -665,6 +668,8 @@ def analyse(
     joint_sets = [roles[r] for r in ("clean", "backdoor") if r in roles]
     if len(joint_sets) < 2:
         joint_sets = []
+    if config.input_space == "auto":
+        config = replace(config, input_space=_input_spaces(trajectory)[0])
     inputs = _space_inputs(trajectory, config.input_space)
     pooled = np.concatenate([inputs[s] for s in (joint_sets or names)])
     if config.widths == "auto":

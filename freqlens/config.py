@@ -218,10 +218,11 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         recorded = list(self.record.input_spaces)
-        if self.analysis.input_space not in recorded:
+        if self.analysis.input_space not in ("auto", *recorded):
             raise ValueError(
                 f"Expected `analysis.input_space` to be one of the spaces `record.input_spaces` records "
-                f"({recorded}) but got {self.analysis.input_space!r}; add it to `record.input_spaces`."
+                f"({recorded}) or \"auto\" (the first of them) but got {self.analysis.input_space!r}; add it to "
+                f"`record.input_spaces`."
             )
 
     @classmethod

@@ -22,6 +22,8 @@ from freqlens.compare import (
     seed_summary,
     write_comparison,
 )
+from freqlens.recording.storage import load_trajectory
+from freqlens.spectral.widths import resolvable_widths
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +172,8 @@ import hashlib  # noqa: E402
 
 import freqlens.compare as compare_module  # noqa: E402
 from freqlens.compare import NOT_RECORDED, experiment_fields, groups  # noqa: E402
-from freqlens.data.identity import dataset_identity  # noqa: E402
 from freqlens.config import ExperimentConfig  # noqa: E402
+from freqlens.data.identity import dataset_identity  # noqa: E402
 
 OB_TRAIN = "mix/0.1/train-poison.csv"
 
@@ -274,8 +276,9 @@ def test_openbackdoor_layout_two_datasets_one_attack_name(runs, tmp_path, monkey
     muscle = next(r for r in comparison_rows(loaded) if r["defense"] == "muscle")
     assert "hsol" in muscle["group"] and muscle["shift_asr"] == pytest.approx(0.15 - 0.95)
     out = tmp_path / "report"
-    import freqlens.compare as compare
     import matplotlib.pyplot as plt
+
+    import freqlens.compare as compare
 
     def one_figure_each(group, members, view, plots):  # the names, without drawing the real figures
         return [(("convergence_spectrum",), "c", plt.figure())] + [
@@ -451,7 +454,10 @@ def test_a_killed_run_is_a_partial_run_of_the_snapshots_it_has(runs, tmp_path):
     assert run.partial == f"partial: killed at step {steps[-1]} of {total}" and run.label.endswith("(partial)")
     assert run.analysis.steps.tolist() == steps
     assert all(run.metric(m) is None for m in ("cacc", "asr", "false_trigger_rate", "net_backdoor_effect"))
-    assert run.analysis.widths.size == 12  # no config recorded: the default analysis settings
+    # no config recorded: the default analysis settings, as many widths as the pooled probes resolve
+    pooled = sum(len(load_trajectory(directory / "trajectory").labels[name])
+                 for name in (run.analysis.roles["clean"], run.analysis.roles["backdoor"]))
+    assert run.analysis.widths.size == resolvable_widths(pooled) == run.analysis.config.num_widths
     demo_config = json.loads((runs / "seed0" / "results.json").read_text())["config"]
     with_config, _, _ = _killed(runs, tmp_path, "killed-with-config", config=demo_config)
     assert load_run(with_config).analysis.widths.size == demo_config["num_widths"] == 5  # the run's own settings
@@ -508,8 +514,10 @@ def test_report_includes_a_partial_run_marked_everywhere(runs, tmp_path):
     assert table[str(killed)]["cacc"] == table[str(killed)]["asr"] == ""  # missing, not 0
     figures = re.findall(r'<figure><img alt="([^"]*)"', page)
     own = [f for f in figures if f.startswith("unknown defense (partial)")]
-    assert len(own) == 5 and all(note in f for f in own)  # its heat map, curves, bands, ratios, projection
-    assert len([f for f in figures if "unknown defense (partial)" in f]) == 5 + 1  # + the convergence spectrum
+    # its mode heat map, heat map, curves, bands, ratios, projection
+    assert len(own) == 6 and all(note in f for f in own)
+    # + the group's convergence, learning-speed and static spectra, which name it
+    assert len([f for f in figures if "unknown defense (partial)" in f]) == 6 + 3
 
 
 def test_report_figures_are_named_by_group_run_and_kind(report):
@@ -517,9 +525,9 @@ def test_report_figures_are_named_by_group_run_and_kind(report):
     prefix = {n.split("_")[0] for n in names}
     assert len(prefix) == 1 and re.fullmatch(r"[a-z0-9.-]+", prefix.pop())
     kinds = {n.split("_", 1)[1] for n in names}
-    assert kinds == {"metrics", "convergence_spectrum"} | {f"{run}_{kind}" for run in ("vanilla", "muscle")
-                                                          for kind in ("heatmap", "error_curves", "band_spectrum",
-                                                                       "frequency_ratios", "projection_spectrum")}
+    assert kinds == {"metrics", "convergence_spectrum", "speed_spectrum", "static_spectrum"} | {
+        f"{run}_{kind}" for run in ("vanilla", "muscle") for kind in (
+            "mode_heatmap", "heatmap", "error_curves", "band_spectrum", "frequency_ratios", "projection_spectrum")}
     markdown = (report / "report.md").read_text()
     assert all(f"](figures/{n}.png)" in markdown for n in names)
 

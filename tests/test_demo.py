@@ -22,7 +22,8 @@ def test_demo_end_to_end_writes_figures_results_and_report(tmp_path, capsys):
     assert len(steps["joint"]["backdoor"]["low"]) == len(results["widths"])
     assert results["analysis"]["summary"]["joint"]["statement"]
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 3
+    # speed spectrum, mode heat map, static spectrum, the two heat maps, the curves
+    assert report.count("data:image/png;base64,") == 6
     assert "converged first" in report or "did NOT" in report
 
 
