@@ -71,7 +71,8 @@ def main() -> int:
     runs, problems = load_runs(args.runs)
     for problem in problems:
         print(f"left out {problem}", file=sys.stderr)
-    (HERE / "data").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(HERE / "data", ignore_errors=True)  # only the runs of this command
+    (HERE / "data").mkdir(parents=True)
     entries, table = [], {}
 
     def save(fig, name: str, what: str, sources: list) -> None:
@@ -80,7 +81,7 @@ def main() -> int:
         entries.append((name, what, sources))
 
     for run in runs:
-        target = HERE / "data" / f"{attack(run.group)}-{run.label.replace(' ', '_')}-s{run.seed}.json"
+        target = HERE / "data" / f"{run.directory.name}.json"  # e.g. addsent-vanilla-s0.json
         shutil.copy(run.directory / "results.json", target)
         run.results_copy = target.relative_to(HERE)
     for group, members in groups(runs).items():
