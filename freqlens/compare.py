@@ -566,6 +566,12 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
             table = [[k] + v for k, v in differences.items()]
             html_parts += ["<h3>Config differences</h3>", _html_table(header, table)]
             md += ["### Config differences", ""] + _md_table(header, table) + [""]
+        header, table = _speed_table(members)
+        if table:
+            title = ("Who is learned first: learning speed of the backdoor vs the clean probes with "
+                     "bootstrap intervals (joint view), and the static spectrum")
+            html_parts += [f"<h3>{title}</h3>", _html_table(header, table)]
+            md += [f"### {title}", ""] + _md_table(header, table) + [""]
         header, table = _band_table(group_rows)
         if table:
             html_parts += [f"<h3>Convergence step per frequency band ({view} view; 0 = lowest band)</h3>",
@@ -619,6 +625,31 @@ def _summary_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     table = [[r["run"], r["status"], r["cacc"], r["asr"], r["false_trigger_rate"], r["net_backdoor_effect"],
               r["baseline"], r["shift_cacc"], r["shift_asr"], r["shift_net_backdoor_effect"]] for r in rows]
     return header, table
+
+
+def _speed_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
+    """Per run: how many filter widths and eigenmode bands resolve "backdoor first", "clean first" or
+    nothing, and the backdoor-minus-clean static low-mode share of its input space with its interval."""
+    rows = []
+    for run in members:
+        verdicts = run.analysis.speed_verdicts.get("joint", {})
+        if not verdicts:
+            continue
+        counts = []
+        for family in ("low", "modes"):
+            outcomes = verdicts[family].outcomes if family in verdicts else []
+            counts.append(" / ".join(str(outcomes.count(o)) for o in ("backdoor first", "clean first",
+                                                                       "no difference resolved"))
+                          + f" of {len(outcomes)}" if outcomes else "–")
+        space = run.analysis.config.input_space if run.analysis.config is not None else None
+        spectrum = run.analysis.static_spectra.get(space)
+        d = spectrum.difference if spectrum is not None else None
+        static = "–" if d is None else (f"{float(d.estimate):+.2f} [{float(d.low):+.2f}, {float(d.high):+.2f}] "
+                                        f"({space})")
+        rows.append([run.label, *counts, static])
+    header = ["run", "widths: backdoor / clean first / unresolved", "mode bands: backdoor / clean first / unresolved",
+              "static: backdoor − clean low-mode share"]
+    return (header, rows) if rows else ([], [])
 
 
 def _seed_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:

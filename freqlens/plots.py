@@ -531,8 +531,9 @@ def plot_speed_spectrum(analyses, *, family: str = "modes", view: str = "joint",
                          f"sets ({view} view) but none has them ({'; '.join(notes)}); re-analyse the "
                          "trajectory with freqlens.analyse.")
     higher = method == "area"
-    lowest = min((np.nanmin(line.get_ydata()) for ax in axes for line in ax.lines
-                  if np.isfinite(line.get_ydata()).any()), default=0.0)
+    drawn = [line.get_ydata() for ax in axes for line in ax.lines]
+    drawn += [c.get_paths()[0].vertices[:, 1] for ax in axes for c in ax.collections if c.get_paths()]
+    lowest = min((np.nanmin(y) for y in drawn if np.isfinite(y).any()), default=0.0)
     if higher and lowest < -1.0:  # a few bands whose error grew: keep the rest readable
         for ax in axes:
             ax.set_yscale("symlog", linthresh=0.5, linscale=2.0)

@@ -668,3 +668,13 @@ def test_one_seed_per_configuration_adds_no_seed_table(runs, tmp_path):
     loaded, _ = load_runs(dirs)
     write_comparison(loaded, tmp_path / "report")
     assert "Across seeds" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_the_report_says_who_is_learned_first_with_intervals(report):
+    md = (report / "report.md").read_text()
+    title = "### Who is learned first: learning speed of the backdoor vs the clean probes"
+    assert title in md
+    table = md[md.index(title):].split("\n\n")[1].splitlines()
+    assert table[0].startswith("| run | widths: backdoor / clean first / unresolved |")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
+    assert set(rows) == {"vanilla", "muscle"} and all(" of " in line for line in rows.values())

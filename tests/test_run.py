@@ -294,3 +294,27 @@ bootstrap = 20
     report = (out / "report.html").read_text()
     assert f'<p class="warning">{html.escape(banner[0])[:60]}' in report
     assert "freqlens: warning: Probe set" in capsys.readouterr().err
+
+
+def test_a_hidden_layer_the_model_lacks_fails_before_out_is_touched(tmp_path, capsys):
+    config = _tiny_experiment(tmp_path, """[record]
+input_spaces = ["flattened", "hidden:99"]
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "record.input_spaces" in error and "hidden:99" in error and "[-3, 2]" in error
+    assert not out.exists()  # nothing written: the same command can be run again once fixed
+
+
+def test_the_recording_warning_follows_the_measured_share_not_the_plan():
+    from freqlens.experiment import _recording_warning
+
+    plan = {"size": 128, "expected_share": 0.3}
+    stored = {"plan": plan, "warning": "Recording is expected to take 30% of the wall time, above the 20% budget"}
+    assert _recording_warning(stored, 0.11, 0.2) is None  # planned over, measured within: nothing to warn
+    said = _recording_warning(stored, 0.35, 0.2)
+    assert said.startswith("Recording took 35% of the wall time, above the 20% budget") and "planned at 30%" in said
+    coarse = {"plan": {"size": 16, "expected_share": 0.1}, "warning": "Probe sets of 16 examples give a coarse spectrum"}
+    assert _recording_warning(coarse, 0.05, 0.2) == coarse["warning"]
+    assert _recording_warning({"plan": None, "warning": None}, 0.5, 0.2) is None  # a fixed probe size

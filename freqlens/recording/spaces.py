@@ -238,3 +238,28 @@ def resolve_input_spaces(names: Sequence[str] | str, *, argument: str = "input_s
     if repeated:
         raise ValueError(f"Expected `{argument}` to name each input space once but {repeated} repeat.")
     return [resolve_input_space(name, argument=argument) for name in names]
+
+
+def check_input_spaces(model: nn.Module, names: Sequence[str] | str, *, argument: str = "input_spaces") -> None:
+    """Check, without a forward pass, that every hidden-layer space names a layer ``model`` has.
+
+    Uses ``model.config.num_hidden_layers`` (the hidden states are the
+    embedding output plus one per layer); a model without it is checked when
+    the spaces are computed. Meant to run before anything is written, so a bad
+    ``record.input_spaces`` fails before the run starts.
+
+    Raises:
+        ValueError: an unknown space, or a hidden layer index out of range,
+            naming ``argument``.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(base, "config", None), "num_hidden_layers", None)
+    for space in resolve_input_spaces(names, argument=argument):
+        if space.kind != HIDDEN or not isinstance(layers, int):
+            continue
+        count = layers + 1
+        if not -count <= space.layer < count:
+            raise ValueError(
+                f"Expected `{argument}` to name hidden layers of {type(base).__name__} (indices in "
+                f"[{-count}, {count - 1}]: {count} hidden states, 0 = the embeddings) but got {space.name!r}."
+            )
