@@ -616,6 +616,14 @@ def _speed_statement(found: dict[str, Verdicts], config: AnalysisConfig | None) 
             f"({resamples} resamples): " + "; ".join(parts))
 
 
+def mode_band_names(edges, rest: bool = False) -> list[str]:
+    """Labels of mode bands from their edges (B + 1,): ``"0"``, ``"1"``, ``"2-3"``, ... and ``"rest"``
+    after them for a partial basis' remainder."""
+    edges = np.asarray(edges).tolist()
+    names = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
+    return names + (["rest"] if rest else [])
+
+
 def _jsonable(value):
     return value.tolist() if isinstance(value, np.ndarray) else value
 
@@ -714,11 +722,11 @@ def analyse(
             outputs = np.concatenate([trajectory.outputs[s] for s in joint_sets], axis=1)
             labels = np.concatenate([trajectory.labels[s] for s in joint_sets])
             offsets = np.cumsum([0] + [len(trajectory.labels[s]) for s in joint_sets])
+            rows = {name: np.arange(offsets[i], offsets[i + 1]) for i, name in enumerate(joint_sets)}
             curves["joint"], samples["joint"] = {}, {}
-            for i, name in enumerate(joint_sets):
+            for name in joint_sets:
                 curves["joint"][name], samples["joint"][name] = _measure(
-                    bank, outputs, labels, config.reduction, subset=np.arange(offsets[i], offsets[i + 1]),
-                    weights=weights_of(name))
+                    bank, outputs, labels, config.reduction, subset=rows[name], weights=weights_of(name))
         elif len(names) == 1:
             neighbours = checks[names[0]].neighbours
         else:
@@ -741,7 +749,7 @@ def analyse(
     if joint_sets and pooled.shape[0] >= 3:  # an eigenbasis needs 3 probes
         basis = _eigenbasis(pooled, config.mode_width, config.distance)
         config = replace(config, mode_width=float(basis.width))
-        mode_errors = _mode_errors(basis, trajectory, joint_sets, config, weights_of)
+        mode_errors = _mode_errors(basis, outputs, labels, rows, config, weights_of)
         for name, (errors, resampled) in mode_errors.items():
             # the mode curves are divided by a floored start already ("floored"): drops count against it
             speeds["joint"][name]["modes"] = _speed_estimate(trajectory.steps, errors, resampled, config, 1.0)
@@ -893,18 +901,17 @@ def _eigenbasis(x: np.ndarray, width, distance: str) -> EigenBasis:
     return eigenbasis(x, None if width == "auto" else float(width), distance=distance, num_modes=num_modes)
 
 
-def _mode_errors(basis: EigenBasis, trajectory: Trajectory, joint_sets, config, weights_of) -> dict:
+def _mode_errors(basis: EigenBasis, outputs: np.ndarray, labels: np.ndarray, rows: dict[str, np.ndarray],
+                 config: AnalysisConfig, weights_of) -> dict:
     """Per probe set: (errors (T, B), resampled errors (R, T, B) or None) per mode band: the set's
     own residual (zero on the other set's probes) over the pooled basis, its resamples
-    weighting the set's rows before the projection (:meth:`EigenBasis.band_errors`)."""
-    outputs = np.concatenate([trajectory.outputs[s] for s in joint_sets], axis=1)
-    labels = np.concatenate([trajectory.labels[s] for s in joint_sets])
-    offsets = np.cumsum([0] + [len(trajectory.labels[s]) for s in joint_sets])
+    weighting the set's rows before the projection (:meth:`EigenBasis.band_errors`).
+    ``outputs`` (T, N, C) and ``labels`` (N,) are the pooled probes', ``rows`` each set's rows in them."""
     out = {}
-    for i, name in enumerate(joint_sets):
+    for name, subset in rows.items():
         w = weights_of(name)
-        errors = basis.band_errors(outputs, labels, config.num_bands, relative_to="floored",
-                                   subset=np.arange(offsets[i], offsets[i + 1]), weights=w)
+        errors = basis.band_errors(outputs, labels, config.num_bands, relative_to="floored", subset=subset,
+                                   weights=w)
         out[name] = (errors, None) if w is None else (errors[0], errors[1:])
     return out
 

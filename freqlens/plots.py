@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.patches import Patch
 
-from freqlens.analysis import SpectralAnalysis
+from freqlens.analysis import SpectralAnalysis, mode_band_names
 
 HEATMAP_ROWS = (("backdoor", "low"), ("clean", "low"), ("backdoor", "high"), ("clean", "high"))
 CMAP = "viridis"  # perceptually uniform and colour-blind safe
@@ -417,18 +417,12 @@ def save_figure(fig, path) -> list:
 
 
 # ------------------------------------------------------------ eigenmode spectrum figures
-def _band_names(edges: np.ndarray, rest: bool = False) -> list[str]:
-    """Tick labels of mode bands: ``"0"``, ``"1"``, ``"2-3"``, ... (and ``"rest"`` for a partial basis)."""
-    names = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1].tolist(), edges[1:].tolist())]
-    return names + (["rest"] if rest else [])
-
-
 SPEED_FAMILIES = {"modes": "eigenmode band", "low": "filter width (low part)", "bands": "filter band"}
 
 
 def _speed_axis_labels(analysis: SpectralAnalysis, family: str, size: int) -> tuple[list[str], str]:
     if family == "modes" and analysis.modes is not None:
-        return (_band_names(analysis.modes.edges, rest=not analysis.modes.complete)[:size],
+        return (mode_band_names(analysis.modes.edges, rest=not analysis.modes.complete)[:size],
                 "eigenmode band: modes (0 = smoothest) → higher graph frequency")
     if family == "low" and analysis.effective_neighbours is not None:
         return ([f"{n:.3g}" for n in analysis.effective_neighbours[:size]],
@@ -597,7 +591,7 @@ def plot_static_spectrum(analysis: SpectralAnalysis, *, spaces=None):
                 interval = ("" if not np.isfinite(share.low) else f" [{float(share.low):.2f}, {float(share.high):.2f}]")
                 parts.append(f"{role} {float(share.estimate):.2f}{interval}")
         ax.set_yscale("log")
-        ax.set_xticks(x, _band_names(edges, rest=size > edges.size - 1), rotation=45, fontsize=7)
+        ax.set_xticks(x, mode_band_names(edges, rest=size > edges.size - 1), rotation=45, fontsize=7)
         ax.set_xlabel("eigenmode band (0 = smoothest)", fontsize=8)
         ax.set_title(f"{space}: share in the lowest {spectrum.top} of {spectrum.n} modes\n" + ", ".join(parts)
                      + f" (flat {spectrum.flat:.2f})", fontsize=8)
@@ -637,7 +631,7 @@ def plot_mode_heatmap(analysis: SpectralAnalysis, *, vmin: float = 0.0, vmax: fl
                              np.ma.masked_invalid(errors.T), cmap=CMAP, norm=Normalize(vmin=vmin, vmax=vmax),
                              shading="flat")
         _step_axis(ax, analysis.steps, cells=True)
-        labels = _band_names(modes.edges, rest=errors.shape[1] > modes.edges.size - 1)
+        labels = mode_band_names(modes.edges, rest=errors.shape[1] > modes.edges.size - 1)
         ax.set_yticks(np.arange(len(labels)) + 0.5, labels, fontsize=7)
         ax.set_title(f"{name} probes", fontsize=10, color=ROLE_COLOURS.get(analysis_role(analysis, name)))
         if np.all(np.isnan(errors)):

@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from freqlens.analysis import SpectralAnalysis
+from freqlens.analysis import SpectralAnalysis, mode_band_names
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;
@@ -110,8 +110,7 @@ def _speed_table(analysis: SpectralAnalysis, view: str, family: str) -> str:
     if verdicts is None or not all(n in speeds and family in speeds[n] for n in names):
         return ""
     if family == "modes" and analysis.modes is not None:
-        edges = analysis.modes.edges.tolist()
-        columns = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
+        columns = mode_band_names(analysis.modes.edges)
     elif view == "joint" and analysis.effective_neighbours is not None:  # the joint kernel's counts
         columns = [f"{c:.3g}" for c in analysis.effective_neighbours]
     else:  # a kernel per set: the widths (each set's counts are in the widths table)

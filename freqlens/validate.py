@@ -54,7 +54,6 @@ the same torch thread count); ``torch.set_num_threads`` is left to the user.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -64,6 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from freqlens.recording.storage import write_json
 from freqlens.spectral import (
     FilterBank,
     bootstrap_weights,
@@ -546,8 +546,7 @@ def validate(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
         "seconds": time.perf_counter() - start,
         "checks": checks,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "validation.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / "validation.json", results)  # atomic, strict JSON (NaN as null)
     figure = plot_validation(results)
     figure.savefig(out / "validation.png", dpi=150, bbox_inches="tight")
     import matplotlib.pyplot as plt
