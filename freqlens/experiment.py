@@ -430,10 +430,11 @@ def _recording_warning(stored: Mapping, measured: float | None, budget: float) -
     plan = stored.get("plan")
     if plan is None or measured is None:  # a fixed probe size: no budget to hold
         return stored.get("warning")
-    if measured > budget:
-        return (f"Recording took {measured:.0%} of the wall time, above the {budget:.0%} budget (record.budget; "
-                f"planned at {plan['expected_share']:.0%} from one timed batch at the start). "
-                + ("" if plan["size"] >= SMALL_PROBE_SET else (stored.get("warning") or ""))).strip()
+    if measured > budget:  # after the coarse-sets sentence, where there is one
+        coarse = "" if plan["size"] >= SMALL_PROBE_SET else (stored.get("warning") or "")
+        return (f"{coarse} Recording took {measured:.0%} of the wall time, above the {budget:.0%} budget "
+                f"(record.budget; planned at {plan['expected_share']:.0%} from one timed batch at the "
+                "start).").strip()
     if plan["size"] < SMALL_PROBE_SET:
         return stored.get("warning")
     return None
