@@ -48,16 +48,27 @@ COLUMNS = ("attack", "defense", "seed", "cacc", "asr", "false_trigger_rate", "ne
 
 
 def defense_variant(text: str) -> str:
-    """``name`` or ``name@key=value,key=value`` (defense settings), checked against DEFENSES."""
+    """``name`` or ``name@key=value,key=value`` (defense settings as keys under ``defense.``, e.g.
+    ``muscle@reference_size=512,ga.mu=0.2``), checked against DEFENSES."""
     name = text.partition("@")[0]
     if name not in DEFENSES:
         raise argparse.ArgumentTypeError(f"expected one of {DEFENSES}, optionally with @key=value,..., got {text!r}")
     return text
 
 
+def run_name(defense: str) -> str:
+    """The run folder's name for a defense variant: ``muscle@ga.subspace=4,ga.pure=true`` ->
+    ``muscle_ga_subspace4_ga_puretrue`` (the dot of a nested key as an underscore, as the flat keys of
+    earlier versions were named, so that their results are found again)."""
+    name, _, settings = defense.partition("@")
+    pairs = (item.partition("=") for item in settings.split(",") if item)
+    items = [key.replace(".", "_") + value for key, _, value in pairs]
+    return "_".join([name, *items])
+
+
 def run_one(attack: str, defense: str, seed: int, args) -> dict | None:
     name, _, settings = defense.partition("@")
-    out = Path(args.out) / f"{attack}-{defense.replace('@', '_').replace('=', '').replace(',', '_')}-s{seed}"
+    out = Path(args.out) / f"{attack}-{run_name(defense)}-s{seed}"
     results = out / "results.json"
     if not results.is_file() and args.no_run:
         return None
@@ -163,7 +174,7 @@ def main() -> int:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
     parser.add_argument("--defenses", nargs="+", default=list(DEFENSES), type=defense_variant,
-                        help="defense names, each optionally with settings: muscle@reference_size=512,ga_mu=0.2")
+                        help="defense names, each optionally with settings: muscle@reference_size=512,ga.mu=0.2")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
     parser.add_argument("--model", default="", help="model.name override (e.g. .device/minilm)")

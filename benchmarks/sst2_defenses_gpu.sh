@@ -7,7 +7,7 @@
 # Runs live in runs/gpu-defenses/ (kept between calls on a warm machine, so a second
 # call resumes); results.json, heatmap.png and log.txt of each finished run are
 # copied to $OUT/runs/, and the table to $OUT/. LIMIT caps the seconds spent running.
-# Env: ATTACKS, DEFENSES (variants too, e.g. DEFENSES="muscle muscle@ga_subspace=4,ga_pure=true"),
+# Env: ATTACKS, DEFENSES (variants too, e.g. DEFENSES="muscle muscle@ga.subspace=4,ga.pure=true"),
 # SEEDS, PARALLEL, SUFFIX.
 set -u
 out=${OUT:-runs/gpu-defenses-out}

@@ -5,13 +5,32 @@
 - :mod:`~freqlens.defenses.adapters`: LoRA and prefix tuning through peft; save, load, merge.
 - :mod:`~freqlens.defenses.ga`: gradient alignment, for freqlens' loop and the HF ``Trainer``.
 - :mod:`~freqlens.defenses.abl`: Anti-Backdoor Learning.
-- :mod:`~freqlens.defenses.registry`: the defenses by name (``defense.name``).
+- :mod:`~freqlens.defenses.base`: a defense as an object (:class:`Defense`) and the
+  registry (:func:`register_defense`, :func:`make_defense`, :data:`DEFENSES`).
+- :mod:`~freqlens.defenses.plain`, :mod:`~freqlens.defenses.low_rank`,
+  :mod:`~freqlens.defenses.aligned`, :mod:`~freqlens.defenses.abl`: the
+  built-in defenses, each family registered in its own module.
+- :mod:`~freqlens.defenses.registry`: the ``[defense]`` config section (:class:`DefenseConfig`).
 - :mod:`~freqlens.defenses.fit`: training with a named defense.
 """
 
-from freqlens.defenses.abl import train_abl
+from freqlens.defenses import plain as _plain  # noqa: F401, I001 (the built-ins register in this order)
+from freqlens.defenses import low_rank as _low_rank  # noqa: F401
+from freqlens.defenses import aligned as _aligned  # noqa: F401
+from freqlens.defenses import abl as _abl  # noqa: F401
+from freqlens.defenses.base import (
+    DEFENSES,
+    Defense,
+    Placed,
+    Prepared,
+    make_defense,
+    register_defense,
+    unregister_defense,
+)
+from freqlens.defenses.abl import ABLSettings, train_abl
 from freqlens.defenses.adapters import (
     LoraSettings,
+    PrefixSettings,
     add_lora,
     add_prefix,
     load_defended,
@@ -19,14 +38,15 @@ from freqlens.defenses.adapters import (
     save_defended,
 )
 from freqlens.defenses.fit import fit_defense
-from freqlens.defenses.ga import AlignedTrainerMixin, GAConfig, GradientAligner, align_gradients
-from freqlens.defenses.mslr import MSLR_PREFIX, MSLRConfig, MSLRLinear
+from freqlens.defenses.ga import AlignedTrainerMixin, GAConfig, GASettings, GradientAligner, align_gradients
+from freqlens.defenses.mslr import MSLR_PREFIX, MSLRConfig, MSLRLinear, MSLRSettings
 from freqlens.defenses.placement import MSLRHead, apply_mslr, default_mslr_config, merge_mslr
-from freqlens.defenses.registry import DEFENSES, MUSCLE_CHANGES, DefenseConfig, prepare_model
+from freqlens.defenses.registry import MUSCLE_CHANGES, DefenseConfig, prepare_model
 
 __all__ = [
-    "DEFENSES", "MSLR_PREFIX", "MUSCLE_CHANGES", "AlignedTrainerMixin", "DefenseConfig", "GAConfig",
-    "GradientAligner", "LoraSettings", "MSLRConfig", "MSLRHead", "MSLRLinear", "add_lora", "add_prefix",
-    "align_gradients", "apply_mslr", "default_mslr_config", "fit_defense", "load_defended", "merge_defended",
-    "merge_mslr", "prepare_model", "save_defended", "train_abl",
+    "DEFENSES", "MSLR_PREFIX", "MUSCLE_CHANGES", "ABLSettings", "AlignedTrainerMixin", "Defense", "DefenseConfig",
+    "GAConfig", "GASettings", "GradientAligner", "LoraSettings", "MSLRConfig", "MSLRHead", "MSLRLinear",
+    "MSLRSettings", "Placed", "PrefixSettings", "Prepared", "add_lora", "add_prefix", "align_gradients",
+    "apply_mslr", "default_mslr_config", "fit_defense", "load_defended", "make_defense", "merge_defended",
+    "merge_mslr", "prepare_model", "register_defense", "save_defended", "train_abl", "unregister_defense",
 ]

@@ -21,13 +21,42 @@ the one it was in.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from freqlens._checks import check_positive_int
+from freqlens.defenses.base import Defense, register_defense
 from freqlens.models import compute_autocast, eval_mode, model_device, trim_padding
 from freqlens.training import TrainConfig, TrainResult, steps_per_epoch, train
+
+
+@dataclass(frozen=True)
+class ABLSettings:
+    """Anti-Backdoor Learning's settings, the config's ``[defense.abl]`` table (errors name ``defense.abl.<key>``)."""
+
+    KEY: ClassVar[str] = "defense.abl."
+
+    isolation_rate: float = 0.01  # share of training examples isolated as suspected poison, in (0, 1)
+    isolation_epochs: int = 1  # epochs of local gradient ascent before isolating
+    gamma: float = 0.5  # the loss floor of local gradient ascent
+    unlearn_epochs: int = 1  # final epochs of gradient ascent on the isolated examples
+    unlearn_lr: float | None = None  # the unlearning lr; None: a tenth of the training lr
+
+    def __post_init__(self) -> None:
+        key = self.KEY
+        rate = self.isolation_rate
+        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate < 1):
+            raise ValueError(f"Expected `{key}isolation_rate` in (0, 1) but got {rate!r}.")
+        check_positive_int(self.isolation_epochs, f"{key}isolation_epochs")
+        check_positive_int(self.unlearn_epochs, f"{key}unlearn_epochs", minimum=0)
+        if not (isinstance(self.gamma, (int, float)) and not isinstance(self.gamma, bool) and self.gamma >= 0):
+            raise ValueError(f"Expected `{key}gamma` >= 0 but got {self.gamma!r}.")
+        lr = self.unlearn_lr
+        if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
+            raise ValueError(f"Expected `{key}unlearn_lr` > 0 or None but got {lr!r}.")
 
 
 @dataclass
@@ -89,8 +118,8 @@ def train_abl(model: nn.Module, encodings, labels, config: TrainConfig, *, isola
     clean_epochs = config.epochs - isolation_epochs - unlearn_epochs
     if clean_epochs < 0:
         raise ValueError(
-            f"Expected `train.epochs` ({config.epochs}) >= abl_isolation_epochs ({isolation_epochs}) + "
-            f"abl_unlearn_epochs ({unlearn_epochs})."
+            f"Expected `train.epochs` ({config.epochs}) >= `defense.abl.isolation_epochs` ({isolation_epochs}) + "
+            f"`defense.abl.unlearn_epochs` ({unlearn_epochs}): ABL's phases take that many epochs."
         )
     isolated_count = max(1, int(round(isolation_rate * n)))
     kept_count = n - isolated_count
@@ -148,3 +177,25 @@ def train_abl(model: nn.Module, encodings, labels, config: TrainConfig, *, isola
     )
     share = float(np.mean(poison[isolated])) if poison is not None else None
     return combined, ABLResult(isolated=isolated, isolated_poison_share=share, phases=phases)
+
+
+class ABL(Defense):
+    """Anti-Backdoor Learning as a defense (``defense.name = "abl"``, settings in ``[defense.abl]``).
+
+    ``results.json`` gets how many examples were isolated and the share of
+    them that are poisoned.
+    """
+
+    def train(self, model, encodings, labels, config, *, reference, selector, poison, recorder, progress,
+              checkpoint):
+        settings = self.config.abl
+        result, abl = train_abl(
+            model, encodings, labels, config, isolation_rate=settings.isolation_rate,
+            isolation_epochs=settings.isolation_epochs, gamma=settings.gamma,
+            unlearn_epochs=settings.unlearn_epochs, unlearn_lr=settings.unlearn_lr, poison=poison,
+            recorder=recorder, progress=progress, selector=selector, checkpoint=checkpoint,
+        )
+        return result, {"abl": {"isolated": int(len(abl.isolated)), "isolated_poison_share": abl.isolated_poison_share}}
+
+
+register_defense("abl", ABL)

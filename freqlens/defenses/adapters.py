@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -33,24 +34,42 @@ WEIGHTS_FILE = "freqlens_weights.safetensors"
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA settings (the paper's for BERT and RoBERTa: r 8, alpha 32, dropout 0).
+    """peft LoRA settings, the config's ``[defense.lora]`` table (errors name ``defense.lora.<key>``).
 
-    ``targets`` empty: peft's default modules for the model type (BERT and
-    RoBERTa: query and value; GPT-2: c_attn; Llama: q_proj and v_proj).
+    The paper's for BERT and RoBERTa: r 8, alpha 32, dropout 0.
     """
 
-    r: int = 8
-    alpha: float = 32.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = ()
+    KEY: ClassVar[str] = "defense.lora."
+
+    r: int = 8  # LoRA rank (the paper: 8 for BERT/RoBERTa, 2 for LLMs)
+    alpha: float = 32.0  # LoRA alpha (the paper: 32 / 8)
+    dropout: float = 0.0  # dropout on LoRA's input, in [0, 1)
+    targets: tuple[str, ...] = ()  # module names; () : peft's default for the model type (BERT: query, value)
 
     def __post_init__(self) -> None:
-        check_positive_int(self.r, "lora_r")
-        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
-            raise ValueError(f"Expected `lora_alpha` > 0 but got {self.alpha!r}.")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"Expected `lora_dropout` in [0, 1) but got {self.dropout!r}.")
-        object.__setattr__(self, "targets", tuple(self.targets))
+        key = self.KEY
+        check_positive_int(self.r, f"{key}r")
+        if not (isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool) and self.alpha > 0):
+            raise ValueError(f"Expected `{key}alpha` > 0 but got {self.alpha!r}.")
+        if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+                and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"Expected `{key}dropout` in [0, 1) but got {self.dropout!r}.")
+        targets = (self.targets,) if isinstance(self.targets, str) and self.targets else self.targets or ()
+        if isinstance(targets, str) or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError(f"Expected `{key}targets` to be module names but got {self.targets!r}.")
+        object.__setattr__(self, "targets", tuple(targets))
+
+
+@dataclass(frozen=True)
+class PrefixSettings:
+    """peft prefix (or prompt) tuning, the config's ``[defense.prefix]`` table."""
+
+    KEY: ClassVar[str] = "defense.prefix."
+
+    tokens: int = 10  # virtual tokens put before every input
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.tokens, f"{self.KEY}tokens")
 
 
 def add_lora(model: nn.Module, settings: LoraSettings | None = None) -> nn.Module:
@@ -70,7 +89,7 @@ def add_lora(model: nn.Module, settings: LoraSettings | None = None) -> nn.Modul
     except ValueError as error:
         raise ValueError(
             f"peft could not place LoRA in {type(model).__name__} ({error}); name the modules with "
-            f"`defense.lora_targets`."
+            f"`{settings.KEY}targets`."
         ) from error
     unfreeze_freqlens_parameters(wrapped)
     return wrapped
@@ -91,7 +110,7 @@ def add_prefix(model: nn.Module, num_virtual_tokens: int = 10) -> nn.Module:
 
     from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
-    check_positive_int(num_virtual_tokens, "prefix_tokens")
+    check_positive_int(num_virtual_tokens, f"{PrefixSettings.KEY}tokens")
     if "past_key_values" in inspect.signature(model.forward).parameters:
         config, kind = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=num_virtual_tokens), "prefix"
     else:
@@ -134,7 +153,7 @@ def virtual_tokens(model: nn.Module) -> int:
 
 
 def check_input_length(model: nn.Module, length: int, *, tokens: int | None = None,
-                       length_key: str = "model.max_length", tokens_key: str = "defense.prefix_tokens") -> None:
+                       length_key: str = "model.max_length", tokens_key: str = "defense.prefix.tokens") -> None:
     """Refuse inputs of ``length`` tokens that, with the virtual tokens, pass ``model``'s position table.
 
     Prefix and prompt tuning put ``tokens`` virtual tokens (default: the

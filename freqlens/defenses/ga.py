@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -48,47 +49,52 @@ BRANCHES = ("pure", "mixed")
 
 @dataclass(frozen=True)
 class GAConfig:
-    """Settings of gradient alignment (the paper's defaults).
+    """Settings of gradient alignment (the paper's defaults); the meaning of each is its comment.
 
-    Attributes:
-        loss_threshold: pure alignment while the reference loss is above this.
-        norm_threshold: ... and the mean reference-gradient norm above this.
-        mu: the weight of the raw gradient reached at the last epoch.
-        mix_from_epoch: the first epoch (0-based) that may mix.
-        pure: pure alignment throughout (the paper's LLM setting).
-        batch_size: reference examples per reference gradient (None: the
-            training batch size).
-        subspace: how many reference gradients span the direction each tensor's
-            gradient is projected on. 1 is the paper's rule (the reference
-            batch's gradient); with m > 1 the batch is cut into m groups and
-            the training gradient is projected on the span of their m gradients
-            (see :func:`project_on_span`).
+    ``subspace`` = m > 1 cuts the reference batch into m groups and projects
+    the training gradient on the span of their m gradients (see
+    :func:`project_on_span`). Errors name a field as ``KEY + name``: the bare
+    field here, ``defense.ga.<name>`` in :class:`GASettings` (the config's
+    ``[defense.ga]`` table).
     """
 
-    loss_threshold: float = 0.4
-    norm_threshold: float = 5e-7
-    mu: float = 0.1
-    mix_from_epoch: int = 1
-    pure: bool = False
-    batch_size: int | None = None
-    subspace: int = 1
+    KEY: ClassVar[str] = ""  # how errors name the fields (a prefix)
+
+    loss_threshold: float = 0.4  # pure alignment while the reference loss is above this ...
+    norm_threshold: float = 5e-7  # ... and the mean reference-gradient norm above this
+    mu: float = 0.1  # the weight of the raw gradient, reached at the last epoch, in [0, 1]
+    mix_from_epoch: int = 1  # the first epoch (0-based) that may mix the raw gradient in
+    pure: bool = False  # pure alignment throughout (the paper's LLM setting)
+    batch_size: int | None = None  # reference examples per reference gradient (None: the training batch)
+    subspace: int = 1  # reference gradients spanning each tensor's projection (1: the paper's rule)
 
     def __post_init__(self) -> None:
+        key = self.KEY
         for name in ("loss_threshold", "norm_threshold"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value >= 0):
-                raise ValueError(f"Expected `{name}` >= 0 but got {value!r}.")
+                raise ValueError(f"Expected `{key}{name}` >= 0 but got {value!r}.")
         if not (isinstance(self.mu, (int, float)) and 0.0 <= self.mu <= 1.0):
-            raise ValueError(f"Expected `mu` in [0, 1] but got {self.mu!r}.")
-        check_positive_int(self.mix_from_epoch, "mix_from_epoch", minimum=0)
+            raise ValueError(f"Expected `{key}mu` in [0, 1] but got {self.mu!r}.")
+        if not isinstance(self.pure, bool):
+            raise ValueError(f"Expected `{key}pure` to be true or false but got {self.pure!r}.")
+        check_positive_int(self.mix_from_epoch, f"{key}mix_from_epoch", minimum=0)
         if self.batch_size is not None:
-            check_positive_int(self.batch_size, "batch_size")
-        check_positive_int(self.subspace, "subspace")
+            check_positive_int(self.batch_size, f"{key}batch_size")
+        check_positive_int(self.subspace, f"{key}subspace")
         if self.batch_size is not None and self.subspace > self.batch_size:
-            raise ValueError(f"Expected `subspace` <= `batch_size` ({self.batch_size}) but got {self.subspace}.")
+            raise ValueError(f"Expected `{key}subspace` <= `{key}batch_size` ({self.batch_size}) but got "
+                             f"{self.subspace}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class GASettings(GAConfig):
+    """:class:`GAConfig` as the config's ``[defense.ga]`` table: errors name ``defense.ga.<key>``."""
+
+    KEY: ClassVar[str] = "defense.ga."
 
 
 @dataclass
@@ -238,8 +244,8 @@ class GradientAligner:
         self.micro_batch_size = self.batch_size if micro_batch_size is None else check_positive_int(
             micro_batch_size, "micro_batch_size")
         if self.config.subspace > self.batch_size:
-            raise ValueError(f"Expected `subspace` <= the reference batch ({self.batch_size} examples) but got "
-                             f"{self.config.subspace}.")
+            raise ValueError(f"Expected `{self.config.KEY}subspace` <= the reference batch ({self.batch_size} "
+                             f"examples) but got {self.config.subspace}.")
         self._generator = torch.Generator().manual_seed(seed)
         self._order = torch.randperm(len(labels), generator=self._generator)
         self._position = 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -61,16 +62,9 @@ class MSLRConfig:
     init: str = "zero"
 
     def __post_init__(self) -> None:
-        bands = tuple(self.bands) if isinstance(self.bands, Sequence) else self.bands
-        if (not isinstance(bands, tuple) or not bands
-                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 for b in bands)):
-            raise ValueError(f"Expected `bands` to be a non-empty list of numbers > 0 but got {self.bands!r}.")
-        object.__setattr__(self, "bands", tuple(float(b) for b in bands))
+        object.__setattr__(self, "bands", check_bands(self.bands, "bands"))
         check_positive_int(self.rank, "rank")
-        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
-            raise ValueError(f"Expected `alpha` > 0 but got {self.alpha!r}.")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"Expected `dropout` in [0, 1) but got {self.dropout!r}.")
+        check_alpha_dropout(self.alpha, self.dropout, "")
         check_choice(self.init, "init", INITS)
 
     @property
@@ -80,6 +74,66 @@ class MSLRConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_bands(bands, key: str) -> tuple[float, ...]:
+    """``bands`` as a tuple of floats if it is a non-empty list of numbers > 0; else a ValueError naming ``key``."""
+    given = tuple(bands) if isinstance(bands, Sequence) and not isinstance(bands, str) else bands
+    if (not isinstance(given, tuple) or not given
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 for b in given)):
+        raise ValueError(f"Expected `{key}` to be a non-empty list of numbers > 0 but got {bands!r}.")
+    return tuple(float(b) for b in given)
+
+
+def check_alpha_dropout(alpha, dropout, key: str) -> None:
+    """Refuse an MSLR ``alpha`` <= 0 or a ``dropout`` outside [0, 1), naming ``key + "alpha"`` / ``"dropout"``."""
+    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0):
+        raise ValueError(f"Expected `{key}alpha` > 0 but got {alpha!r}.")
+    if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"Expected `{key}dropout` in [0, 1) but got {dropout!r}.")
+
+
+@dataclass(frozen=True)
+class MSLRSettings:
+    """The config's ``[defense.mslr]`` table: MSLR as a defense places it (errors name ``defense.mslr.<key>``).
+
+    Unset values (``()``, None, ``""``) take the model's and the defense's
+    defaults when the defense prepares a model
+    (:func:`~freqlens.defenses.placement.default_mslr_config`).
+    """
+
+    KEY: ClassVar[str] = "defense.mslr."
+
+    bands: tuple[float, ...] = ()  # band values k, each > 0; () : per family and size (METHOD.md)
+    rank: int = 1  # inner rank r per band
+    alpha: float | None = None  # the scale numerator; None: 6 for encoders, 4 for decoders
+    dropout: float = 0.0  # dropout on the input of the low-rank path, in [0, 1)
+    init: str = ""  # "paper" (Kaiming-uniform L and R) or "zero" (R = 0); "": "paper" for muscle-paper, else "zero"
+    target: tuple[str, ...] = ()  # () : the family's placement; else module names (each nn.Linear)
+
+    def __post_init__(self) -> None:
+        key = self.KEY
+        for name in ("bands", "target"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,) if value else ()
+            object.__setattr__(self, name, tuple(value) if isinstance(value, Sequence) else value)
+        if self.bands:
+            object.__setattr__(self, "bands", check_bands(self.bands, f"{key}bands"))
+        elif not isinstance(self.bands, tuple):
+            raise ValueError(f"Expected `{key}bands` to be a list of numbers > 0 but got {self.bands!r}.")
+        check_positive_int(self.rank, f"{key}rank")
+        check_alpha_dropout(1.0 if self.alpha is None else self.alpha, self.dropout, key)
+        if self.init:
+            check_choice(self.init, f"{key}init", INITS)
+        if not all(isinstance(name, str) and name for name in self.target):
+            raise ValueError(f"Expected `{key}target` to be module names but got {self.target!r}.")
+
+    def overrides(self, init: str) -> dict:
+        """Keyword arguments of :func:`~freqlens.defenses.placement.default_mslr_config` (None: the default);
+        ``init`` is the defense's default initialisation, used when ``init`` is unset."""
+        return {"bands": self.bands or None, "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
+                "init": self.init or init}
 
 
 class MSLRLinear(nn.Module):

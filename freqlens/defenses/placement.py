@@ -49,7 +49,7 @@ def default_target(model: nn.Module) -> str:
         raise ValueError(
             f"Expected a model with a known MSLR placement (BERT-like `bert.pooler.dense`, RoBERTa-like "
             f"`classifier.dense`, or a decoder `score` head) but got {type(model).__name__}; name the "
-            f"module with `target` (defense.mslr_target)."
+            f"module with `target` (`defense.mslr.target`)."
         )
     return {"bert": "bert.pooler.dense", "roberta": "classifier.dense", "decoder": "score"}[kind]
 

@@ -57,7 +57,7 @@ def test_save_after_training_then_load_gives_the_same_logits(family, tmp_path):
 
 def test_save_then_load_with_a_named_mslr_target(tmp_path):
     target = "bert.encoder.layer.1.intermediate.dense"
-    prepared = prepared_and_perturbed("bert", "muscle", mslr_target=target, mslr_bands=(1, 2), mslr_rank=2)
+    prepared = prepared_and_perturbed("bert", "muscle", mslr={"target": target, "bands": (1, 2), "rank": 2})
     enc = inputs("bert")
     expected = logits(prepared.model, enc)
     save_defended(prepared.model, tmp_path, prepared.layout)
@@ -133,14 +133,14 @@ def test_merge_of_an_mslr_model_without_lora():
 
 
 def test_merge_of_prefix_tuning_is_refused():
-    prepared = prepare_model(build("bert"), DefenseConfig(name="prefix", prefix_tokens=2))
+    prepared = prepare_model(build("bert"), DefenseConfig(name="prefix", prefix={"tokens": 2}))
     with pytest.raises(ValueError, match="prefix"):
         merge_defended(prepared.model)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefix_tuning_takes_a_training_step(family):
-    prepared = prepare_model(build(family), DefenseConfig(name="prefix", prefix_tokens=3))
+    prepared = prepare_model(build(family), DefenseConfig(name="prefix", prefix={"tokens": 3}))
     model = prepared.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     n = 4
@@ -156,7 +156,7 @@ def test_prefix_tuning_takes_a_training_step(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefix_reports_which_peft_method_ran(family):
     """transformers 5 models may not take past_key_values; add_prefix then falls back to prompt tuning."""
-    model = prepare_model(build(family), DefenseConfig(name="prefix", prefix_tokens=3)).model
+    model = prepare_model(build(family), DefenseConfig(name="prefix", prefix={"tokens": 3})).model
     kind = model.freqlens_adapter
     assert kind in ("prefix", "prompt")
     peft_type = model.peft_config["default"].peft_type.value
@@ -164,7 +164,7 @@ def test_prefix_reports_which_peft_method_ran(family):
 
 
 def test_prefix_saves_and_loads(tmp_path):
-    prepared = prepared_and_perturbed("bert", "prefix", prefix_tokens=3)
+    prepared = prepared_and_perturbed("bert", "prefix", prefix={"tokens": 3})
     enc = inputs("bert")
     expected = logits(prepared.model, enc)
     save_defended(prepared.model, tmp_path, prepared.layout)

@@ -30,11 +30,11 @@ def state(model) -> dict[str, torch.Tensor]:
 
 
 def test_a_span_larger_than_the_reference_batch_fails_before_training_naming_the_key():
-    config = DefenseConfig(name="muscle", ga_subspace=7)  # the reference batch: 6 examples
+    config = DefenseConfig(name="muscle", ga={"subspace": 7})  # the reference batch: 6 examples
     prepared = prepare_model(build("bert"), config)
     before = state(prepared.model)
     enc, y = task()
-    with pytest.raises(ValueError, match=r"`defense\.ga_subspace` <= the reference batch \(6 examples\) but got 7"):
+    with pytest.raises(ValueError, match=r"`defense\.ga\.subspace` <= the reference batch \(6 examples\) but got 7"):
         fit_defense(prepared.model, enc, y, config, TrainConfig(epochs=1, batch_size=8), reference=reference(),
                     progress=False)
     after = state(prepared.model)
@@ -55,7 +55,7 @@ def test_a_defense_that_needs_a_reference_set_fails_before_training_without_one(
 
 @pytest.mark.parametrize("name, subspace", [("ga", 1), ("muscle", 1), ("muscle", 3)])
 def test_gradient_aligned_defenses_align_every_step(name, subspace):
-    config = DefenseConfig(name=name, ga_subspace=subspace)
+    config = DefenseConfig(name=name, ga={"subspace": subspace})
     prepared = prepare_model(build("bert"), config)
     enc, y = task()
     result, info = fit_defense(prepared.model, enc, y, config, TrainConfig(epochs=2, batch_size=8),
@@ -187,7 +187,7 @@ def test_abl_needs_enough_epochs_for_its_phases():
 
 def test_abl_through_fit_defense():
     enc, y = task()
-    config = DefenseConfig(name="abl", abl_isolation_rate=0.1)
+    config = DefenseConfig(name="abl", abl={"isolation_rate": 0.1})
     model = prepare_model(build("bert"), config).model
     poison = np.arange(N) < 4
     result, info = fit_defense(model, enc, y, config, ABL_CONFIG, poison=poison, progress=False)

@@ -479,7 +479,7 @@ def test_a_non_finite_reference_loss_stops_naming_the_reference_batch(name, subs
     ref_enc["input_ids"][:, 2] = 99
     with torch.no_grad():
         model.bert.embeddings.word_embeddings.weight[99] = float("inf")
-    config = DefenseConfig(name=name, reference_size=8, ga_subspace=subspace)
+    config = DefenseConfig(name=name, reference_size=8, ga={"subspace": subspace})
     prepared = prepare_model(model, config, max_length=8)
     with pytest.raises(FloatingPointError, match=r"clean reference batch's loss is nan at gradient-alignment "
                                                  r"step 1 \(epoch 1\).*before the update") as error:

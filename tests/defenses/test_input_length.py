@@ -1,6 +1,6 @@
 """Prefix / prompt tuning past the position table is refused before training (issue 12, item 8).
 
-peft puts ``defense.prefix_tokens`` virtual tokens before every input, so
+peft puts ``defense.prefix.tokens`` virtual tokens before every input, so
 ``model.max_length`` + those must fit the model's position table
 (``max_position_embeddings``; ``n_positions`` for GPT-2; RoBERTa's positions
 start after the padding id). Before, the first long batch stopped training
@@ -25,7 +25,7 @@ LIMIT = {"bert": 32, "roberta": 38, "gpt2": 32, "llama": 32}
 
 
 def keys_named(length: int, tokens: int, limit: int) -> str:
-    return (rf"`model\.max_length` \+ `defense\.prefix_tokens` <= {limit} .* got {length} \+ {tokens} = "
+    return (rf"`model\.max_length` \+ `defense\.prefix\.tokens` <= {limit} .* got {length} \+ {tokens} = "
             rf"{length + tokens}")
 
 
@@ -54,7 +54,7 @@ def test_a_too_long_max_length_is_refused_before_the_model_changes(family):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     length = LIMIT[family] - TOKENS + 1
     with pytest.raises(ValueError, match=keys_named(length, TOKENS, LIMIT[family])):
-        prepare_model(model, DefenseConfig(name="prefix", prefix_tokens=TOKENS), max_length=length)
+        prepare_model(model, DefenseConfig(name="prefix", prefix={"tokens": TOKENS}), max_length=length)
     assert not hasattr(model, "peft_config")
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -63,7 +63,7 @@ def test_a_too_long_max_length_is_refused_before_the_model_changes(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_fitting_max_length_trains(family):
     length = LIMIT[family] - TOKENS  # exactly at the limit
-    config = DefenseConfig(name="prefix", prefix_tokens=TOKENS)
+    config = DefenseConfig(name="prefix", prefix={"tokens": TOKENS})
     prepared = prepare_model(build(family), config, max_length=length)
     n = 4
     result, info = fit_defense(prepared.model, inputs(family, n=n, length=length), labels(n).numpy(), config,
@@ -74,7 +74,7 @@ def test_a_fitting_max_length_trains(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fit_defense_refuses_too_wide_encodings_before_any_step(family):
     """Called from Python without max_length: the encodings' width is checked against the adapter."""
-    config = DefenseConfig(name="prefix", prefix_tokens=TOKENS)
+    config = DefenseConfig(name="prefix", prefix={"tokens": TOKENS})
     model = prepare_model(build(family), config).model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     n, length = 4, LIMIT[family] - TOKENS + 2
@@ -113,7 +113,8 @@ path = "{tmp_path / 'data'}"
 name = "addsent"
 [defense]
 name = "prefix"
-prefix_tokens = 5
+[defense.prefix]
+tokens = 5
 """)
     out = tmp_path / "out"
     assert main(["run", str(tmp_path / "run.toml"), "--out", str(out), "--no-progress"]) == 2

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from freqlens.defenses import DEFENSES, DefenseConfig, MSLRHead, MSLRLinear, prepare_model
+from freqlens.defenses import make_defense
 from freqlens.defenses.registry import ADAPTER_LR, PROMPT_LR, SMALL_MODEL, count_parameters
 
 from .helpers import DECODERS, FAMILIES, build, trainable
@@ -92,13 +93,13 @@ def test_mslr_init_per_defense(family, name, init):
 @pytest.mark.parametrize("init", ["zero", "paper"])
 def test_explicit_mslr_init_overrides_the_defense_default(init):
     prepared = prepare_model(build("bert"), DefenseConfig(name="muscle-paper" if init == "zero" else "muscle",
-                                                          mslr_init=init))
+                                                          mslr={"init": init}))
     assert [m.config.init for m in prepared.model.modules() if isinstance(m, MSLRLinear)] == [init]
 
 
 def test_mslr_settings_reach_the_layer():
-    config = DefenseConfig(name="muscle", mslr_bands=(1, 3), mslr_rank=2, mslr_alpha=2.0,
-                           mslr_target="bert.encoder.layer.1.output.dense")
+    config = DefenseConfig(name="muscle", mslr={"bands": (1, 3), "rank": 2, "alpha": 2.0,
+                                                "target": "bert.encoder.layer.1.output.dense"})
     prepared = prepare_model(build("bert"), config)
     assert prepared.mslr_layers == ["bert.encoder.layer.1.output.dense"]
     layer = prepared.model.get_base_model().bert.encoder.layer[1].output.dense
@@ -109,8 +110,8 @@ def test_mslr_settings_reach_the_layer():
 
 
 def test_lora_settings_reach_peft():
-    prepared = prepare_model(build("bert"), DefenseConfig(name="lora", lora_r=2, lora_alpha=4.0,
-                                                          lora_targets=("query",)))
+    prepared = prepare_model(build("bert"), DefenseConfig(name="lora", lora={"r": 2, "alpha": 4.0,
+                                                                              "targets": ("query",)}))
     names = trainable(prepared.model)
     assert names and all(".query.lora_" in n for n in names)
     a = next(p for n, p in prepared.model.named_parameters() if n.endswith("query.lora_A.default.weight"))
@@ -119,7 +120,7 @@ def test_lora_settings_reach_peft():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefix_trains_the_prompt_and_the_head(family):
-    prepared = prepare_model(build(family), DefenseConfig(name="prefix", prefix_tokens=3))
+    prepared = prepare_model(build(family), DefenseConfig(name="prefix", prefix={"tokens": 3}))
     names = trainable(prepared.model)
     assert any(n.startswith("prompt_encoder.") for n in names)
     assert all(n.startswith("prompt_encoder.") or ".modules_to_save." in n for n in names)
@@ -129,12 +130,12 @@ def test_prefix_trains_the_prompt_and_the_head(family):
 
 def test_prepare_model_fails_on_a_bad_mslr_target():
     with pytest.raises(ValueError, match="'bert.embeddings.LayerNorm'"):
-        prepare_model(build("bert"), DefenseConfig(name="muscle", mslr_target="bert.embeddings.LayerNorm"))
+        prepare_model(build("bert"), DefenseConfig(name="muscle", mslr={"target": "bert.embeddings.LayerNorm"}))
 
 
 def test_prepare_model_fails_on_a_bad_mslr_rank():
-    with pytest.raises(ValueError, match="rank"):
-        prepare_model(build("bert"), DefenseConfig(name="muscle", mslr_rank=0))
+    with pytest.raises(ValueError, match=r"`defense\.mslr\.rank`"):
+        prepare_model(build("bert"), DefenseConfig(name="muscle", mslr={"rank": 0}))
 
 
 # ------------------------------------------------------------------ DefenseConfig
@@ -149,14 +150,14 @@ def test_bad_select():
 
 
 def test_bad_mslr_init():
-    with pytest.raises(ValueError, match=r"`defense\.mslr_init`"):
-        DefenseConfig(name="muscle", mslr_init="kaiming")
+    with pytest.raises(ValueError, match=r"`defense\.mslr\.init`"):
+        DefenseConfig(name="muscle", mslr={"init": "kaiming"})
 
 
 @pytest.mark.parametrize("bands", [(1, 0, 4), (-1,), (1, -2.5)])
 def test_non_positive_mslr_bands(bands):
-    with pytest.raises(ValueError, match="mslr_bands"):
-        DefenseConfig(name="muscle", mslr_bands=bands)
+    with pytest.raises(ValueError, match=r"`defense\.mslr\.bands`"):
+        DefenseConfig(name="muscle", mslr={"bands": bands})
 
 
 @pytest.mark.parametrize("lr", [0, -1e-5, 0.0])
@@ -166,35 +167,35 @@ def test_non_positive_lr(lr):
 
 
 def test_bad_lora_rank():
-    with pytest.raises(ValueError, match="lora_r"):
-        DefenseConfig(name="lora", lora_r=0)
+    with pytest.raises(ValueError, match=r"`defense\.lora\.r`"):
+        DefenseConfig(name="lora", lora={"r": 0})
 
 
 def test_string_settings_become_tuples():
-    config = DefenseConfig(name="muscle", lora_targets="query", mslr_target="bert.pooler.dense")
-    assert config.lora_targets == ("query",) and config.mslr_target == ("bert.pooler.dense",)
-    assert DefenseConfig(lora_targets="").lora_targets == ()
+    config = DefenseConfig(name="muscle", lora={"targets": "query"}, mslr={"target": "bert.pooler.dense"})
+    assert config.lora.targets == ("query",) and config.mslr.target == ("bert.pooler.dense",)
+    assert DefenseConfig(lora={"targets": ""}).lora.targets == ()
 
 
 @pytest.mark.parametrize("name, size", [("muscle", 256), ("muscle-paper", 96), ("ga", 256), ("ga+lora", 256),
                                         ("reference-only", 256)])
 def test_reference_size_defaults(name, size):
-    assert DefenseConfig(name=name).resolved_reference_size() == size
-    assert DefenseConfig(name=name, reference_size=10).resolved_reference_size() == 10
+    assert make_defense(DefenseConfig(name=name)).reference_size == size
+    assert make_defense(DefenseConfig(name=name, reference_size=10)).reference_size == 10
 
 
 @pytest.mark.parametrize("name, needs", [("vanilla", False), ("lora", False), ("mslr", False), ("ga", True),
                                          ("ga+lora", True), ("muscle", True), ("muscle-paper", True),
                                          ("prefix", False), ("abl", False), ("reference-only", True)])
 def test_which_defenses_need_a_reference_set(name, needs):
-    assert DefenseConfig(name=name).spec.needs_reference is needs
+    assert make_defense(DefenseConfig(name=name)).needs_reference is needs
 
 
 def test_auto_selection_keeps_the_best_epoch_for_defended_runs_only():
-    assert not DefenseConfig(name="vanilla").selects_best()
-    assert DefenseConfig(name="muscle").selects_best()
-    assert DefenseConfig(name="vanilla", select="best-dev").selects_best()
-    assert not DefenseConfig(name="muscle", select="last").selects_best()
+    assert not make_defense(DefenseConfig(name="vanilla")).selects_best()
+    assert make_defense(DefenseConfig(name="muscle")).selects_best()
+    assert make_defense(DefenseConfig(name="vanilla", select="best-dev")).selects_best()
+    assert not make_defense(DefenseConfig(name="muscle", select="last")).selects_best()
 
 
 # ------------------------------------------------------------------ learning rates
@@ -210,21 +211,21 @@ def tiny():
 
 @pytest.mark.parametrize("name", ["lora", "mslr", "ga+lora", "muscle"])
 def test_adapter_defenses_on_a_small_model_use_the_adapter_lr(tiny, name):
-    assert DefenseConfig(name=name).learning_rate(tiny, TRAIN_LR) == ADAPTER_LR == 5e-4
+    assert make_defense(DefenseConfig(name=name)).learning_rate(tiny, TRAIN_LR) == ADAPTER_LR == 5e-4
 
 
 def test_prefix_uses_the_prompt_lr(tiny):
-    assert DefenseConfig(name="prefix").learning_rate(tiny, TRAIN_LR) == PROMPT_LR
+    assert make_defense(DefenseConfig(name="prefix")).learning_rate(tiny, TRAIN_LR) == PROMPT_LR
 
 
 @pytest.mark.parametrize("name", ["muscle-paper", "vanilla", "ga", "abl", "reference-only"])
 def test_paper_and_full_fine_tuning_use_the_train_lr(tiny, name):
-    assert DefenseConfig(name=name).learning_rate(tiny, TRAIN_LR) == TRAIN_LR
+    assert make_defense(DefenseConfig(name=name)).learning_rate(tiny, TRAIN_LR) == TRAIN_LR
 
 
 @pytest.mark.parametrize("name", ["lora", "muscle", "muscle-paper", "vanilla", "prefix"])
 def test_an_explicit_lr_wins(tiny, name):
-    assert DefenseConfig(name=name, lr=3e-3).learning_rate(tiny, TRAIN_LR) == 3e-3
+    assert make_defense(DefenseConfig(name=name, lr=3e-3)).learning_rate(tiny, TRAIN_LR) == 3e-3
 
 
 def test_adapter_defenses_on_a_large_model_use_the_train_lr():
@@ -236,11 +237,11 @@ def test_adapter_defenses_on_a_large_model_use_the_train_lr():
         def parameters(self, recurse=True):  # counts as SMALL_MODEL parameters without allocating them
             yield torch.empty(SMALL_MODEL, device="meta")
 
-    assert DefenseConfig(name="muscle").learning_rate(Large(), TRAIN_LR) == TRAIN_LR
+    assert make_defense(DefenseConfig(name="muscle")).learning_rate(Large(), TRAIN_LR) == TRAIN_LR
 
 
-@pytest.mark.parametrize("key, value", [("ga_subspace", 0), ("ga_mu", 1.5), ("ga_loss_threshold", -1.0),
-                                        ("ga_norm_threshold", -1e-9)])
+@pytest.mark.parametrize("key, value", [("subspace", 0), ("mu", 1.5), ("loss_threshold", -1.0),
+                                        ("norm_threshold", -1e-9)])
 def test_bad_gradient_alignment_settings_name_the_config_key(key, value):
-    with pytest.raises(ValueError, match=rf"`defense\.{key}`.*{value}"):
-        DefenseConfig(name="muscle", **{key: value})
+    with pytest.raises(ValueError, match=rf"`defense\.ga\.{key}`.*{value}"):
+        DefenseConfig(name="muscle", ga={key: value})

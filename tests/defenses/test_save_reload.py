@@ -30,7 +30,7 @@ from .helpers import FAMILIES, build, inputs, labels, logits
 SEED_A, SEED_B = 11, 12345
 N, LENGTH = 8, 8
 # small settings so every defense takes a few steps on 8 rows
-SETTINGS = {"prefix_tokens": 2, "abl_isolation_rate": 0.25, "abl_isolation_epochs": 1, "abl_unlearn_epochs": 1,
+SETTINGS = {"prefix": {"tokens": 2}, "abl": {"isolation_rate": 0.25, "isolation_epochs": 1, "unlearn_epochs": 1},
             "reference_size": 4}
 
 

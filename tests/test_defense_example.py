@@ -1,0 +1,122 @@
+"""The example defense of docs/defenses.md ("Writing a defense"), taken from the page, registered and run.
+
+The code block is written to a module file and imported (as a user would), so
+that it registers itself; then it goes through the defense contract and
+through `freqlens run` on a tiny BERT, with its own setting from `--set
+defense.options.smoothing=...`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from freqlens.cli import main
+from freqlens.config import ExperimentConfig, list_settings
+from freqlens.defenses import DEFENSES, DefenseConfig, make_defense, unregister_defense
+from freqlens.defenses.base import defense_class
+from tests.defenses.test_contract import test_prepare_train_save_load_merge as contract
+from tests.test_run import _check_results, _tiny_experiment
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "defenses.md"
+MODULE = "label_smoothing"
+
+
+def example_code() -> str:
+    """The python block of the "Writing a defense" section."""
+    section = DOC.read_text(encoding="utf-8").split("## Writing a defense", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) == 1, "expected one python block in docs/defenses.md, 'Writing a defense'"
+    return blocks[0]
+
+
+@pytest.fixture
+def example(tmp_path, monkeypatch):
+    """The example module, written to a folder on sys.path and imported; unregistered afterwards."""
+    (tmp_path / f"{MODULE}.py").write_text(example_code(), encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(MODULE, None)
+    module = importlib.import_module(MODULE)
+    yield module
+    for name in ("label-smoothing", f"{MODULE}:LabelSmoothing"):
+        if name in DEFENSES:
+            unregister_defense(name)
+    sys.modules.pop(MODULE, None)
+
+
+def test_the_example_registers_and_keeps_the_contract(example, tmp_path):
+    assert "label-smoothing" in DEFENSES and defense_class("label-smoothing") is example.LabelSmoothing
+    for family in ("bert", "gpt2"):
+        contract(tmp_path / family, "label-smoothing", family)
+
+
+def test_the_example_smooths_the_loss(example):
+    """Its training loss is label-smoothed cross-entropy: compared with torch's on the same logits."""
+    from tests.defenses.helpers import build, inputs, labels
+
+    model = build("bert")
+    config = DefenseConfig(name="label-smoothing", options={"smoothing": 0.3})
+    defense = make_defense(config)
+    enc, y = inputs("bert", n=4), labels(4)
+    with torch.no_grad():
+        model.eval()
+        expected = torch.nn.functional.cross_entropy(model(**enc).logits, y, label_smoothing=0.3)
+    result, info = defense.fit(model, enc, y.numpy(), _one_step(), progress=False)
+    assert info["label_smoothing"] == 0.3 and info["name"] == "label-smoothing"
+    assert result.losses[0] == pytest.approx(float(expected), rel=1e-5)
+
+
+def _one_step():
+    from freqlens.training import TrainConfig
+
+    return TrainConfig(epochs=1, batch_size=4, lr=1e-9)
+
+
+def test_its_options_are_checked_named_and_listed(example, tmp_path):
+    path = tmp_path / "experiment.toml"
+    path.write_text('[defense]\nname = "label-smoothing"\n')
+    assert ExperimentConfig.from_toml(path).defense.options == example.LabelSmoothingOptions(smoothing=0.1)
+    with pytest.raises(ValueError, match=r"`defense\.options\.smoothing` in \[0, 1\) but got 1\.5"):
+        ExperimentConfig.from_toml(path, overrides=["defense.options.smoothing=1.5"])
+    with pytest.raises(ValueError, match=r"Unknown config key\(s\) \['defense\.options\.smoothness'\]"):
+        ExperimentConfig.from_toml(path, overrides=["defense.options.smoothness=0.2"])
+    listed = {s.key: s for s in list_settings()}["defense.options.smoothing"]
+    assert listed.default == 0.1 and "'label-smoothing'" in listed.meaning and "spread evenly" in listed.meaning
+
+
+def test_a_defense_named_by_its_import_path_is_imported_and_registered(example, tmp_path):
+    path = tmp_path / "experiment.toml"
+    path.write_text('[defense]\nname = "label_smoothing:LabelSmoothing"\n[defense.options]\nsmoothing = 0.2\n')
+    config = ExperimentConfig.from_toml(path)
+    assert type(make_defense(config.defense)).__name__ == "LabelSmoothing"
+    assert config.defense.options.smoothing == 0.2
+    path.write_text('[defense]\nname = "label_smoothing:NoSuchClass"\n')
+    with pytest.raises(ValueError, match=r"`defense\.name` 'label_smoothing:NoSuchClass' to name a subclass"):
+        ExperimentConfig.from_toml(path)
+
+
+def test_the_example_runs_through_freqlens_run(example, tmp_path, capsys):
+    config = _tiny_experiment(tmp_path, """
+[train]
+epochs = 1
+batch_size = 16
+[record]
+schedule = "log:4"
+probe_size = 8
+[analysis]
+num_widths = 3
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress", "--set", "defense.name=label-smoothing",
+                 "--set", "defense.options.smoothing=0.2"]) == 0, capsys.readouterr().err
+    results = _check_results(out)
+    assert results["defense"]["name"] == "label-smoothing" and results["defense"]["label_smoothing"] == 0.2
+    assert results["config"]["defense"]["options"] == {"smoothing": 0.2}
+    stored = json.loads((out / "results.json").read_text())["config"]
+    assert ExperimentConfig.from_dict(stored).defense.options.smoothing == 0.2
