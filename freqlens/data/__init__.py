@@ -6,9 +6,14 @@ from freqlens.data.attacks import (
     Attack,
     BadNets,
     FunctionAttack,
+    StyleBkd,
+    SynBkd,
+    attack_class,
     make_attack,
     poison,
+    register_attack,
     remove_trigger,
+    unregister_attack,
 )
 from freqlens.data.hf import load_hf_dataset
 from freqlens.data.loaders import load_clean, load_openbackdoor, read_table
@@ -23,6 +28,9 @@ __all__ = [
     "FunctionAttack",
     "PoisonedDataset",
     "Split",
+    "StyleBkd",
+    "SynBkd",
+    "attack_class",
     "cap",
     "check_disjoint",
     "load_clean",
@@ -31,5 +39,7 @@ __all__ = [
     "make_attack",
     "poison",
     "read_table",
+    "register_attack",
     "remove_trigger",
+    "unregister_attack",
 ]

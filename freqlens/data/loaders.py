@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 
 from freqlens._checks import check_label, check_positive_int
-from freqlens.data.attacks import ATTACKS, AddSent, BadNets, make_attack, remove_trigger
+from freqlens.data.attacks import ATTACKS, Attack, make_attack, remove_trigger
 from freqlens.data.splits import CleanDataset, PoisonedDataset, Split, carve, check_text_overlap
 
 FORMATS = ("csv", "tsv", "jsonl")
 TEXT_COLUMNS = ("text", "sentence")  # tried in this order when text_column is None
 OPENBACKDOOR_COLUMNS = {"text_column": "0", "label_column": "1", "poison_column": "2"}
-TRIGGERLESS_ATTACKS = ("stylebkd", "synbkd")  # no trigger to remove: controls are clean examples
 
 Record = tuple[int, Mapping[str, Any]]  # (line number, column -> value)
 
@@ -288,25 +287,27 @@ def _directory(path: str | Path, name: str = "path") -> Path:
     return root
 
 
-def _resolve_attack(attack: Any, root: Path) -> tuple[BadNets | AddSent | None, str]:
-    """The attack whose trigger can be removed (or None), and the attack's name."""
+def _resolve_attack(attack: Any, root: Path) -> tuple[Attack | None, str]:
+    """The attack whose trigger can be removed (or None: ``removes_trigger`` False), and its name.
+
+    ``attack`` is a registered name (:data:`~freqlens.data.attacks.ATTACKS`), an attack
+    object, or None: the folder's name, when it is a registered attack's.
+    """
     if attack is None:
         name = root.name.lower()
-        return (make_attack(name) if name in ATTACKS else None), name
-    if isinstance(attack, (BadNets, AddSent)):
-        return attack, attack.name
-    if isinstance(attack, str):
-        name = attack.lower()
-        if name in ATTACKS:
-            return make_attack(name), name
-        if name in TRIGGERLESS_ATTACKS:
+        if name not in ATTACKS:
             return None, name
-    if hasattr(attack, "apply") and isinstance(getattr(attack, "name", None), str):
-        return None, attack.name
-    raise ValueError(
-        f"Expected `attack` to be one of {sorted([*ATTACKS, *TRIGGERLESS_ATTACKS])}, an attack "
-        f"object or None (detect it from the folder name) but got {attack!r}."
-    )
+        attack = make_attack(name)
+    elif isinstance(attack, str) and attack.lower() in ATTACKS:
+        attack = make_attack(attack)
+    elif not isinstance(attack, Attack) and not (
+            callable(getattr(attack, "apply", None))
+            and isinstance(getattr(attack, "name", None), str)):
+        raise ValueError(
+            f"Expected `attack` to be one of {sorted(ATTACKS)} (the registered attacks), an attack "
+            f"object or None (detect it from the folder name) but got {attack!r}."
+        )
+    return (attack if getattr(attack, "removes_trigger", False) else None), attack.name
 
 
 def _check_all_target(split: Split, file: Path, target: int) -> None:
@@ -414,7 +415,8 @@ def recover_sources(poisoned: Split, clean: Split, trigger, *, target: int, pois
 
     Tried in order:
 
-    1. with a removable trigger (BadNets, AddSent): the sentence without its
+    1. with a removable trigger (BadNets, AddSent, any attack whose
+       ``removes_trigger`` is True): the sentence without its
        trigger is a sentence of ``clean``, all of whose copies there carry
        one label;
     2. for paraphrases (StyleBkd, SynBkd) or where 1. fails: each sentence is
@@ -558,9 +560,10 @@ def load_openbackdoor(
     Sources: the attack success rate counts only triggered sentences whose
     source (the clean sentence each was made from) is not of the target
     class, so each dev/test-poison sentence's source is found in
-    dev-clean/test-clean (:func:`recover_sources`: by removing the BadNets or
-    AddSent trigger, or, for paraphrases (stylebkd, synbkd, an unknown folder
-    name), by comparing each sentence with every row of the clean file, both
+    dev-clean/test-clean (:func:`recover_sources`: by removing the trigger
+    of an attack that has a removable one (``Attack.remove_trigger``: BadNets,
+    AddSent, a registered attack of your own), or, for paraphrases (stylebkd,
+    synbkd, an unknown folder name), by comparing each sentence with every row of the clean file, both
     classes, and confirming OpenBackdoor's row-by-row pairing where it is the
     best match). Triggered sentences whose source is of the target class (a
     file made by another tool may hold them) are dropped, and so are those
@@ -574,20 +577,22 @@ def load_openbackdoor(
     ``info["text_overlap"]`` counts the texts they share).
 
     Control splits: the kept sources themselves, clean, with their true
-    labels: for BadNets and AddSent the poisoned sentences with the trigger
-    removed (``info["control"]`` = "trigger removed"); for paraphrases the
+    labels: for an attack with a removable trigger the poisoned sentences
+    with the trigger removed (``info["control"]`` = "trigger removed"); for paraphrases the
     kept sources, non-target clean examples ("non-target clean examples").
 
-    For BadNets/AddSent the true labels of poisoned training examples are
+    With a removable trigger the true labels of poisoned training examples are
     looked up in ``train-clean.csv`` (``info["train_true_labels"]``); otherwise
     they are unknown and equal their label.
 
     Args:
         path: the folder, e.g. ``.../sst-2/addsent``.
         train: the training file, relative to ``path``.
-        attack: "badnets", "addsent", "stylebkd", "synbkd", a BadNets/AddSent
-            object (e.g. with other trigger tokens), or None to detect it from
-            the folder name.
+        attack: a registered attack's name (:data:`~freqlens.data.attacks.ATTACKS`:
+            "badnets", "addsent", "stylebkd", "synbkd", or one registered with
+            :func:`~freqlens.data.register_attack`), an attack object (e.g.
+            ``BadNets(triggers=("zz",))``), or None to detect it from the
+            folder name (a registered name).
         target_label: the attack's target class.
         num_classes: the number of classes; every label must lie in [0, num_classes).
 
