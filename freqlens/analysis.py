@@ -6,7 +6,8 @@ at every filter width, in two views:
 - ``"separate"``: each probe set with its own kernel, as in the paper. A
   backdoor set whose targets are all the target class has no high part there
   (NaN, METHOD.md pitfalls).
-- ``"joint"``: one kernel over the clean and the backdoor probes together, the
+- ``"joint"``: one kernel over the clean and the backdoor probes together (the
+  roles marked ``joint`` in :data:`freqlens.recording.probes.PROBE_ROLES`), the
   errors reduced over each set's rows. It stays defined for the backdoor and
   puts both sets on one frequency scale; freqlens' default for verdicts.
 
@@ -43,6 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from freqlens._checks import check_choice, check_positive_int, check_positive_number
+from freqlens.recording.probes import joint_roles
 from freqlens.recording.storage import Trajectory
 from freqlens.spectral import (
     DISTANCES,
@@ -360,6 +362,16 @@ class ModeSpectrum:
                 "errors": {k: _jsonable(v) for k, v in self.errors.items()}}
 
 
+class _PlotKinds:
+    """``SpectralAnalysis.PLOTS``: the kinds :meth:`SpectralAnalysis.plot` draws, read from the
+    figure table (:data:`freqlens.figures.FIGURES`) on each access, so a registered figure is one."""
+
+    def __get__(self, instance, owner=None) -> tuple[str, ...]:
+        from freqlens.figures import plot_kinds
+
+        return plot_kinds()
+
+
 @dataclass
 class SpectralAnalysis:
     """Frequency-domain convergence of a recorded run.
@@ -466,28 +478,30 @@ class SpectralAnalysis:
                        "bands": learning_speed(self.steps, c.bands, method=method)}
                 for name, c in self.curves[view].items()}
 
-    PLOTS = ("heatmaps", "curves", "bands", "convergence", "ratios", "projection", "speeds", "static", "modes")
+    PLOTS = _PlotKinds()
 
     def plot(self, kind: str = "heatmaps", **kwargs):
-        """Draw this analysis (inline in a notebook); returns the figure.
+        """Draw this analysis (inline in a notebook); returns the matplotlib figure.
 
-        ``kind``: ``"heatmaps"`` (the paper's), ``"curves"`` (relative errors,
-        convergence marked), ``"bands"`` (band spectrum over training),
-        ``"convergence"`` (steps to converge per band), ``"ratios"`` (LFR/HFR),
-        ``"projection"``, ``"speeds"`` (learning-speed spectrum with
-        intervals), ``"static"`` (static target spectrum per input space) or
-        ``"modes"`` (error per eigenmode band over training); ``kwargs`` go to
-        the function of :mod:`freqlens.plots` that draws it.
+        ``kind``: a figure of the table :data:`freqlens.figures.FIGURES`
+        (:attr:`PLOTS` lists them): ``"heatmaps"`` (the paper's),
+        ``"curves"`` (relative errors, convergence marked), ``"bands"`` (band
+        spectrum over training), ``"convergence"`` (steps to converge per
+        band), ``"ratios"`` (LFR/HFR), ``"projection"``, ``"speeds"``
+        (learning-speed spectrum with intervals), ``"static"`` (static target
+        spectrum per input space), ``"modes"`` (error per eigenmode band over
+        training), or one added with :func:`freqlens.figures.register_figure`;
+        ``kwargs`` go to the function that draws it (:mod:`freqlens.plots`).
+
+        Raises:
+            ValueError: an unknown ``kind`` (the message lists the kinds), or
+                one this analysis cannot draw (e.g. ``"modes"`` without clean
+                and backdoor probe sets).
         """
-        from freqlens import plots
+        from freqlens.figures import FIGURES, plot_kinds
 
-        check_choice(kind, "kind", self.PLOTS)
-        draw = {"heatmaps": plots.plot_heatmaps, "curves": plots.plot_error_curves,
-                "bands": plots.plot_band_spectrum, "convergence": plots.plot_convergence_spectrum,
-                "ratios": plots.plot_frequency_ratios, "projection": plots.plot_projection_spectrum,
-                "speeds": plots.plot_speed_spectrum, "static": plots.plot_static_spectrum,
-                "modes": plots.plot_mode_heatmap}[kind]
-        return draw(self, **kwargs)
+        check_choice(kind, "kind", plot_kinds())
+        return FIGURES[kind].draw(self, **kwargs)
 
     def _repr_html_(self) -> str:
         """A notebook summary: snapshots, widths, verdicts and convergence steps per view."""
@@ -616,14 +630,6 @@ def _speed_statement(found: dict[str, Verdicts], config: AnalysisConfig | None) 
             f"({resamples} resamples): " + "; ".join(parts))
 
 
-def mode_band_names(edges, rest: bool = False) -> list[str]:
-    """Labels of mode bands from their edges (B + 1,): ``"0"``, ``"1"``, ``"2-3"``, ... and ``"rest"``
-    after them for a partial basis' remainder."""
-    edges = np.asarray(edges).tolist()
-    names = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
-    return names + (["rest"] if rest else [])
-
-
 def _jsonable(value):
     return value.tolist() if isinstance(value, np.ndarray) else value
 
@@ -673,9 +679,9 @@ def analyse(
     config = _resolve_config(config, widths, settings)
     roles = _roles(trajectory)
     names = trajectory.names
-    joint_sets = [roles[r] for r in ("clean", "backdoor") if r in roles]
-    if len(joint_sets) < 2:
-        joint_sets = []
+    joined = [r for r in joint_roles() if r in roles]  # the roles the probe-role table puts in the joint view
+    # the joint view compares the backdoor with the clean mapping: it needs both sets, both joint
+    joint_sets = [roles[r] for r in joined] if {"clean", "backdoor"} <= set(joined) else []
     if config.input_space == "auto":
         config = replace(config, input_space=_input_spaces(trajectory)[0])
     inputs = _space_inputs(trajectory, config.input_space)
@@ -929,7 +935,8 @@ def _source_labels(trajectory: Trajectory, roles: dict[str, str], classes: int) 
 
 def _static_spectrum(space, basis: EigenBasis, trajectory: Trajectory, roles, joint_sets, draws,
                      config: AnalysisConfig) -> StaticSpectrum:
-    """Energy shares of the clean labels and the poison flag over ``basis`` (pooled clean + backdoor rows)."""
+    """Energy shares of the clean labels and the poison flag over ``basis`` (the joint sets' rows pooled:
+    clean and backdoor, and any other role the probe-role table marks ``joint``)."""
     clean, backdoor = roles["clean"], roles["backdoor"]
     classes = int(trajectory.outputs[clean].shape[2])
     source, origin = _source_labels(trajectory, roles, classes)
@@ -941,7 +948,8 @@ def _static_spectrum(space, basis: EigenBasis, trajectory: Trajectory, roles, jo
                      else np.full(n, 1.0 if name == backdoor else 0.0))
     signals = {"backdoor": np.concatenate(flags)[:, None]}
     if source is not None:
-        true = {clean: np.asarray(trajectory.labels[clean]), backdoor: source}
+        # the clean mapping's label of each probe: a set's own label, the backdoor probes' source label
+        true = {**{name: np.asarray(trajectory.labels[name]) for name in joint_sets}, backdoor: source}
         signals = {"clean": np.eye(classes)[np.concatenate([true[s] for s in joint_sets]).astype(np.int64)],
                    **signals}
     top = max(1, int(round(basis.n * LOW_MODE_SHARE)))

@@ -8,13 +8,19 @@ constant target) are drawn hatched grey with a note, never as a colour.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.patches import Patch
 
-from freqlens.analysis import SpectralAnalysis, mode_band_names
+from freqlens.recording.probes import joint_roles, role_colour
+from freqlens.spectral.eigenmodes import mode_band_names
+
+if TYPE_CHECKING:  # annotations only: freqlens.analysis draws with this module (no import cycle)
+    from freqlens.analysis import SpectralAnalysis
 
 HEATMAP_ROWS = (("backdoor", "low"), ("clean", "low"), ("backdoor", "high"), ("clean", "high"))
 CMAP = "viridis"  # perceptually uniform and colour-blind safe
@@ -149,9 +155,8 @@ def plot_error_curves(analysis: SpectralAnalysis, *, width_index: int | None = N
     k = _width_index(analysis, width_index)
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 3.2), layout="constrained")
-    colours = {"clean": "#0072B2", "backdoor": "#D55E00", "control": "#009E73"}
     for name, curves in analysis.curves[view].items():
-        colour = colours.get(name, None)
+        colour = role_colour(analysis_role(analysis, name))
         for part, style in (("low", "-"), ("high", "--")):
             values = getattr(curves, part)[:, k]
             if np.all(np.isnan(values)):
@@ -167,7 +172,6 @@ def plot_error_curves(analysis: SpectralAnalysis, *, width_index: int | None = N
     return ax.figure
 
 
-ROLE_COLOURS = {"clean": "#0072B2", "backdoor": "#D55E00", "control": "#009E73"}  # Okabe-Ito
 RUN_STYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
@@ -188,7 +192,7 @@ def plot_band_spectrum(analysis: SpectralAnalysis, *, view: str = "joint", probe
     _check_view(analysis, view)
     sets = analysis.curves[view]
     if probe_set is None:
-        names = [analysis.roles[r] for r in ("clean", "backdoor") if analysis.roles.get(r) in sets] or list(sets)
+        names = [analysis.roles[r] for r in joint_roles() if analysis.roles.get(r) in sets] or list(sets)
         fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.0), layout="constrained",
                                  squeeze=False, sharey=True)
         for axis, name in zip(axes[0], names):
@@ -229,7 +233,7 @@ def plot_convergence_spectrum(analyses, *, view: str = "joint", ax: plt.Axes | N
     Bands that never converged (or are undefined) are left out of a line and
     listed in a note.
     """
-    runs = {"": analyses} if isinstance(analyses, SpectralAnalysis) else dict(analyses)
+    runs = dict(analyses) if isinstance(analyses, Mapping) else {"": analyses}
     if not runs:
         raise ValueError("Expected at least one analysis but got none.")
     if ax is None:
@@ -247,7 +251,7 @@ def plot_convergence_spectrum(analyses, *, view: str = "joint", ax: plt.Axes | N
                 never.append(name_label)
                 continue
             ax.plot(bands[finite], steps[finite], style, marker=_MARKERS[i % len(_MARKERS)], markersize=4,
-                    color=ROLE_COLOURS.get(analysis_role(analysis, name), None), label=name_label)
+                    color=role_colour(analysis_role(analysis, name)), label=name_label)
             if not finite.all():
                 never.append(f"{name_label} (bands {', '.join(str(b) for b in bands[~finite])})")
     ax.set_xlabel("frequency band (0 = lowest)")
@@ -284,7 +288,7 @@ def plot_frequency_ratios(analysis: SpectralAnalysis, *, width_index: int | None
             if np.all(np.isnan(series)):
                 missing.append(f"{name} {part}")
                 continue
-            ax.plot(analysis.steps, series, style, color=ROLE_COLOURS.get(analysis_role(analysis, name)),
+            ax.plot(analysis.steps, series, style, color=role_colour(analysis_role(analysis, name)),
                     label=f"{name} {part}", marker="o" if analysis.steps.size == 1 else None)
     _step_axis(ax, analysis.steps)
     ax.set_ylabel("LFR, HFR (share of output norm)")
@@ -467,8 +471,8 @@ def plot_speed_spectrum(analyses, *, family: str = "modes", view: str = "joint",
     """
     if family not in SPEED_FAMILIES:
         raise ValueError(f"Expected `family` to be one of {tuple(SPEED_FAMILIES)} but got {family!r}.")
-    runs = {"": [analyses]} if isinstance(analyses, SpectralAnalysis) else {
-        label: list(a) if isinstance(a, (list, tuple)) else [a] for label, a in dict(analyses).items()}
+    runs = {"": [analyses]} if not isinstance(analyses, Mapping) else {
+        label: list(a) if isinstance(a, (list, tuple)) else [a] for label, a in analyses.items()}
     if not runs or not all(runs.values()):
         raise ValueError("Expected at least one analysis per run but got none.")
     roles = ("backdoor", "clean")
@@ -532,7 +536,7 @@ def plot_speed_spectrum(analyses, *, family: str = "modes", view: str = "joint",
         for ax in axes:
             ax.set_yscale("symlog", linthresh=0.5, linscale=2.0)
     for ax, role in zip(axes, roles):
-        ax.set_title(f"{role} probes", fontsize=10, color=ROLE_COLOURS[role])
+        ax.set_title(f"{role} probes", fontsize=10, color=role_colour(role))
         ax.set_xticks(np.arange(len(x_names)), x_names, rotation=45 if len(x_names) > 8 else 0, fontsize=7)
         ax.set_xlabel(x_label, fontsize=8)
         ax.grid(alpha=0.3)
@@ -584,7 +588,7 @@ def plot_static_spectrum(analysis: SpectralAnalysis, *, spaces=None):
         for role in ("clean", "backdoor"):
             if role not in spectrum.shares:
                 continue
-            ax.plot(x, spectrum.shares[role], marker="o", markersize=3, color=ROLE_COLOURS[role],
+            ax.plot(x, spectrum.shares[role], marker="o", markersize=3, color=role_colour(role),
                     label={"clean": "clean mapping (true label)", "backdoor": "backdoor (poison flag)"}[role])
             share = spectrum.low_share.get(role)
             if share is not None:
@@ -633,7 +637,7 @@ def plot_mode_heatmap(analysis: SpectralAnalysis, *, vmin: float = 0.0, vmax: fl
         _step_axis(ax, analysis.steps, cells=True)
         labels = mode_band_names(modes.edges, rest=errors.shape[1] > modes.edges.size - 1)
         ax.set_yticks(np.arange(len(labels)) + 0.5, labels, fontsize=7)
-        ax.set_title(f"{name} probes", fontsize=10, color=ROLE_COLOURS.get(analysis_role(analysis, name)))
+        ax.set_title(f"{name} probes", fontsize=10, color=role_colour(analysis_role(analysis, name)))
         if np.all(np.isnan(errors)):
             _missing_note(ax, f"every band of {name}")
     axes[0][0].set_ylabel("eigenmode band (modes; low → high frequency)", fontsize=8)

@@ -27,6 +27,7 @@ Two views follow (freqlens' own, not the papers'):
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -518,6 +519,19 @@ def basis_from_distances(
     vectors = _fix_signs(np.ascontiguousarray(vectors))
     return EigenBasis(eigenvalues=np.ascontiguousarray(values), modes=vectors, width=float(width),
                       distance=distance, complete=vectors.shape[1] == n)
+
+
+def mode_band_names(edges: ArrayLike, rest: bool = False) -> list[str]:
+    """Labels of mode bands from their edges (B + 1,) (:meth:`EigenBasis.band_edges`):
+    ``"0"``, ``"1"``, ``"2-3"``, ... (a band of one mode by its index, else its first and
+    last mode), and ``"rest"`` after them for a partial basis' remainder (``rest=True``).
+
+    Returns:
+        B labels (B + 1 with ``rest``).
+    """
+    edges = np.asarray(edges).tolist()
+    names = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in itertools.pairwise(edges)]
+    return names + (["rest"] if rest else [])
 
 
 def _fix_signs(vectors: np.ndarray) -> np.ndarray:
