@@ -5,6 +5,8 @@ on its own share of the data; ``torch.distributed`` carries the results
 between them. Everything here is a no-op (or the identity) in a single
 process, so code that calls it runs unchanged without a launcher.
 
+:func:`init_from_environment` joins the launcher's processes (``freqlens run``
+calls it); :func:`on_main` lets rank 0 decide what every process must agree on.
 Collectives must be called by every process, in the same order: a function
 here that communicates says so. Tensors travel on the CPU, except under the
 NCCL backend, where they travel on the current CUDA device.
@@ -12,15 +14,20 @@ NCCL backend, where they travel on the current CUDA device.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
-from collections.abc import Sequence
+import pickle
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8)
+_T = TypeVar("_T")
 
 
 def _initialised() -> bool:
@@ -46,6 +53,108 @@ def world_size() -> int:
 def is_main() -> bool:
     """Whether this is rank 0, the process that writes files."""
     return rank() == 0
+
+
+def init_from_environment(device: str = "auto", *, argument: str = "model.device",
+                          timeout: timedelta | None = None) -> bool:
+    """Join the process group a launcher (``torchrun``, ``accelerate launch``) describes in the
+    environment, once per process; a no-op without a launcher or when already joined.
+
+    The launcher sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT`` in every process it starts. With ``WORLD_SIZE`` above 1 and no
+    process group yet, this initialises one: NCCL when ``device`` is CUDA (each
+    process on ``cuda:LOCAL_RANK``, made the current device, so that ``"auto"``
+    and ``"cuda"`` put every process on its own GPU), gloo on the CPU. The group
+    is torn down when the process exits (``torch.distributed`` cannot join a new
+    group in a process that left one, so it is kept for the process's lifetime:
+    a script may run several experiments in it).
+
+    Args:
+        device: where the model will run: ``"auto"`` (CUDA when available),
+            ``"cpu"``, ``"cuda"``; a device with an index (``"cuda:1"``) is
+            refused under a launcher, where every process takes its own GPU.
+        argument: the config key ``device`` came from, for error messages.
+        timeout: how long a collective waits for the other processes before it
+            fails (default: ``torch.distributed``'s, 30 minutes for gloo and
+            10 for NCCL). A process that fails makes the launcher stop the
+            others at once; the timeout bounds the wait where it cannot.
+
+    Returns:
+        Whether this process now takes part in a group of more than one process.
+
+    Raises:
+        ValueError: naming ``argument``, with more than one process: a device
+            other than ``"auto"``, ``"cpu"`` or ``"cuda"`` (also when the group
+            was set up elsewhere), or a CUDA device with fewer GPUs on this
+            machine than processes on it (``LOCAL_RANK`` has none).
+    """
+    if world_size() <= 1:
+        return False
+    if not isinstance(device, str) or device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"Expected `{argument}` to be 'auto', 'cpu' or 'cuda' under a launcher (every process "
+                         f"takes its own GPU, cuda:LOCAL_RANK) but got {device!r}.")
+    if _initialised():
+        return True
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        local, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= count:
+            raise ValueError(f"Expected a GPU for every process on this machine with `{argument}` = {device!r} "
+                             f"but this is process LOCAL_RANK={local} and the machine has {count}: start at most "
+                             f"{count} per machine (--nproc-per-node) or set `{argument}` = 'cpu'.")
+        torch.cuda.set_device(local)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+    atexit.register(_leave)
+    return is_distributed()
+
+
+def _leave() -> None:
+    if _initialised():
+        torch.distributed.destroy_process_group()
+
+
+def on_main(function: Callable[..., _T], *args, **kwargs) -> _T:
+    """Call ``function(*args, **kwargs)`` on rank 0 alone and return its result on every
+    process, or raise its error on every process (a collective).
+
+    For what must agree across processes but is measured or read by one
+    (a probe plan timed on the model, the state of an output folder): rank 0
+    decides and the others follow, so a refusal stops every process alike
+    instead of leaving some waiting in a collective. The result and the error
+    travel pickled (``torch.distributed.broadcast_object_list``); on rank 0
+    they are the originals. An error that cannot be pickled arrives as a
+    ``RuntimeError`` with its type and message. In a single process this is
+    ``function(*args, **kwargs)``.
+    """
+    if not is_distributed():
+        return function(*args, **kwargs)
+    if is_main():
+        try:
+            result = function(*args, **kwargs)
+        except Exception as error:
+            _broadcast_object((False, _portable(error)))
+            raise
+        _broadcast_object((True, result))
+        return result
+    done, value = _broadcast_object(None)
+    if not done:
+        raise value
+    return value
+
+
+def _broadcast_object(value):
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _portable(error: Exception) -> Exception:
+    """``error`` if it survives pickling, else a RuntimeError saying what it was."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except (pickle.PicklingError, TypeError, AttributeError, ValueError):  # what (un)pickling raises
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def barrier() -> None:
