@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from freqlens import distributed
 from freqlens.recording.storage import _atomic_write, write_json
 
 STATE = "state.pt"
@@ -234,3 +235,109 @@ def set_random_states(state: Mapping) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_out(out: Path, config, *, overwrite: bool,
+                 resume: bool) -> tuple[Checkpoint, bool]:
+    """Check ``out`` before anything is loaded; writes nothing.
+
+    ``resume`` checks the stored config against ``config``. Returns the
+    checkpoint directory and whether the run starts afresh (a new run,
+    ``overwrite``, or a resume of a run killed before its first epoch ended):
+    then :func:`start_out` replaces what is in ``out`` once every setting has
+    been checked, so a refused run leaves ``out`` as it was.
+
+    Under data-parallel training (a collective) rank 0 checks ``out`` and
+    every process gets its answer or its error, the checkpoint's training
+    state included (so a resumed process need not see rank 0's files).
+    """
+    return distributed.on_main(_prepare_out, out, config, overwrite=overwrite, resume=resume)
+
+
+def _prepare_out(out: Path, config, *, overwrite: bool, resume: bool) -> tuple[Checkpoint, bool]:
+    if overwrite and resume:
+        raise ValueError("Expected at most one of --overwrite and --resume (overwrite=, resume=) but got both.")
+    checkpoint = Checkpoint(out / "checkpoint")
+    held = [name for name in ("results.json", "trajectory/meta.json") if (out / name).is_file()]
+    if held and not (overwrite or resume):
+        raise FileExistsError(
+            f"Expected `--out` {out} to hold no run yet but it holds one ({', '.join(held)}); pass --overwrite "
+            "to replace it or --resume to continue it (from Python: the `overwrite` or `resume` argument)."
+        )
+    stored = checkpoint.read_config() if resume else None
+    if resume and stored is None and held:
+        finished = "results.json" in held
+        raise FileExistsError(
+            f"Expected a run to resume in `--out` {out} but "
+            + ("it is finished (results.json) and its checkpoint is gone" if finished else
+               f"it has no stored config ({checkpoint.directory / 'config.json'})")
+            + ": there is nothing to continue; pass --overwrite to run it again."
+        )
+    given = json.loads(json.dumps(config.to_dict(), default=str))
+    if stored is not None:  # a checkpoint of an earlier version: its keys in today's form first
+        stored = type(config).upgrade(stored) if hasattr(type(config), "upgrade") else stored
+        differing = _differing_keys(stored, given)
+        if differing:
+            raise ValueError(
+                f"Expected the config of the run in `--out` {out} for --resume but these keys differ "
+                f"(stored -> given): {'; '.join(differing)}. Resume with the stored config "
+                f"({checkpoint.directory / 'config.json'}) or pass --overwrite to start again."
+            )
+    if resume and checkpoint.state is None and (out / "results.json").is_file():
+        raise FileExistsError(f"Expected a run to resume in `--out` {out} but it is finished (results.json); "
+                              "pass --overwrite to run it again.")
+    return checkpoint, checkpoint.state is None or not resume
+
+
+#: What a finished run writes into ``out`` besides ``trajectory/`` (which the Recorder replaces) and the
+#: figures of :data:`freqlens.figures.FIGURES` (see :func:`run_outputs`).
+RUN_OUTPUTS = ("results.json", "report.html", "model")
+
+
+def run_outputs() -> tuple[str, ...]:
+    """Every file or folder name a finished run may hold besides ``trajectory/``: ``results.json``
+    first, the report, the saved model and each registered figure's PNG files."""
+    from freqlens.figures import FIGURES
+
+    return RUN_OUTPUTS + tuple(run.file for figure in FIGURES.values() for run in figure.run)
+
+
+def start_out(out: Path, config, identity: Mapping) -> Checkpoint:
+    """Clear ``out`` of an earlier run and store the config and data identity of this one.
+
+    ``results.json`` goes first, so that a run killed from here on is never
+    reported with the earlier run's metrics beside its own partial trajectory.
+    Under data-parallel training (a collective) rank 0 alone writes, and every
+    process gets the new (empty) checkpoint, or rank 0's error.
+    """
+    return distributed.on_main(_start_out, out, config, identity)
+
+
+def _start_out(out: Path, config, identity: Mapping) -> Checkpoint:
+    out.mkdir(parents=True, exist_ok=True)
+    for name in run_outputs():
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    checkpoint = Checkpoint(out / "checkpoint")
+    checkpoint.delete()
+    checkpoint = Checkpoint(out / "checkpoint")
+    checkpoint.write_config(json.loads(json.dumps(config.to_dict(), default=str)))
+    checkpoint.write_identity(identity)
+    return checkpoint
+
+
+
+
+def _differing_keys(stored: Mapping, given: Mapping, prefix: str = "") -> list[str]:
+    """``section.key (stored -> given)`` for every leaf that differs between two config dicts."""
+    differing = []
+    for key in sorted(set(stored) | set(given)):
+        a, b = stored.get(key, "<absent>"), given.get(key, "<absent>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            differing += _differing_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differing.append(f"{prefix}{key} ({a!r} -> {b!r})")
+    return differing

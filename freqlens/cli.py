@@ -30,6 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     from freqlens.experiment import run_experiment
 
     config = ExperimentConfig.from_toml(args.config, overrides=args.set)
+    # under torchrun / accelerate launch every process runs this; rank 0 writes and returns the results
     results = run_experiment(config, args.out, progress=not args.no_progress, overwrite=args.overwrite,
                              resume=args.resume, keep_checkpoint=args.keep_checkpoint)
     _print_summary(results, args.out)
@@ -92,7 +93,12 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if results["passed"] else 1
 
 
-def _print_summary(results: dict, out: str) -> None:
+def _print_summary(results: dict | None, out: str) -> None:
+    """What the run measured and wrote, on stdout (warnings on stderr); nothing for None, what
+    the processes other than rank 0 of a data-parallel run get, so that it is printed once."""
+    if results is None:
+        return
+
     def number(key: str) -> str:
         value = results.get(key)
         return "n/a" if value is None else f"{value:.3f}"
@@ -109,6 +115,26 @@ def _print_summary(results: dict, out: str) -> None:
           f"({timings['total_seconds']:.0f} s{share_text})")
     for warning in results.get("warnings", []):
         print(f"freqlens: warning: {warning}", file=sys.stderr)
+
+
+def _list_keys() -> int:
+    """Print ``section.key = default  # meaning`` for every setting ``freqlens run`` reads."""
+    from freqlens.config import list_settings
+
+    for setting in list_settings():
+        print(setting.line())
+    return 0
+
+
+class _ListKeys(argparse.Action):
+    """``freqlens run --list-keys``: list the settings and exit, before CONFIG and --out are required
+    (as ``--help`` does)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.exit(_list_keys())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoint", action="store_true",
                      help="keep --out/checkpoint/ (the last epoch's training state) after the run finishes")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--list-keys", action=_ListKeys,
+                     help="print every config key (section.key, nested tables such as defense.ga.mu included) "
+                          "with its default and meaning, and exit; CONFIG and --out are then not needed")
     run.set_defaults(handler=_run)
     report = commands.add_parser(
         "report",

@@ -45,8 +45,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from freqlens.analysis import SpectralAnalysis, analyse
-from freqlens.config import AnalysisConfig
+from freqlens.config import AnalysisConfig, ExperimentConfig
 from freqlens.data.identity import FIELDS as identity_fields
+from freqlens.figures import FIGURES
 from freqlens.recording.storage import load_trajectory
 from freqlens.report import STYLE, _table, figure_to_data_uri, render_value
 
@@ -224,6 +225,7 @@ def load_run(directory: str | Path) -> Run:
         results = {}  # (one replaced with --overwrite and killed): never shown as this recording's
     meta = trajectory.meta
     stored = results.get("config") or meta.get("config") or _checkpoint_config(directory)
+    stored = ExperimentConfig.upgrade(stored) if stored else stored  # an earlier version's keys in today's form
     config = _flatten(stored or {})
     try:
         analysis = analyse(trajectory, _analysis_config(results, config))
@@ -502,12 +504,15 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
                      view: str = "joint") -> dict[str, Path]:
     """Write ``report.html``, ``report.md``, ``runs.csv`` and ``figures/`` into ``out``.
 
-    Figures are named by group and kind, ``<group>_metrics``,
-    ``<group>_convergence_spectrum`` and ``<group>_<run>_<kind>`` (kinds
-    ``heatmap``, ``error_curves``, ``band_spectrum``, ``frequency_ratios``,
-    ``projection_spectrum``; names reduced to letters, digits, ``.``, ``-`` and
-    ``_``), each as PDF and PNG. Partial runs are marked in every table and
-    figure.
+    The figures are the rows of the figure table
+    (:data:`freqlens.figures.FIGURES`) with a ``compare`` input, named by group
+    and the row's ``compare_name``: per group ``<group>_metrics``,
+    ``<group>_speed_spectrum``, ``<group>_static_spectrum``,
+    ``<group>_convergence_spectrum``, per run ``<group>_<run>_<kind>`` (kinds
+    ``mode_heatmap``, ``heatmap``, ``error_curves``, ``band_spectrum``,
+    ``frequency_ratios``, ``projection_spectrum``), where they apply; names
+    reduced to letters, digits, ``.``, ``-`` and ``_``, each as PDF and PNG.
+    Partial runs are marked in every table and figure.
 
     Returns:
         The paths written, by kind.
@@ -578,7 +583,7 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
                            _html_table(header, table)]
             md += [f"### Convergence step per frequency band ({view} view; 0 = lowest band)", ""]
             md += _md_table(header, table) + [""]
-        for (*names, kind), caption, fig in _group_figures(group, members, view, plots):
+        for (*names, kind), caption, fig in _group_figures(group, members, view):
             stem = _unique_stem(names, used_stems, kind, prefix=group_stems[group])
             plots.save_figure(fig, figures_dir / stem)
             md.append(f"![{caption}](figures/{stem}.png)")
@@ -687,51 +692,59 @@ def _headed(fig, heading: str):
     return fig
 
 
-def _group_figures(group: str, members: Sequence[Run], view: str, plots) -> Iterator[tuple[tuple, str, object]]:
-    """(file-name parts, caption, figure) for a group's comparison figures and each run's figures,
-    each drawn when the caller asks for the next."""
-    analyses = {m.label: m.analysis for m in members}
-    records = [{"attack": group, "defense": m.label, "cacc": m.metric("cacc"), "asr": m.metric("asr"),
-                "false_trigger_rate": m.metric("false_trigger_rate")} for m in members]
+def _group_figures(group: str, members: Sequence[Run], view: str) -> Iterator[tuple[tuple, str, object]]:
+    """(file-name parts, caption, figure) for a group's figures, then each run's: the rows of the
+    figure table (:data:`freqlens.figures.FIGURES`) with a ``compare`` input, in table order, each
+    drawn when the caller asks for the next."""
     partial = [f"{m.label}: {m.partial.removeprefix('partial: ')}" for m in members if m.partial]
     mark = f" (partial runs, metrics missing: {'; '.join(partial)})" if partial else ""
-    measured = any(r[k] is not None for r in records for k in ("cacc", "asr", "false_trigger_rate"))
-    if measured:  # else: the table says what is missing
-        yield ("metrics",), f"CACC, ASR and false-trigger rate per run{mark}", plots.plot_defense_comparison(records)
-    complete = [m for m in members if m.analysis.modes is not None]
-    if complete:
-        by_configuration = {label: [m.analysis for m in runs if m.analysis.modes is not None]
-                            for label, runs in configurations(members).items()}
-        by_configuration = {k: v for k, v in by_configuration.items() if v}
-        several = any(len(v) > 1 for v in by_configuration.values())
-        yield (("speed_spectrum",),
-               "Learning-speed spectrum per eigenmode band, one line per configuration: "
-               + ("mean over seeds, band ± one standard deviation over seeds (one seed: its bootstrap interval)"
-                  if several else "band = the run's bootstrap interval over probe rows") + mark,
-               _headed(plots.plot_speed_spectrum(by_configuration), group))
-    static = next((m for m in members if m.analysis.static_spectra and m.defense == UNDEFENDED),
-                  next((m for m in members if m.analysis.static_spectra), None))
-    if static is not None:
-        yield (("static_spectrum",),
-               f"Static target spectrum of the probe sets (before training; from {static.label})",
-               _headed(plots.plot_static_spectrum(static.analysis), group))
-    yield (("convergence_spectrum",),
-           f"Convergence spectrum: steps to converge per frequency band, one line per probe set and run{mark}",
-           _headed(plots.plot_convergence_spectrum(analyses, view=view), group))
+    for row in FIGURES.values():
+        if row.compare is None or row.compare == "run":
+            continue
+        found = _group_input(row, group, members)
+        if found is None:
+            continue
+        data, fields = found
+        caption = row.compare_caption.format(**{"view": view, "mark": mark, "source": "", "spread": "", **fields})
+        fig = row.draw(data, **({"view": view} if row.compare_view else {}))
+        yield (row.compare_name,), caption, fig if row.compare == "metrics" else _headed(fig, group)
     for m in members:
         a = m.analysis
         v = view if view in a.curves else "separate"
         heading = f"{group}\n{m.label}" + (f": {m.partial.removeprefix('partial: ')}" if m.partial else "")
         caption = m.label + (f" [{m.partial}]" if m.partial else "")
-        draw = ((("mode_heatmap", "error per eigenmode band over training", lambda: plots.plot_mode_heatmap(a)),)
-                if a.modes is not None else ()) + (
-                ("heatmap", f"heat map ({v} view)", lambda: plots.plot_heatmaps(a, view=v)),
-                ("error_curves", "relative-error curves", lambda: plots.plot_error_curves(a, view=v)),
-                ("band_spectrum", "band spectrum over training", lambda: plots.plot_band_spectrum(a, view=v)),
-                ("frequency_ratios", "LFR / HFR over training", lambda: plots.plot_frequency_ratios(a, view=v)),
-                ("projection_spectrum", "projection spectrum", lambda: plots.plot_projection_spectrum(a)))
-        for kind, what, make in draw:  # drawn one at a time, as the caller saves and closes each
-            yield (m.label, kind), f"{caption}: {what}", _headed(make(), heading)
+        for row in FIGURES.values():  # drawn one at a time, as the caller saves and closes each
+            if row.compare != "run" or not row.applies(a):
+                continue
+            what = row.compare_caption.format(view=v, mark="", source=m.label, spread="")
+            yield ((m.label, row.compare_name), f"{caption}: {what}",
+                   _headed(row.draw(a, **({"view": v} if row.compare_view else {})), heading))
+
+
+def _group_input(row, group: str, members: Sequence[Run]) -> tuple[object, dict] | None:
+    """What a group figure of the table draws (by its ``compare`` input) and its caption's fields;
+    None where no run of the group has it (e.g. no metrics measured, no eigenmode spectrum)."""
+    if row.compare == "metrics":
+        records = [{"attack": group, "defense": m.label, "cacc": m.metric("cacc"), "asr": m.metric("asr"),
+                    "false_trigger_rate": m.metric("false_trigger_rate")} for m in members]
+        measured = any(r[k] is not None for r in records for k in ("cacc", "asr", "false_trigger_rate"))
+        return (records, {}) if measured else None  # else: the table says what is missing
+    if row.compare == "configurations":
+        by_configuration = {label: [m.analysis for m in runs if row.applies(m.analysis)]
+                            for label, runs in configurations(members).items()}
+        by_configuration = {k: v for k, v in by_configuration.items() if v}
+        if not by_configuration:
+            return None
+        several = any(len(v) > 1 for v in by_configuration.values())
+        spread = ("mean over seeds, band ± one standard deviation over seeds (one seed: its bootstrap interval)"
+                  if several else "band = the run's bootstrap interval over probe rows")
+        return by_configuration, {"spread": spread}
+    if row.compare == "one":
+        having = [m for m in members if row.applies(m.analysis)]
+        chosen = next((m for m in having if m.defense == UNDEFENDED), having[0] if having else None)
+        return None if chosen is None else (chosen.analysis, {"source": chosen.label})
+    analyses = {m.label: m.analysis for m in members if row.applies(m.analysis)}  # "runs"
+    return (analyses, {}) if analyses else None
 
 
 def _format(value) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from freqlens._checks import ArrayLike, to_numpy
+
+if TYPE_CHECKING:
+    from freqlens.data.splits import PoisonedDataset
 
 
 def _predictions(outputs: ArrayLike, name: str = "outputs") -> np.ndarray:
@@ -104,6 +107,19 @@ def evaluate_backdoor(probabilities: Callable[[Any], ArrayLike], dataset: Any) -
 
 #: A model that puts more than this share of clean test inputs in one class has collapsed to it.
 COLLAPSE_SHARE = 0.95
+
+
+def evaluate_model(model, tokenizer, dataset: PoisonedDataset, *, max_length: int,
+             batch_size: int = 128) -> dict[str, float]:
+    """Clean accuracy, attack success rate, false-trigger rate and net backdoor effect
+    (ASR minus false-trigger rate) on the test splits: :func:`evaluate_backdoor`
+    with ``model``'s probabilities (inputs tokenised to ``max_length``)."""
+    from freqlens.data.splits import encode
+    from freqlens.models import predict_proba
+
+    return evaluate_backdoor(
+        lambda split: predict_proba(model, encode(tokenizer, split, max_length), batch_size=batch_size),
+        dataset)
 
 
 def collapse_warning(metrics: dict) -> str | None:

@@ -7,11 +7,16 @@ import html
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from freqlens.analysis import SpectralAnalysis, mode_band_names
+from freqlens.figures import FIGURES
+from freqlens.spectral.eigenmodes import mode_band_names
+
+if TYPE_CHECKING:  # annotations only: freqlens.analysis uses this module's tables (no import cycle)
+    from freqlens.analysis import SpectralAnalysis
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;
@@ -236,3 +241,28 @@ def write_report(
     path = Path(path)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def write_run_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
+                  metrics: Mapping[str, float], details: Mapping, warnings: Sequence[str] = ()) -> None:
+    """Write the figures (PNG, 130 dpi) and ``report.html`` of a run into ``out``.
+
+    The figures are the ``run`` files of every row of the figure table
+    (:data:`freqlens.figures.FIGURES`) that applies to ``analysis``, in table
+    order: the learning-speed spectrum, the eigenmode heat map and the static
+    target spectrum where the run has clean and backdoor probe sets, then the
+    paper's heat maps (``heatmap.png`` joint view, ``heatmap_separate.png``)
+    and the error curves (``curves.png``); the report shows them in that order
+    with the rows' captions.
+    """
+    figures = {}
+    for row in FIGURES.values():
+        if row.run and row.applies(analysis):
+            for entry in row.run:
+                figures[entry.file] = (entry.caption, row.draw(analysis, **entry.options))
+    for name, (_, fig) in figures.items():
+        fig.savefig(out / name, dpi=130)
+    figures = {caption: fig for caption, fig in figures.values()}
+    write_report(out / "report.html", title=title, analysis=analysis, metrics=metrics,
+                 figures=figures, details=details, warnings=warnings)
+    plt.close("all")

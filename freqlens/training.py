@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -49,6 +50,13 @@ class TrainResult:
     epoch_scores: list[float] = field(default_factory=list)  # the selector's score after each epoch
     best_epoch: int | None = None  # the epoch (1-based) whose weights were kept, when selecting
     alignment: dict | None = None  # per-step gradient-alignment log (branch, cosine, ...)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators (the start of every ``freqlens run``)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, accumulation_steps: int = 1) -> int:

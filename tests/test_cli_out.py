@@ -33,9 +33,9 @@ def _nothing_runs(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("work started before --out was checked")
 
-    for name in ("load_dataset", "load_model", "train_and_analyse"):
+    for name in ("load_experiment", "load_model", "record_and_analyse"):
         monkeypatch.setattr(freqlens.experiment, name, fail)
-    monkeypatch.setattr(freqlens.demo.run, "train_and_analyse", fail)
+    monkeypatch.setattr(freqlens.demo.run, "record_and_analyse", fail)
 
 
 def test_run_into_a_used_out_names_the_flags_before_loading(used_out, config_file, monkeypatch, capsys):

@@ -17,6 +17,7 @@ from freqlens.compare import (
     RunError,
     comparison_rows,
     config_differences,
+    configurations,
     load_run,
     load_runs,
     seed_summary,
@@ -182,7 +183,7 @@ def _ob_config(path="/data/poison_data/sst-2/1/addsent", *, train=OB_TRAIN, targ
                max_eval=None, defense="vanilla", seed=0, lr=4e-5, epochs=2, model="minilm", fmt="openbackdoor",
                attack="none", rate=0.1):
     """A config as `freqlens run` stores it (ExperimentConfig.to_dict())."""
-    defense_section = {"name": defense, **({"lora_r": 8} if defense == "lora" else {})}
+    defense_section = {"name": defense, **({"lora": {"r": 8}} if defense == "lora" else {})}
     return ExperimentConfig.from_dict({
         "model": {"name": model}, "data": {"path": path, "train": train, "target_label": target,
                                            "max_train": max_train, "max_eval": max_eval, "format": fmt},
@@ -280,7 +281,7 @@ def test_openbackdoor_layout_two_datasets_one_attack_name(runs, tmp_path, monkey
 
     import freqlens.compare as compare
 
-    def one_figure_each(group, members, view, plots):  # the names, without drawing the real figures
+    def one_figure_each(group, members, view):  # the names, without drawing the real figures
         return [(("convergence_spectrum",), "c", plt.figure())] + [
             ((m.label, "heatmap"), m.label, plt.figure()) for m in members]
 
@@ -678,3 +679,32 @@ def test_the_report_says_who_is_learned_first_with_intervals(report):
     assert table[0].startswith("| run | widths: backdoor / clean first / unresolved |")
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
     assert set(rows) == {"vanilla", "muscle"} and all(" of " in line for line in rows.values())
+
+
+def _flat_defense(config: dict) -> dict:
+    """``config`` as freqlens stored it before the defense settings were nested (``defense.ga_mu``)."""
+    from freqlens.defenses.registry import FLAT_KEYS
+
+    section = config["defense"]
+    flat = {k: v for k, v in section.items() if not isinstance(v, dict) and k != "options"}
+    for old, new in FLAT_KEYS.items():
+        table, _, key = new.partition(".")
+        flat[old] = section[table][key]
+    return {**config, "defense": flat}
+
+
+def test_report_reads_runs_stored_with_the_flat_defense_keys_of_earlier_versions(runs, tmp_path):
+    """An earlier version's results.json (`defense.ga_mu`, `defense.lora_r`, ...) is read with its keys
+    nested, so its run is one configuration with a run of this version with the same settings."""
+    old = _flat_defense(_ob_config(seed=0, defense="muscle"))
+    assert "ga_mu" in old["defense"] and "ga" not in old["defense"]
+    dirs = [_variant(runs, tmp_path, "vanilla", _ob_config(seed=0), asr=1.0),
+            _variant(runs, tmp_path, "old", old, asr=0.2),
+            _variant(runs, tmp_path, "new", _ob_config(seed=1, defense="muscle"), asr=0.3)]
+    loaded, problems = load_runs(dirs)
+    assert not problems
+    by_name = {run.directory.name: run for run in loaded}
+    assert by_name["old"].config["defense.ga.mu"] == 0.1 and "defense.ga_mu" not in by_name["old"].config
+    assert by_name["old"].config == {**by_name["new"].config, "train.seed": 0}
+    found = configurations([by_name["old"], by_name["new"]])
+    assert list(found) == ["muscle"] and len(found["muscle"]) == 2

@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 import transformers
 
-import freqlens.experiment as experiment
-from freqlens.config import ExperimentConfig, ModelConfig
-from freqlens.experiment import load_model
+import freqlens.models.loading as experiment
+from freqlens.models.loading import ModelConfig, load_model
 
 
-def _config(name: str) -> ExperimentConfig:
-    return ExperimentConfig(model=ModelConfig(name=name, device="cpu"))
+def _config(name: str) -> ModelConfig:
+    return ModelConfig(name=name, device="cpu")
 
 
 @pytest.fixture

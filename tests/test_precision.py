@@ -19,12 +19,12 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from freqlens.config import ExperimentConfig, ModelConfig
-from freqlens.defenses import DefenseConfig, fit_defense, prepare_model
-from freqlens.demo.model import make_tokenizer
-from freqlens.experiment import load_model
-from freqlens.models import compute_dtype, predict_proba, set_compute_dtype
+from freqlens.config import ModelConfig
+from freqlens.defenses import DefenseConfig, fit_defense, make_defense, prepare_model
 from freqlens.defenses.registry import DEFENSES
+from freqlens.demo.model import make_tokenizer
+from freqlens.models import compute_dtype, predict_proba, set_compute_dtype
+from freqlens.models.loading import load_model
 from freqlens.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/defenses/helpers.py
@@ -77,7 +77,7 @@ def bert_folder(tmp_path_factory):
 
 
 def _load(folder, dtype: str):
-    config = ExperimentConfig(model=ModelConfig(name=str(folder), dtype=dtype, device="cpu"))
+    config = ModelConfig(name=str(folder), dtype=dtype, device="cpu")
     torch.manual_seed(0)  # the same weights whatever the dtype
     return load_model(config)
 
@@ -246,7 +246,7 @@ def test_a_learning_rate_too_high_stops_every_defense(defense):
     config = DefenseConfig(name=defense, lr=1e30)
     prepared = prepare_model(build("bert"), config)
     encodings, labels = _encodings(100), _labels()
-    reference = (_encodings(100, n=16, seed=5), _labels(16)) if config.spec.needs_reference else None
+    reference = (_encodings(100, n=16, seed=5), _labels(16)) if make_defense(config).needs_reference else None
     with pytest.raises(FloatingPointError, match=r"at step 2 .*learning rate too high \(1e\+30"):
         fit_defense(prepared.model, encodings, labels.numpy(), config, TrainConfig(epochs=3, batch_size=16, lr=1e30),
                     reference=reference, selector=None, progress=False)

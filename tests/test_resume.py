@@ -87,7 +87,7 @@ def kill_at(monkeypatch):
 @pytest.fixture
 def no_figures(monkeypatch):
     """The figures and report take most of a tiny run's time and are not what is tested here."""
-    monkeypatch.setattr(freqlens.experiment, "write_outputs", lambda *args, **kwargs: None)
+    monkeypatch.setattr(freqlens.experiment, "write_run_outputs", lambda *args, **kwargs: None)
 
 
 @pytest.mark.slow
@@ -120,13 +120,13 @@ def test_resume_ends_as_the_uninterrupted_run(tmp_path, kill_at, no_figures, def
 def test_resume_after_the_last_checkpoint_only_evaluates_and_analyses(tmp_path, no_figures, monkeypatch):
     config = ExperimentConfig.from_toml(_experiment(tmp_path, "lora", epochs=2))
     run_experiment(config, tmp_path / "whole", progress=False)
-    evaluate = freqlens.experiment.evaluate
+    evaluate = freqlens.experiment.evaluate_model
 
     def killed(*args, **kwargs):  # training and its last checkpoint are done; results.json is not
-        monkeypatch.setattr(freqlens.experiment, "evaluate", evaluate)
+        monkeypatch.setattr(freqlens.experiment, "evaluate_model", evaluate)
         raise Killed("killed while evaluating")
 
-    monkeypatch.setattr(freqlens.experiment, "evaluate", killed)
+    monkeypatch.setattr(freqlens.experiment, "evaluate_model", killed)
     with pytest.raises(Killed):
         run_experiment(config, tmp_path / "resumed", progress=False)
     results = run_experiment(config, tmp_path / "resumed", progress=False, resume=True)
@@ -299,3 +299,37 @@ def test_sigkill_at_a_random_step_then_resume_matches_the_uninterrupted_run(tmp_
     (resumed_at,) = results["resumed_at_steps"]  # the end of the last epoch finished before the kill
     assert resumed_at % per_epoch == 0 and per_epoch <= resumed_at <= killed_at, (target, killed_at, resumed_at)
     _same_run(out, tmp_path / "whole")
+
+
+def _as_an_earlier_version_stored_it(config: dict, **defense) -> dict:
+    """``config`` (JSON form) with the flat defense keys of earlier versions and no ``attack.options``."""
+    from freqlens.defenses.registry import FLAT_KEYS
+
+    old = json.loads(json.dumps(config))
+    nested = old["defense"]
+    for flat, dotted in FLAT_KEYS.items():
+        table, _, name = dotted.partition(".")
+        if isinstance(nested.get(table), dict) and name in nested[table]:
+            old["defense"][flat] = nested[table][name]
+    for flat, dotted in FLAT_KEYS.items():
+        old["defense"].pop(dotted.partition(".")[0], None)
+    old["defense"].update(defense)
+    old["attack"].pop("options")
+    return old
+
+
+def test_resume_reads_a_checkpoint_of_an_earlier_version_in_todays_form(tmp_path):
+    """A checkpoint stored with flat defense keys (``ga_mu``) and without later settings (``attack.options``)
+    resumes under today's config with the same settings, and a setting that differs is named in today's words."""
+    from freqlens.checkpoint import prepare_out, start_out
+
+    config = ExperimentConfig.from_dict({"defense": {"name": "ga", "ga": {"mu": 0.2}}})
+    out = tmp_path / "run"
+    checkpoint = start_out(out, config, identity={})
+    stored = json.loads((checkpoint.directory / "config.json").read_text())
+    (checkpoint.directory / "config.json").write_text(json.dumps(_as_an_earlier_version_stored_it(stored)))
+    assert "ga_mu" in json.loads((checkpoint.directory / "config.json").read_text())["defense"]
+    prepare_out(out, config, overwrite=False, resume=True)  # the same settings: no difference
+    (checkpoint.directory / "config.json").write_text(json.dumps(_as_an_earlier_version_stored_it(stored, ga_mu=0.3)))
+    with pytest.raises(ValueError, match=r"defense\.ga\.mu \(0\.3 -> 0\.2\)$|defense\.ga\.mu \(0\.3 -> 0\.2\)\."):
+        prepare_out(out, config, overwrite=False, resume=True)

@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from freqlens.cli import main
-from freqlens.experiment import resolve_model_name
+from freqlens.models.loading import resolve_model_name
 from tests.models import save_tiny_bert, write_clean_csvs
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst-2"
@@ -208,8 +208,8 @@ num_widths = 3
 @pytest.mark.parametrize(
     ("setting", "match"),
     [
-        ('mslr_target = "bert.embeddings.LayerNorm"\nreference_size = 8', "nn.Linear"),
-        ("reference_size = 256", "`reference_size` below the 40 dev-clean examples"),
+        ('reference_size = 8\n[defense.mslr]\ntarget = "bert.embeddings.LayerNorm"', "nn.Linear"),
+        ("reference_size = 256", "`defense.reference_size` below the 40 dev-clean examples"),
     ],
 )
 def test_a_bad_defense_setting_fails_before_training(tmp_path, capsys, setting, match):
@@ -259,12 +259,14 @@ def test_an_overwritten_run_that_dies_is_never_reported_with_the_earlier_metrics
     assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
     assert load_run(out).metric("cacc") is not None
 
-    def dies(model, *args, recorder=None, **kwargs):
+    def dies(defense, model, *args, recorder=None, **kwargs):
         recorder.start(model, total_steps=4)
         recorder.step(2)
         raise KeyboardInterrupt  # as a kill would, after two snapshots
 
-    monkeypatch.setattr(experiment, "fit_defense", dies)
+    from freqlens.defenses.plain import Vanilla
+
+    monkeypatch.setattr(Vanilla, "fit", dies)
     with pytest.raises(KeyboardInterrupt):
         experiment.run_experiment(experiment.ExperimentConfig.from_toml(config), out, progress=False,
                                   overwrite=True)
@@ -308,7 +310,7 @@ input_spaces = ["flattened", "hidden:99"]
 
 
 def test_the_recording_warning_follows_the_measured_share_not_the_plan():
-    from freqlens.experiment import _recording_warning
+    from freqlens.recording.plan import recording_warning as _recording_warning
 
     plan = {"size": 128, "expected_share": 0.3}
     stored = {"plan": plan, "warning": "Recording is expected to take 30% of the wall time, above the 20% budget"}
@@ -318,3 +320,22 @@ def test_the_recording_warning_follows_the_measured_share_not_the_plan():
     coarse = {"plan": {"size": 16, "expected_share": 0.1}, "warning": "Probe sets of 16 examples give a coarse spectrum"}
     assert _recording_warning(coarse, 0.05, 0.2) == coarse["warning"]
     assert _recording_warning({"plan": None, "warning": None}, 0.5, 0.2) is None  # a fixed probe size
+
+
+def test_starting_over_removes_every_output_of_the_earlier_run(tmp_path):
+    """--overwrite clears each figure of the figure table (not only the original three PNGs), so
+    a new run that draws fewer figures never sits beside the earlier run's."""
+    from freqlens.checkpoint import run_outputs, start_out
+    from freqlens.config import ExperimentConfig
+    from freqlens.figures import FIGURES
+
+    out = tmp_path / "run"
+    out.mkdir()
+    files = [run.file for figure in FIGURES.values() for run in figure.run]
+    assert {"speed_spectrum.png", "mode_heatmap.png", "static_spectrum.png", "heatmap.png"} <= set(files)
+    for name in ("results.json", "report.html", *files):
+        (out / name).write_text("earlier run")
+    (out / "notes.txt").write_text("the user's")
+    start_out(out, ExperimentConfig(), identity={})
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "notes.txt"]
+    assert run_outputs()[0] == "results.json"  # removed first: a killed start never shows earlier metrics

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from freqlens._checks import check_positive_int
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -147,6 +150,14 @@ def cap(split: Split, n: int | None, *, seed: int = 0) -> Split:
     """
     index = _cap_index(split, n, seed)
     return split if index is None else split.subset(index)
+
+
+def encode(tokenizer, split: Split, max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenise a split's texts with a Hugging Face ``tokenizer``, padded and truncated to
+    ``max_length`` tokens (one length for all examples): a dict of (N, max_length) tensors."""
+    encoded = tokenizer(split.texts, padding="max_length", truncation=True, max_length=max_length,
+                        return_tensors="pt")
+    return dict(encoded)
 
 
 def _check_labels(split: Split, name: str, num_classes: int) -> None:
@@ -290,7 +301,8 @@ class PoisonedDataset:
         return replace(self, **changes, info=info)
 
 
-def split_reference(dataset: PoisonedDataset, size: int, *, seed: int = 0) -> tuple[PoisonedDataset, Split]:
+def split_reference(dataset: PoisonedDataset, size: int, *, seed: int = 0,
+                    argument: str = "reference_size") -> tuple[PoisonedDataset, Split]:
     """Take a clean reference set of ``size`` random dev-clean examples out of ``dataset``.
 
     Gradient alignment trains along this set's gradient; it leaves dev-clean,
@@ -307,13 +319,14 @@ def split_reference(dataset: PoisonedDataset, size: int, *, seed: int = 0) -> tu
     Raises:
         ValueError: if ``size`` is not an integer >= 1, dev-clean has no more
             than ``size`` examples (some must stay for probes and selection),
-            or fewer than ``size`` of them have a text in no test split.
+            or fewer than ``size`` of them have a text in no test split; each naming
+            ``argument`` (``defense.reference_size`` in ``freqlens run``).
     """
-    check_positive_int(size, "reference_size")
+    check_positive_int(size, argument)
     clean = dataset.dev_clean
     if len(clean) <= size:
         raise ValueError(
-            f"Expected `reference_size` below the {len(clean)} dev-clean examples of {dataset.name or 'the dataset'} "
+            f"Expected `{argument}` below the {len(clean)} dev-clean examples of {dataset.name or 'the dataset'} "
             f"but got {size}."
         )
     scored = set()
@@ -324,7 +337,7 @@ def split_reference(dataset: PoisonedDataset, size: int, *, seed: int = 0) -> tu
     eligible = np.array([normalize_text(text) not in scored for text in clean.texts], bool)
     if int(eligible.sum()) < size:
         raise ValueError(
-            f"Expected at least `reference_size`={size} dev-clean examples of "
+            f"Expected at least `{argument}`={size} dev-clean examples of "
             f"{dataset.name or 'the dataset'} whose text is in no test split (a reference example "
             f"must never be scored) but only {int(eligible.sum())} of {len(clean)} are."
         )

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from freqlens.config import AnalysisConfig, RecordConfig
+from freqlens.analysis import AnalysisConfig
 from freqlens.demo.model import make_model, make_tokenizer
 from freqlens.demo.task import TaskConfig, make_task
-from freqlens.experiment import train_and_analyse
+from freqlens.experiment import Setup, record_and_analyse
+from freqlens.recording.plan import RecordConfig
 from freqlens.training import TrainConfig
 
 
@@ -73,14 +75,10 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress: boo
     tokenizer = make_tokenizer()
     model = make_model(len(tokenizer), hidden_size=config.hidden_size, layers=config.layers,
                        heads=config.heads, max_length=config.max_length, seed=config.train.seed)
-    return train_and_analyse(
-        model, tokenizer, task, out,
-        train_config=config.train,
-        record=RecordConfig(schedule=f"log:{config.snapshots}", probe_size=config.probe_size),
-        analysis_config=AnalysisConfig(num_widths=config.num_widths, threshold=config.threshold),
-        max_length=config.max_length,
-        title="freqlens demo: a rare-token backdoor in a tiny BERT",
-        info={"config": asdict(config), "dataset": {"name": task.name, **task.info}},
-        progress=progress,
-        overwrite=overwrite,
-    )
+    sections = SimpleNamespace(
+        train=config.train, record=RecordConfig(schedule=f"log:{config.snapshots}", probe_size=config.probe_size),
+        analysis=AnalysisConfig(num_widths=config.num_widths, threshold=config.threshold))
+    setup = Setup(model, tokenizer, task, config.max_length,
+                  title="freqlens demo: a rare-token backdoor in a tiny BERT",
+                  info={"config": asdict(config), "dataset": {"name": task.name, **task.info}})
+    return record_and_analyse(setup, out, sections, progress=progress, overwrite=overwrite)

@@ -15,10 +15,15 @@ import pytest
 
 from freqlens.config import DataConfig, ExperimentConfig
 from freqlens.data import AddSent, CleanDataset, PoisonedDataset, load_hf_dataset, poison
+from freqlens.data.experiment import load_experiment
 from freqlens.data.splits import split_reference
-from freqlens.experiment import load_dataset
 
 datasets = pytest.importorskip("datasets", reason="the `datasets` package (freqlens[hf]) is not installed")
+
+
+def load_dataset(config: ExperimentConfig):
+    """The poisoned experiment of ``config``, loaded as ``freqlens run`` loads it."""
+    return load_experiment(config.data, config.attack, seed=config.train.seed)
 
 
 def split_of(name: str, n: int, hidden: bool = False):
