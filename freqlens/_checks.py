@@ -6,6 +6,8 @@ one clear message: the argument's name, what was expected and what came.
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -185,3 +187,32 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"Expected `{name}` to be an integer >= {minimum} but got {value!r}.")
     return int(value)
+
+
+#: ``package.module:attribute`` (the attribute may be dotted): how a config names a user's own code.
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def import_object(path: str, argument: str) -> Any:
+    """The object an import path ``"package.module:attribute"`` names (see :data:`IMPORT_PATH`).
+
+    Args:
+        path: the import path, as the user wrote it.
+        argument: the config key or argument it came from, for errors.
+
+    Raises:
+        ValueError: naming ``argument``, when the module cannot be imported
+            (whatever it raised on import is quoted) or has no such attribute.
+    """
+    module_name, _, attribute = path.partition(":")
+    try:
+        target = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - a user's module may raise anything on import
+        raise ValueError(f"Expected `{argument}` {path!r} to name an importable module but {module_name!r} "
+                         f"cannot be imported ({type(error).__name__}: {error}).") from error
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"Expected `{argument}` {path!r} to name an attribute of module {module_name!r} "
+                             f"but it has no {attribute!r}.")
+        target = getattr(target, part)
+    return target

@@ -97,7 +97,14 @@ def test_a_defense_named_by_its_import_path_is_imported_and_registered(example, 
     assert type(make_defense(config.defense)).__name__ == "LabelSmoothing"
     assert config.defense.options.smoothing == 0.2
     path.write_text('[defense]\nname = "label_smoothing:NoSuchClass"\n')
-    with pytest.raises(ValueError, match=r"`defense\.name` 'label_smoothing:NoSuchClass' to name a subclass"):
+    with pytest.raises(ValueError, match=r"`defense\.name` 'label_smoothing:NoSuchClass' .* has no 'NoSuchClass'"):
+        ExperimentConfig.from_toml(path)
+    path.write_text('[defense]\nname = "label_smoothing:LabelSmoothingOptions"\n')  # a class, not a Defense
+    with pytest.raises(ValueError, match=r"`defense\.name` .* to name a subclass of freqlens.defenses.Defense"):
+        ExperimentConfig.from_toml(path)
+    (tmp_path / "broken_defense.py").write_text("raise RuntimeError('broken on import')\n")
+    path.write_text('[defense]\nname = "broken_defense:Anything"\n')  # any error on import is named
+    with pytest.raises(ValueError, match=r"`defense\.name` .* cannot be imported \(RuntimeError: broken on import\)"):
         ExperimentConfig.from_toml(path)
 
 

@@ -342,34 +342,30 @@ class AddSent(Attack):
 
 
 @dataclass(frozen=True)
-class StyleBkd(Attack):
-    """Text-style trigger (Qi et al., 2021, "Mind the Style of Text!"): a paraphrase in a style.
+class ParaphraseAttack(Attack):
+    """A paraphrase attack known here only by name, for OpenBackdoor folders made with it.
 
-    Known here only by name, for OpenBackdoor folders made with it: freqlens
-    has no generator (``generates`` False: :func:`poison` refuses it) and no
-    trigger to remove (control sets are the clean sources).
+    freqlens has no generator for it (``generates`` False: :func:`poison`
+    refuses it) and no trigger to remove (control sets are the clean sources).
 
     Args:
         clean_label: whether the folder's training file is clean-label.
     """
 
     clean_label: bool = False
+
+
+@dataclass(frozen=True)
+class StyleBkd(ParaphraseAttack):
+    """Text-style trigger (Qi et al., 2021, "Mind the Style of Text!"): a paraphrase in a style."""
+
     name: ClassVar[str] = "stylebkd"
 
 
 @dataclass(frozen=True)
-class SynBkd(Attack):
-    """Syntactic trigger (Qi et al., 2021, "Hidden Killer"): a paraphrase with a fixed syntax.
+class SynBkd(ParaphraseAttack):
+    """Syntactic trigger (Qi et al., 2021, "Hidden Killer"): a paraphrase with a fixed syntax."""
 
-    Known here only by name, for OpenBackdoor folders made with it: freqlens
-    has no generator (``generates`` False: :func:`poison` refuses it) and no
-    trigger to remove (control sets are the clean sources).
-
-    Args:
-        clean_label: whether the folder's training file is clean-label.
-    """
-
-    clean_label: bool = False
     name: ClassVar[str] = "synbkd"
 
 

@@ -26,7 +26,6 @@ their family's module (:mod:`~freqlens.defenses.plain`,
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from freqlens._checks import check_positive_int
+from freqlens._checks import IMPORT_PATH, check_positive_int, import_object
 from freqlens.defenses.adapters import DefendedLayout, _base_model, check_input_length
 from freqlens.defenses.placement import mslr_layers
 from freqlens.training import TrainConfig, TrainResult, train
@@ -290,27 +289,17 @@ def defense_class(name: str) -> type[Defense]:
     """
     if isinstance(name, str) and name in _REGISTRY:
         return _REGISTRY[name]
-    if isinstance(name, str) and _IMPORT.match(name):
-        import importlib
-
-        module_name, _, attribute = name.partition(":")
-        try:
-            target = importlib.import_module(module_name)
-        except ImportError as error:
-            raise ValueError(f"Expected `defense.name` {name!r} to name an importable module but {module_name!r} "
-                             f"cannot be imported ({error}).") from error
-        for part in attribute.split("."):
-            target = getattr(target, part, None)
+    if isinstance(name, str) and IMPORT_PATH.match(name):
+        target = import_object(name, "defense.name")
         if not (isinstance(target, type) and issubclass(target, Defense)):
             raise ValueError(f"Expected `defense.name` {name!r} to name a subclass of freqlens.defenses.Defense "
-                             f"but {module_name!r} has no such class {attribute!r}.")
+                             f"but it names {target!r}.")
         register_defense(name, target)
         return target
     raise ValueError(f"Expected `defense.name` to be one of {tuple(_REGISTRY)} (or `module:Class` naming a "
                      f"Defense subclass) but got {name!r}.")
 
 
-_IMPORT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def make_defense(config: DefenseConfig) -> Defense:

@@ -39,7 +39,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from freqlens._checks import IMPORT_PATH, import_object
 from freqlens.models import (
     embedding_inputs,
     eval_mode,
@@ -66,7 +66,6 @@ DEFAULT_INPUT_SPACES = (FLATTENED, MEAN_POOLED, "hidden:-1")
 
 SpaceFunction = Callable[[nn.Module, Mapping[str, torch.Tensor]], "np.ndarray"]
 _HIDDEN = re.compile(r"^hidden:([+-]?\d+)$")
-_IMPORT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _REGISTERED: dict[str, SpaceFunction] = {}
 
 
@@ -207,18 +206,11 @@ def resolve_input_space(name: str, *, argument: str = "input_spaces") -> InputSp
         return InputSpace(name, HIDDEN, layer=int(hidden.group(1)))
     if name in _REGISTERED:
         return InputSpace(name, "function", function=_REGISTERED[name])
-    if _IMPORT.match(name) and not name.startswith(f"{HIDDEN}:"):
-        module_name, _, attribute = name.partition(":")
-        try:
-            target = importlib.import_module(module_name)
-        except ImportError as error:
-            raise ValueError(f"Expected `{argument}` entry {name!r} to name an importable module but "
-                             f"{module_name!r} cannot be imported ({error}).") from error
-        for part in attribute.split("."):
-            target = getattr(target, part, None)
+    if IMPORT_PATH.match(name) and not name.startswith(f"{HIDDEN}:"):
+        target = import_object(name, argument)
         if not callable(target):
             raise ValueError(f"Expected `{argument}` entry {name!r} to name a function (model, encodings) -> "
-                             f"(N, D) but {module_name!r} has no callable {attribute!r}.")
+                             f"(N, D) but it names {target!r}.")
         return InputSpace(name, "function", function=target)
     raise ValueError(f"Expected each of `{argument}` to be {_choices()} but got {name!r}.")
 

@@ -160,7 +160,7 @@ def test_a_registered_function_and_an_import_string(tmp_path, monkeypatch):
     ("flattened", r"non-empty list"),
     (["flattened", "flattened"], r"each input space once but \['flattened'\]"),
     (["no_such_module_here:fn"], r"'no_such_module_here' cannot be imported"),
-    (["json:no_such_function"], r"no callable 'no_such_function'"),
+    (["json:no_such_function"], r"has no 'no_such_function'"),
 ])
 def test_bad_space_names_are_refused_naming_the_argument(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
