@@ -584,6 +584,10 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
             md += [f"### Convergence step per frequency band ({view} view; 0 = lowest band)", ""]
             md += _md_table(header, table) + [""]
         for (*names, kind), caption, fig in _group_figures(group, members, view):
+            if isinstance(fig, str):  # a figure that could not be drawn: its note in its place
+                md.append(f"*{caption}: the {fig}.*")
+                html_parts.append(f'<p class="warning">{html.escape(caption)}: the {html.escape(fig)}.</p>')
+                continue
             stem = _unique_stem(names, used_stems, kind, prefix=group_stems[group])
             plots.save_figure(fig, figures_dir / stem)
             md.append(f"![{caption}](figures/{stem}.png)")
@@ -693,7 +697,8 @@ def _headed(fig, heading: str):
 
 
 def _group_figures(group: str, members: Sequence[Run], view: str) -> Iterator[tuple[tuple, str, object]]:
-    """(file-name parts, caption, figure) for a group's figures, then each run's: the rows of the
+    """(file-name parts, caption, figure or the note of one that could not be drawn) for a group's
+    figures, then each run's: the rows of the
     figure table (:data:`freqlens.figures.FIGURES`) with a ``compare`` input, in table order, each
     drawn when the caller asks for the next."""
     partial = [f"{m.label}: {m.partial.removeprefix('partial: ')}" for m in members if m.partial]
@@ -706,8 +711,8 @@ def _group_figures(group: str, members: Sequence[Run], view: str) -> Iterator[tu
             continue
         data, fields = found
         caption = row.compare_caption.format(**{"view": view, "mark": mark, "source": "", "spread": "", **fields})
-        fig = row.draw(data, **({"view": view} if row.compare_view else {}))
-        yield (row.compare_name,), caption, fig if row.compare == "metrics" else _headed(fig, group)
+        fig, note = row.draw_or_note(data, **({"view": view} if row.compare_view else {}))
+        yield (row.compare_name,), caption, note or (fig if row.compare == "metrics" else _headed(fig, group))
     for m in members:
         a = m.analysis
         v = view if view in a.curves else "separate"
@@ -717,8 +722,8 @@ def _group_figures(group: str, members: Sequence[Run], view: str) -> Iterator[tu
             if row.compare != "run" or not row.applies(a):
                 continue
             what = row.compare_caption.format(view=v, mark="", source=m.label, spread="")
-            yield ((m.label, row.compare_name), f"{caption}: {what}",
-                   _headed(row.draw(a, **({"view": v} if row.compare_view else {})), heading))
+            fig, note = row.draw_or_note(a, **({"view": v} if row.compare_view else {}))
+            yield (m.label, row.compare_name), f"{caption}: {what}", note or _headed(fig, heading)
 
 
 def _group_input(row, group: str, members: Sequence[Run]) -> tuple[object, dict] | None:

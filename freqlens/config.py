@@ -40,7 +40,7 @@ from typing import Any
 
 from freqlens.analysis import AnalysisConfig
 from freqlens.data.experiment import DATA_FORMATS, AttackConfig, DataConfig  # noqa: F401 (re-exported)
-from freqlens.defenses.registry import DEFENSES, DefenseConfig  # noqa: F401 (re-exported)
+from freqlens.defenses.registry import DEFENSES, DefenseConfig
 from freqlens.models.loading import MODEL_DTYPES, ModelConfig  # noqa: F401 (re-exported)
 from freqlens.recording.plan import RecordConfig
 from freqlens.settings import Setting, apply_override, build, describe
@@ -128,7 +128,8 @@ class ExperimentConfig:
         (:func:`~freqlens.defenses.registry.nest_flat_keys`) and each section that still builds
         completed with today's defaults (e.g. ``attack.options``), so a run of an earlier version
         groups with, and resumes as, one of this version with the same settings. A section that no
-        longer builds (a defense not registered here) is kept as stored; nothing is ever refused.
+        longer builds, or whose defense is not registered here (a ``module:Class`` name is never
+        imported to read a run), is kept as stored; nothing is ever refused.
         """
         from freqlens.defenses.registry import nest_flat_keys
 
@@ -137,6 +138,8 @@ class ExperimentConfig:
             upgraded["defense"] = nest_flat_keys(upgraded["defense"])
         for section in fields(cls):
             values = upgraded.get(section.name)
+            if section.name == "defense" and isinstance(values, Mapping) and values.get("name") not in DEFENSES:
+                continue  # never import the code a stored `module:Class` names just to read a run
             if isinstance(values, Mapping):
                 try:
                     built = _build_section(section.default_factory().__class__, section.name, values)

@@ -184,8 +184,8 @@ def record_and_analyse(setup: Setup, out: Path, sections, *, fit: Callable | Non
                "analysis": analysis.to_dict(), "timings": timings, "probes": probing, "warnings": warnings}
     if trajectory.meta.get("resumed"):  # the steps a killed run was resumed at (freqlens run --resume)
         results["resumed_at_steps"] = [entry["step"] for entry in trajectory.meta["resumed"]]
-    write_run_outputs(out, title=setup.title, analysis=analysis, metrics=metrics,
-                      details={"timings (s)": timings, "probes": probing, **info}, warnings=warnings)
+    warnings += write_run_outputs(out, title=setup.title, analysis=analysis, metrics=metrics,
+                                  details={"timings (s)": timings, "probes": probing, **info}, warnings=warnings)
     results["timings"]["total_seconds"] = round(time.perf_counter() - began, 3)
     write_json(out / "results.json", results)
     return results

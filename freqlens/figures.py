@@ -180,6 +180,19 @@ class Figure:
             raise ValueError(f"Expected no `run` files for figure {self.kind!r}: with compare = 'metrics' it is "
                              "drawn from the runs' metrics, not from an analysis.")
 
+    def draw_or_note(self, data, **options) -> tuple[object | None, str | None]:
+        """``(draw(data, **options), None)``, or ``(None, note)`` where drawing raised: the reports
+        then write everything else and show the note (naming this figure and the error) in its
+        place, so that one figure that fails (a user's, say) never costs a run its
+        ``results.json`` or a comparison its report."""
+        try:
+            return self.draw(data, **options), None
+        except Exception as error:  # noqa: BLE001 - any failure of a drawing function becomes a note
+            import matplotlib.pyplot as plt
+
+            plt.close("all")  # what the failed drawing left open
+            return None, f"figure {self.kind!r} could not be drawn ({type(error).__name__}: {error})"
+
     @property
     def of_analysis(self) -> bool:
         """Whether ``draw`` takes an analysis (every figure but the metrics, ``compare = "metrics"``)."""

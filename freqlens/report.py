@@ -244,7 +244,7 @@ def write_report(
 
 
 def write_run_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
-                  metrics: Mapping[str, float], details: Mapping, warnings: Sequence[str] = ()) -> None:
+                  metrics: Mapping[str, float], details: Mapping, warnings: Sequence[str] = ()) -> list[str]:
     """Write the figures (PNG, 130 dpi) and ``report.html`` of a run into ``out``.
 
     The figures are the ``run`` files of every row of the figure table
@@ -254,15 +254,25 @@ def write_run_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
     paper's heat maps (``heatmap.png`` joint view, ``heatmap_separate.png``)
     and the error curves (``curves.png``); the report shows them in that order
     with the rows' captions.
+
+    Returns:
+        A warning for each figure that could not be drawn
+        (:meth:`~freqlens.figures.Figure.draw_or_note`; also shown in the
+        report): the caller adds them to ``results.json``.
     """
-    figures = {}
+    figures, failed = {}, []
     for row in FIGURES.values():
         if row.run and row.applies(analysis):
             for entry in row.run:
-                figures[entry.file] = (entry.caption, row.draw(analysis, **entry.options))
+                fig, note = row.draw_or_note(analysis, **entry.options)
+                if fig is None:
+                    failed.append(f"The {note}; {entry.file} is missing, the run's other outputs are written.")
+                else:
+                    figures[entry.file] = (entry.caption, fig)
     for name, (_, fig) in figures.items():
         fig.savefig(out / name, dpi=130)
     figures = {caption: fig for caption, fig in figures.values()}
     write_report(out / "report.html", title=title, analysis=analysis, metrics=metrics,
-                 figures=figures, details=details, warnings=warnings)
+                 figures=figures, details=details, warnings=[*warnings, *failed])
     plt.close("all")
+    return failed

@@ -190,3 +190,44 @@ def test_plot_names_the_kinds_of_the_table(analysis):
                                          r"'metrics'"):
         analysis.plot("metrics")  # a figure of the runs' metrics, not of an analysis
     assert figure_table.plot_kinds() == SpectralAnalysis.PLOTS
+
+
+def _fails(analysis, **options):
+    raise RuntimeError("drawing failed")
+
+
+BROKEN = Figure("broken", _fails, "a figure whose function raises", run=(RunFile("broken.png", "Broken"),),
+                compare="run")
+
+
+def test_a_figure_that_fails_is_a_note_and_the_rest_of_the_run_is_written(tmp_path, table):
+    """A user's figure that raises must not cost a run its results.json (written after the figures)
+    nor its report: the run warns, naming the figure, and writes everything else."""
+    import json
+
+    from freqlens.cli import main
+    from tests.test_run import _tiny_experiment
+
+    register_figure(BROKEN)
+    config = _tiny_experiment(tmp_path, '[train]\nepochs = 1\n[record]\nschedule = "every:4"\nprobe_size = 16\n'
+                                        "[analysis]\nnum_widths = 3\nbootstrap = 10")
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["cacc"] is not None and not (out / "broken.png").exists() and (out / "curves.png").is_file()
+    note = [w for w in results["warnings"] if "'broken'" in w]
+    assert note and "RuntimeError: drawing failed" in note[0] and "broken.png is missing" in note[0]
+    assert html.escape(note[0]) in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_figure_that_fails_in_the_comparison_is_a_note_in_its_place(analysis, tmp_path, table):
+    for kind in [k for k in table if k != "curves"]:
+        del table[kind]
+    register_figure(BROKEN)
+    paths = write_comparison(_runs(analysis, tmp_path), tmp_path / "compare")
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    assert "*vanilla: a figure whose function raises: the figure 'broken' could not be drawn (RuntimeError: " \
+           "drawing failed).*" in markdown
+    assert sorted(p.name for p in (tmp_path / "compare" / "figures").glob("*.png")) == [
+        f"synthetic_{run}_error_curves.png" for run in ("lora", "vanilla")]
+    assert "could not be drawn" in paths["html"].read_text(encoding="utf-8")

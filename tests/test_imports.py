@@ -4,8 +4,10 @@ The test reads every module's source with :mod:`ast` (nothing is imported),
 builds the graph of imports between freqlens modules and fails naming each
 cycle. Counted: every ``import`` and ``from ... import`` of a package
 module, at module level or inside a function or class; not counted: imports
-under ``if TYPE_CHECKING:`` (annotations only) and the implicit import of a
-parent package's ``__init__`` that Python performs before a submodule.
+under ``if TYPE_CHECKING:`` (annotations only). Importing ``pkg.sub.mod``
+runs ``pkg/__init__`` and ``pkg/sub/__init__`` first, so it is also an edge to
+each of those packages that does not contain the importing module (a module
+inside ``pkg`` runs only after ``pkg/__init__`` has started: no edge back).
 ``from pkg.x import y`` is an edge to ``pkg.x.y`` when that is a module,
 else to ``pkg.x``; relative imports are resolved against the importing module.
 """
@@ -84,7 +86,15 @@ def import_graph(root: Path, package: str) -> dict[str, set[str]]:
                     target = target.rpartition(".")[0]
                 if target in modules and target != name:
                     graph[name].add(target)
+                    inside = _packages_of(name) | {name}  # packages already initialising when `name` runs
+                    graph[name].update(p for p in _packages_of(target) if p in modules and p not in inside)
     return graph
+
+
+def _packages_of(name: str) -> set[str]:
+    """The packages that contain module ``name`` (``a.b.c`` -> ``a``, ``a.b``)."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
 
 
 def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -191,6 +201,20 @@ def test_the_walker_finds_a_planted_cycle_through_a_function_level_import(tmp_pa
     assert cycles(root, "fake") == ["fake.a -> fake.b -> fake.c -> fake.a"]
 
 
+def test_the_walker_finds_a_cycle_through_a_packages_init(tmp_path):
+    """Importing ``fake.defenses.mslr`` runs ``fake/defenses/__init__``, which imports ``plain``, which
+    imports the importer: a real cycle (Python fails with a partially initialised module) though no
+    module imports another directly in a circle."""
+    root = _package(tmp_path, {
+        "__init__.py": "",
+        "train.py": "from fake.defenses.mslr import PREFIX\nclass TrainConfig: ...\n",
+        "defenses/__init__.py": "from fake.defenses.plain import Plain\n",
+        "defenses/mslr.py": "PREFIX = 'mslr_'\n",
+        "defenses/plain.py": "from fake.train import TrainConfig\nclass Plain: ...\n",
+    })
+    assert cycles(root, "fake") == ["fake.defenses -> fake.defenses.plain -> fake.train -> fake.defenses"]
+
+
 def test_the_walker_skips_type_checking_blocks_and_parent_packages(tmp_path):
     root = _package(tmp_path, {
         "__init__.py": "from fake.sub.leaf import value\n",  # the package imports its submodule ...
@@ -201,7 +225,7 @@ def test_the_walker_skips_type_checking_blocks_and_parent_packages(tmp_path):
         "b.py": "from fake.a import A\n",
     })
     graph = import_graph(root, "fake")
-    assert graph == {"fake": {"fake.sub.leaf"}, "fake.sub": set(), "fake.sub.leaf": set(),
+    assert graph == {"fake": {"fake.sub.leaf", "fake.sub"}, "fake.sub": set(), "fake.sub.leaf": set(),
                      "fake.a": {"fake.sub"}, "fake.b": {"fake.a"}}
     assert cycles(root, "fake") == []
 

@@ -128,3 +128,23 @@ def test_list_keys_prints_every_setting_with_its_default(capsys):
         value = rest.partition("  # ")[0]
         if value != "None":
             tomllib.loads(f"value = {value}")
+
+
+@pytest.mark.parametrize("value", ["0", "false", '""', "[]", "3"])
+def test_defense_options_that_are_no_table_are_refused(tmp_path, value):
+    """``options or {}`` once let a falsy value through as "no options"; attack.options refused it."""
+    path = tmp_path / "experiment.toml"
+    path.write_text('[defense]\nname = "vanilla"\n')
+    with pytest.raises(ValueError, match=r"`defense\.options` to be a table of the defense's own settings"):
+        ExperimentConfig.from_toml(path, overrides=[f"defense.options={value}"])
+
+
+def test_reading_a_stored_config_never_imports_the_code_it_names(tmp_path, monkeypatch):
+    """`freqlens report` upgrades each run's stored config; a `module:Class` defense in it must not be imported."""
+    (tmp_path / "planted_defense.py").write_text("import pathlib\npathlib.Path(__file__).with_suffix('.ran').touch()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stored = {"defense": {"name": "planted_defense:Anything", "ga_mu": 0.2}, "train": {"epochs": 1}}
+    upgraded = ExperimentConfig.upgrade(stored)
+    assert not (tmp_path / "planted_defense.ran").exists()
+    assert upgraded["defense"] == {"name": "planted_defense:Anything", "ga": {"mu": 0.2}}  # nested, kept
+    assert upgraded["train"]["epochs"] == 1 and upgraded["train"]["batch_size"] == 32  # completed with defaults

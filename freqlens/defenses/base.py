@@ -42,6 +42,7 @@ from freqlens.training import TrainConfig, TrainResult, train
 if TYPE_CHECKING:  # pragma: no cover
     from freqlens.defenses.registry import DefenseConfig
 
+ADAPTERS = ("none", "lora", "prefix")  # what Defense.adapter may be (save_defended and load_defended know these)
 DEFAULT_REFERENCE_SIZE = 256  # clean reference examples (METHOD.md pitfalls: 96 cost 5-13 CACC points)
 
 
@@ -153,6 +154,9 @@ class Defense:
             check_positive_int(max_length, "model.max_length")
             check_input_length(model, max_length, tokens=self.virtual_tokens())
         placed = self.place(model)
+        if not isinstance(placed, Placed):  # a plug-in's mistake, named before any training
+            raise TypeError(f"Expected {type(self).__name__}.place (defense {self.name!r}) to return "
+                            f"freqlens.defenses.Placed(model, ...) but it returned {type(placed).__name__}.")
         self.placed = list(placed.mslr_layers or [])
         layout = DefendedLayout(mslr=placed.mslr, mslr_targets=tuple(placed.mslr_targets),
                                 adapter=getattr(placed.model, "freqlens_adapter", self.adapter))
@@ -199,7 +203,11 @@ class Defense:
             ValueError: before any training step: no reference set for a
                 defense that needs one; inputs (the encodings' width) that
                 with prefix tuning's virtual tokens do not fit the model's
-                position table.
+                position table. After training, a plug-in's :meth:`train`
+                that broke the contract (ValueError or TypeError naming the
+                class): it returned something other than ``(TrainResult,
+                dict)``, a dict key every defense writes itself (``name``,
+                ``lr``, ...), or never started the recorder it was given.
         """
         if self.needs_reference and reference is None:
             raise ValueError(f"Expected a clean reference set for defense {self.name!r} but got none.")
@@ -214,9 +222,10 @@ class Defense:
                       "trainable_parameters": int(trainable),
                       "total_parameters": int(sum(p.numel() for p in model.parameters())),
                       "selection": "best-dev" if select else "last"}
-        result, done = self.train(model, encodings, labels, replace(train_config, lr=lr), reference=reference,
-                                  selector=select, poison=poison, recorder=recorder, progress=progress,
-                                  checkpoint=checkpoint)
+        trained = self.train(model, encodings, labels, replace(train_config, lr=lr), reference=reference,
+                             selector=select, poison=poison, recorder=recorder, progress=progress,
+                             checkpoint=checkpoint)
+        result, done = self._check_trained(trained, recorder, info)
         info.update(done)
         if select is not None:
             info["epoch_dev_accuracy"] = [round(s, 4) for s in result.epoch_scores]
@@ -224,6 +233,23 @@ class Defense:
         placed = self.placed if self.placed is not None else list(mslr_layers(_base_model(model)))
         info["mslr_layers"] = placed
         return result, info
+
+
+    def _check_trained(self, trained, recorder, info: Mapping) -> tuple[TrainResult, Mapping]:
+        """What :meth:`train` returned, checked against the contract, naming the class and the defense."""
+        where = f"{type(self).__name__}.train (defense {self.name!r})"
+        if not (isinstance(trained, tuple) and len(trained) == 2 and isinstance(trained[0], TrainResult)
+                and isinstance(trained[1], Mapping)):
+            raise TypeError(f"Expected {where} to return (TrainResult, dict of what to add to results.json) but it "
+                            f"returned {type(trained).__name__}: {trained!r:.200}.")
+        clashing = sorted(set(trained[1]) & set(info))
+        if clashing:
+            raise ValueError(f"Expected {where} to add new keys to results.json's `defense` but it returned "
+                             f"{clashing}, which every defense writes itself.")
+        if recorder is not None and not recorder.started:
+            raise ValueError(f"Expected {where} to pass `recorder=` on to freqlens.training.train (or to step it "
+                             "itself) but the recorder took no snapshot: the run has no trajectory.")
+        return trained
 
 
 def _width(encodings: Mapping[str, torch.Tensor] | None) -> int | None:
@@ -253,6 +279,8 @@ def register_defense(name: str, cls: type[Defense], *, replace: bool = False) ->
         raise ValueError(f"Expected a non-empty defense name but got {name!r}.")
     if not (isinstance(cls, type) and issubclass(cls, Defense)):
         raise TypeError(f"Expected a subclass of freqlens.defenses.Defense for defense {name!r} but got {cls!r}.")
+    if cls.adapter not in ADAPTERS:
+        raise ValueError(f"Expected `{cls.__name__}.adapter` to be one of {ADAPTERS} but got {cls.adapter!r}.")
     if cls.options is not None and not (isinstance(cls.options, type) and dataclasses.is_dataclass(cls.options)):
         raise TypeError(f"Expected `{cls.__name__}.options` to be a dataclass (or None) but got {cls.options!r}.")
     if name in _REGISTRY and not replace:

@@ -122,6 +122,9 @@ class DefenseConfig:
                 value = asdict(value)
             object.__setattr__(self, key, build(section, value, f"defense.{key}"))
         options = self.options
+        if not (options is None or isinstance(options, Mapping) or (cls.options and isinstance(options, cls.options))):
+            raise ValueError(f"Expected `defense.options` to be a table of the defense's own settings (or absent) "
+                             f"but got {options!r}.")
         if cls.options is None:
             if options:
                 raise ValueError(f"Expected no `defense.options` for defense {self.name!r} (it takes none) but got "

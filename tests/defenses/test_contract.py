@@ -19,11 +19,14 @@ import torch
 from freqlens.config import ExperimentConfig
 from freqlens.defenses import (
     DEFENSES,
+    Defense,
     DefenseConfig,
     load_defended,
     make_defense,
     merge_defended,
+    register_defense,
     save_defended,
+    unregister_defense,
 )
 from freqlens.defenses.registry import SECTIONS
 from freqlens.settings import build, describe
@@ -103,3 +106,56 @@ def test_a_bad_setting_names_its_dotted_key(tmp_path, name):
     cls = make_defense(_config(name)).options
     with pytest.raises(ValueError, match=r"defense\.options" if cls is None else r"`defense\.options\.no_such_key`"):
         ExperimentConfig.from_toml(path, overrides=["defense.options.no_such_key=1"])
+
+
+class _ReturnsResultOnly(Defense):
+    def train(self, model, encodings, labels, config, **kwargs):
+        return super().train(model, encodings, labels, config, **kwargs)[0]
+
+
+class _OverwritesName(Defense):
+    def train(self, model, encodings, labels, config, **kwargs):
+        return super().train(model, encodings, labels, config, **kwargs)[0], {"name": "other", "lr": 1.0}
+
+
+class _ForgetsTheRecorder(Defense):
+    def train(self, model, encodings, labels, config, *, recorder, **kwargs):
+        return super().train(model, encodings, labels, config, recorder=None, **kwargs)
+
+
+class _PlacesWithoutPlaced(Defense):
+    def place(self, model):
+        return model
+
+
+@pytest.mark.parametrize(("cls", "match"), [
+    (_ReturnsResultOnly, r"_ReturnsResultOnly\.train \(defense 'plug'\) to return \(TrainResult, dict"),
+    (_OverwritesName, r"_OverwritesName\.train \(defense 'plug'\) to add new keys .* \['lr', 'name'\]"),
+    (_ForgetsTheRecorder, r"_ForgetsTheRecorder\.train \(defense 'plug'\) to pass `recorder=`"),
+    (_PlacesWithoutPlaced, r"_PlacesWithoutPlaced\.place \(defense 'plug'\) to return freqlens\.defenses\.Placed"),
+])
+def test_a_plug_in_that_breaks_the_contract_is_named(tmp_path, cls, match):
+    """A registered defense that returns the wrong thing, overwrites what every defense writes, or never
+    starts the recorder gets an error naming its class and method, not a Python internal."""
+    from freqlens.recording import ProbeSet, Recorder
+
+    register_defense("plug", cls)
+    try:
+        defense = make_defense(_config("plug"))
+        enc, y = inputs("bert", n=N), labels(N)
+        with pytest.raises((TypeError, ValueError), match=match):
+            prepared = defense.prepare(build_model("bert", seed=0), max_length=8)
+            with Recorder(tmp_path / "trajectory", [ProbeSet("clean", enc, y)], schedule="every:1") as recorder:
+                defense.fit(prepared.model, enc, y.numpy(), TrainConfig(epochs=1, batch_size=N, lr=1e-2),
+                            recorder=recorder, progress=False)
+    finally:
+        unregister_defense("plug")
+
+
+def test_registering_refuses_an_adapter_it_cannot_save():
+    class QLoRA(Defense):
+        adapter = "qlora"
+
+    with pytest.raises(ValueError, match=r"`QLoRA\.adapter` to be one of \('none', 'lora', 'prefix'\) but got 'qlora'"):
+        register_defense("qlora", QLoRA)
+    assert "qlora" not in DEFENSES
