@@ -7,7 +7,9 @@ one clear message: the argument's name, what was expected and what came.
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -194,7 +196,8 @@ IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def import_object(path: str, argument: str) -> Any:
-    """The object an import path ``"package.module:attribute"`` names (see :data:`IMPORT_PATH`).
+    """The object an import path ``"package.module:attribute"`` names (see :data:`IMPORT_PATH`): the
+    module is found on ``sys.path``, to which the working directory is added (last) if it is missing.
 
     Args:
         path: the import path, as the user wrote it.
@@ -205,6 +208,8 @@ def import_object(path: str, argument: str) -> Any:
             (whatever it raised on import is quoted) or has no such attribute.
     """
     module_name, _, attribute = path.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:  # the `freqlens` script, unlike `python -m`,
+        sys.path.append(os.getcwd())  # has no working directory on sys.path
     try:
         target = importlib.import_module(module_name)
     except Exception as error:  # noqa: BLE001 - a user's module may raise anything on import

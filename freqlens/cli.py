@@ -29,6 +29,12 @@ def _run(args: argparse.Namespace) -> int:
     from freqlens.config import ExperimentConfig
     from freqlens.experiment import run_experiment
 
+    if args.list_keys:
+        return _list_keys(args)
+    missing = [what for what, value in (("CONFIG", args.config), ("--out", args.out)) if value is None]
+    if missing:
+        raise ValueError(f"Expected {' and '.join(missing)} for `freqlens run` (or --list-keys to list the "
+                         "settings) but got none.")
     config = ExperimentConfig.from_toml(args.config, overrides=args.set)
     # under torchrun / accelerate launch every process runs this; rank 0 writes and returns the results
     results = run_experiment(config, args.out, progress=not args.no_progress, overwrite=args.overwrite,
@@ -117,24 +123,22 @@ def _print_summary(results: dict | None, out: str) -> None:
         print(f"freqlens: warning: {warning}", file=sys.stderr)
 
 
-def _list_keys() -> int:
-    """Print ``section.key = default  # meaning`` for every setting ``freqlens run`` reads."""
-    from freqlens.config import list_settings
+def _list_keys(args: argparse.Namespace) -> int:
+    """Print ``section.key = default  # meaning`` for every setting ``freqlens run`` reads; a CONFIG
+    or ``--set`` given first is read, so a defense it names by import path (``module:Class``) is
+    registered and its ``defense.options`` are listed too."""
+    from freqlens.config import ExperimentConfig, _apply_override, list_settings
 
+    if args.config is not None:
+        ExperimentConfig.from_toml(args.config, overrides=args.set)
+    elif args.set:
+        data: dict = {}
+        for override in args.set:
+            _apply_override(data, override)
+        ExperimentConfig.from_dict(data)
     for setting in list_settings():
         print(setting.line())
     return 0
-
-
-class _ListKeys(argparse.Action):
-    """``freqlens run --list-keys``: list the settings and exit, before CONFIG and --out are required
-    (as ``--help`` does)."""
-
-    def __init__(self, option_strings, dest, **kwargs) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        parser.exit(_list_keys())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate CACC / ASR / false-trigger rate, analyse the recording and write results.json, "
         "figures and report.html into --out. See analysis/*.toml for examples.",
     )
-    run.add_argument("config", help="a TOML experiment config")
-    run.add_argument("--out", required=True, help="output directory")
+    run.add_argument("config", nargs="?", help="a TOML experiment config")
+    run.add_argument("--out", help="output directory (required unless --list-keys)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set train.epochs=3 (repeatable)")
     resumption = run.add_mutually_exclusive_group()
@@ -188,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoint", action="store_true",
                      help="keep --out/checkpoint/ (the last epoch's training state) after the run finishes")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--list-keys", action=_ListKeys,
+    run.add_argument("--list-keys", action="store_true",
                      help="print every config key (section.key, nested tables such as defense.ga.mu included) "
-                          "with its default and meaning, and exit; CONFIG and --out are then not needed")
+                          "with its default and meaning, and exit; CONFIG and --out are then not needed (given "
+                          "CONFIG or --set defense.name=module:Class, that defense's options are listed too)")
     run.set_defaults(handler=_run)
     report = commands.add_parser(
         "report",

@@ -88,7 +88,9 @@ def build(cls: type, values: Mapping[str, Any], key: str):
     try:
         return cls(**kwargs)
     except TypeError as error:  # wrong types that the dataclass itself rejects
-        raise ValueError(f"Invalid value in config section `{key}`: {error}.") from error
+        message = str(error)  # a section's own check already names its key: kept as it is
+        raise ValueError(message if message.startswith("Expected `") else
+                         f"Invalid value in config section `{key}`: {message.rstrip('.')}.") from error
 
 
 def parse_value(text: str) -> Any:

@@ -127,3 +127,19 @@ num_widths = 3
     assert results["config"]["defense"]["options"] == {"smoothing": 0.2}
     stored = json.loads((out / "results.json").read_text())["config"]
     assert ExperimentConfig.from_dict(stored).defense.options.smoothing == 0.2
+
+
+def test_the_freqlens_script_finds_a_defense_module_in_the_working_directory(example, tmp_path, monkeypatch,
+                                                                              capsys):
+    """The `freqlens` console script (unlike `python -m freqlens.cli`) has no working directory on
+    sys.path; the docs say a defense module there is found, and --list-keys lists its options."""
+    (tmp_path / "my_smoothing.py").write_text(Path(example.__file__).read_text(encoding="utf-8").replace(
+        'register_defense("label-smoothing", LabelSmoothing)', ""))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    try:
+        assert main(["run", "--list-keys", "--set", "defense.name=my_smoothing:LabelSmoothing"]) == 0
+        assert "defense.options.smoothing = 0.1  # " in capsys.readouterr().out
+    finally:
+        unregister_defense("my_smoothing:LabelSmoothing")
+        sys.modules.pop("my_smoothing", None)

@@ -114,9 +114,7 @@ def test_the_meaning_is_the_fields_trailing_comment():
 
 
 def test_list_keys_prints_every_setting_with_its_default(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["run", "--list-keys"])  # no CONFIG, no --out
-    assert exit_.value.code == 0
+    assert main(["run", "--list-keys"]) == 0  # no CONFIG, no --out
     lines = capsys.readouterr().out.splitlines()
     assert lines == [s.line() for s in list_settings()]
     by_key = {line.partition(" = ")[0]: line for line in lines}
@@ -148,3 +146,10 @@ def test_reading_a_stored_config_never_imports_the_code_it_names(tmp_path, monke
     assert not (tmp_path / "planted_defense.ran").exists()
     assert upgraded["defense"] == {"name": "planted_defense:Anything", "ga": {"mu": 0.2}}  # nested, kept
     assert upgraded["train"]["epochs"] == 1 and upgraded["train"]["batch_size"] == 32  # completed with defaults
+
+
+def test_run_without_config_or_out_names_what_is_missing(capsys):
+    assert main(["run", "--out", "somewhere"]) == 2
+    assert "Expected CONFIG for `freqlens run` (or --list-keys" in capsys.readouterr().err
+    assert main(["run", "config.toml"]) == 2
+    assert "Expected --out for `freqlens run`" in capsys.readouterr().err

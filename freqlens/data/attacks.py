@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -37,7 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from freqlens._checks import check_label, check_positive_int
+from freqlens._checks import IMPORT_PATH, check_label, check_positive_int, import_object
 from freqlens.data.splits import CleanDataset, PoisonedDataset, Split
 
 
@@ -259,7 +260,7 @@ class BadNets(Attack):
             if isinstance(value, str):
                 raise TypeError(
                     f"Expected `{key}` to be a sequence of tokens but got the string {value!r}; "
-                    f"write ({value!r},) for a single token."
+                    f"write [{json.dumps(value)}] (a list) for a single token."
                 )
             try:
                 triggers = tuple(value)
@@ -493,17 +494,29 @@ def attack_class(name: str, key: str = "attack.name") -> type[Attack]:
     """The class registered under ``name`` (any case).
 
     Args:
-        name: a registered name, e.g. ``"badnets"``.
+        name: a registered name, e.g. ``"badnets"``, or ``"module:Class"``: a
+            :class:`Attack` subclass in an importable module (the working
+            directory counts), imported and registered (under the class's own
+            ``name``, else under ``name``), so a user's attack runs from the
+            command line (``--set attack.name=my_attacks:Suffix``).
         key: how ``name`` is called in the error (``attack.name`` in a config).
 
     Raises:
-        ValueError: if ``name`` is not registered, listing the names that are.
+        ValueError: if ``name`` is not registered (listing the names that are)
+            and no importable ``module:Class`` naming an Attack subclass.
     """
     found = _REGISTRY.get(name.lower()) if isinstance(name, str) else None
+    if found is None and isinstance(name, str) and IMPORT_PATH.match(name):  # "my_attacks:Suffix"
+        target = import_object(name, key)
+        if not (isinstance(target, type) and issubclass(target, Attack)):
+            raise ValueError(f"Expected `{key}` {name!r} to name a subclass of freqlens.data.Attack but it "
+                             f"names {target!r}.")
+        return register_attack(target.__dict__.get("name") or name, target)
     if found is None:
         raise ValueError(
             f"Expected the attack name (`{key}`) to be one of {sorted(_REGISTRY)} but got "
-            f"{name!r}; register your own with freqlens.data.register_attack."
+            f"{name!r}; register your own with freqlens.data.register_attack, or name it by import "
+            "path (`module:Class`)."
         )
     return found
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from freqlens._checks import check_choice, check_label, check_positive_int
+from freqlens._checks import IMPORT_PATH, check_choice, check_label, check_positive_int
 from freqlens.data.attacks import ATTACKS, Attack, attack_class, poison
 from freqlens.data.hf import is_saved_dataset
 from freqlens.data.splits import PoisonedDataset
@@ -81,7 +81,9 @@ class AttackConfig:
     ``name`` is ``"none"`` (the data is an OpenBackdoor folder, already
     poisoned) or a registered attack (:data:`freqlens.data.ATTACKS`):
     ``"badnets"``, ``"addsent"``, or one of your own registered with
-    :func:`freqlens.data.register_attack` before the config is built.
+    :func:`freqlens.data.register_attack` before the config is built or named
+    by import path (``"my_attacks:Tail"``, an :class:`~freqlens.data.Attack`
+    subclass in an importable module; the working directory counts).
     ``"stylebkd"`` and ``"synbkd"`` are registered too but exist only as
     OpenBackdoor folders: poisoning clean data with them is refused
     (:func:`load_experiment`). ``options`` (the ``[attack.options]`` table) are
@@ -129,12 +131,14 @@ class AttackConfig:
                     f"data is already poisoned) but got {dict(self.options)!r}."
                 )
             return
-        if not isinstance(self.name, str) or self.name.lower() not in ATTACKS:
+        if not isinstance(self.name, str) or (self.name.lower() not in ATTACKS and not IMPORT_PATH.match(self.name)):
             raise ValueError(
                 f"Expected `attack.name` to be 'none' (an OpenBackdoor folder) or a registered "
                 f"attack {sorted(ATTACKS)} but got {self.name!r}; register your own with "
-                f"freqlens.data.register_attack before the config is built."
+                f"freqlens.data.register_attack before the config is built, or name it by import path "
+                f"(`module:Class`)."
             )
+        attack_class(self.name)  # an import path: imported and registered, or its error named
         if "clean_label" in self.options:
             raise ValueError(
                 f"Expected `attack.clean_label` (a key of [attack]) rather than "

@@ -76,15 +76,20 @@ def dataset_identity(config: Mapping, info: Mapping | None = None) -> dict:
         folder = root if root is not None and root.is_dir() else train_file.parent
         inside = train_file.is_relative_to(folder)
         shown = train_file.relative_to(folder).as_posix() if inside else str(train_file)
-        name = "/".join(folder.parts[-3:]) + f" ({shown}{f' and {len(read) - 1} more' if len(read) > 1 else ''})"
+        name = _short(folder) + f" ({shown}{f' and {len(read) - 1} more' if len(read) > 1 else ''})"
         return {"name": name, "path": str(folder),
                 "train_file": str(train_file) if len(read) == 1 else [str(f) for f in read],
                 "train_sha256": file_sha256(*read), "train_fingerprint": None}
     fingerprint = (info.get("fingerprints") or {}).get("train")
     path = str(root) if root is not None else given
-    name = "/".join(root.parts[-3:]) if root is not None else (given or "unnamed dataset")
+    name = _short(root) if root is not None else (given or "unnamed dataset")
     return {"name": name, "path": path or None, "train_file": None, "train_sha256": None,
             "train_fingerprint": str(fingerprint) if fingerprint else None}
+
+
+def _short(folder: Path) -> str:
+    """The last three parts of ``folder`` joined by "/" (its root left out: ``/tmp/data`` -> ``tmp/data``)."""
+    return "/".join(part for part in folder.parts[-3:] if part != folder.anchor)
 
 
 def identity_changes(stored: Mapping, now: Mapping) -> list[str]:

@@ -378,3 +378,38 @@ def test_freqlens_run_refuses_a_paraphrase_attack_or_a_bad_option_before_any_dat
                  "--set", "attack.options.insertions=0"]) == 2
     assert "`attack.options.insertions` to be an integer >= 1 but got 0" in capsys.readouterr().err
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_users_attack_named_by_its_import_path_runs_from_a_config(tmp_path, monkeypatch):
+    """`attack.name = "module:Class"` imports a user's Attack subclass (from the working directory, as
+    the `freqlens` script runs) and registers it, as `defense.name` does for defenses."""
+    import sys
+
+    (tmp_path / "my_attacks.py").write_text(
+        "from dataclasses import dataclass\nfrom freqlens.data import Attack\n\n\n@dataclass(frozen=True)\n"
+        "class Tail(Attack):\n    word: str = 'zq'\n    clean_label: bool = False\n\n"
+        "    def apply(self, text, rng):\n        return f'{text} {self.word}'.strip()\n\n"
+        "    def remove_trigger(self, text):\n        return ' '.join(w for w in text.split() if w != self.word)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    data_folder = clean_folder(tmp_path / "clean")
+    try:
+        config = config_from_toml(tmp_path, f'[data]\npath = "{data_folder}"\n[attack]\nname = "my_attacks:Tail"\n'
+                                            f'[attack.options]\nword = "qq"\n')
+        dataset = load_experiment(config.data, config.attack, seed=config.train.seed)
+        assert all(t.endswith(" qq") for t in dataset.test_poison.texts) and len(dataset.test_poison)
+        assert [t + " qq" for t in dataset.test_control.texts] == dataset.test_poison.texts
+        with pytest.raises(ValueError, match=r"`attack\.name` 'my_attacks:Nothing' .* has no 'Nothing'"):
+            config_from_toml(tmp_path, '[attack]\nname = "my_attacks:Nothing"\n')
+        with pytest.raises(ValueError, match=r"`attack\.name` 'my_attacks:dataclass' to name a subclass"):
+            config_from_toml(tmp_path, '[attack]\nname = "my_attacks:dataclass"\n')
+    finally:
+        unregister_attack("my_attacks:tail")
+        sys.modules.pop("my_attacks", None)
+
+
+def test_a_string_where_triggers_are_a_list_gets_toml_advice_in_one_clean_sentence(tmp_path):
+    with pytest.raises(ValueError) as error:
+        config_from_toml(tmp_path, '[attack]\nname = "badnets"\n[attack.options]\ntriggers = "cf"\n')
+    assert str(error.value) == ("Expected `attack.options.triggers` to be a sequence of tokens but got the string "
+                                "'cf'; write [\"cf\"] (a list) for a single token.")

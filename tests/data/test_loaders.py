@@ -424,3 +424,10 @@ def test_load_hf_dataset_by_name_uses_load_dataset(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     data = load_hf_dataset("glue", config="sst2")
     assert calls == [("glue", "sst2")] and data.name == "glue/sst2" and len(data.test) == 2
+
+
+def test_a_dataset_near_the_root_is_named_without_a_double_slash(tmp_path):
+    from freqlens.data.identity import _short
+
+    assert _short(Path("/data")) == "data" and _short(Path("/tmp/clean")) == "tmp/clean"
+    assert _short(Path("/a/b/c/d")) == "b/c/d"
