@@ -27,7 +27,8 @@ ANALYSIS = Path(__file__).resolve().parents[2] / "analysis"
     ("input_spaces", "flattened", r"`record.input_spaces` to be a non-empty list"),
     ("input_spaces", [], r"`record.input_spaces` to be a non-empty list"),
     ("input_spaces", ["hidden:-1", "hidden:-1"], r"`record.input_spaces` to name each input space once"),
-    ("input_spaces", ["no_such_package_x.spaces:f"], r"`record.input_spaces` entry 'no_such_package_x.spaces:f'"),
+    ("input_spaces", ["no_such_package_x.spaces:f"],
+     r"`record.input_spaces` 'no_such_package_x.spaces:f' to name an importable module"),
     ("precision", "float16", r"`record.precision` to be one of \('auto', 'float32', 'bfloat16'\) but got "
                              r"'float16'"),
 ])
