@@ -190,17 +190,23 @@ def padded_encodings(
     return encodings
 
 
-def save_tiny_bert(folder, tokenizer=None, *, layers: int = 2):
+def save_tiny_bert(folder, tokenizer=None, *, layers: int = 2, dropout: float | None = None,
+                   seed: int | None = None):
     """A randomly initialised BertForSequenceClassification (hidden 32, 64 positions) and the demo's
-    tokenizer (or ``tokenizer``) saved in ``folder``, for ``from_pretrained`` / ``freqlens run``."""
+    tokenizer (or ``tokenizer``) saved in ``folder``, for ``from_pretrained`` / ``freqlens run``;
+    ``dropout`` (e.g. 0.0: a run then takes the same steps on several processes) replaces BERT's
+    0.1, ``seed`` seeds torch before the weights are drawn."""
     from transformers import BertConfig, BertForSequenceClassification
 
     from freqlens.demo.model import make_tokenizer
 
     tokenizer = tokenizer or make_tokenizer()
+    rates = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-                        num_labels=2)
+                        num_labels=2, **rates)
+    if seed is not None:
+        torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

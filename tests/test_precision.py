@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from freqlens.config import ModelConfig
 from freqlens.defenses import DefenseConfig, fit_defense, make_defense, prepare_model
@@ -26,6 +26,7 @@ from freqlens.demo.model import make_tokenizer
 from freqlens.models import compute_dtype, predict_proba, set_compute_dtype
 from freqlens.models.loading import load_model
 from freqlens.training import TrainConfig, train
+from tests.models import save_tiny_bert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/defenses/helpers.py
 from defenses.helpers import FAMILIES, build  # noqa: E402
@@ -65,15 +66,7 @@ def _train_and_measure(model, encodings, config=STEPS_CONFIG, **kwargs):
 @pytest.fixture(scope="module")
 def bert_folder(tmp_path_factory):
     """A tiny BERT checkpoint (float32) with the demo's tokenizer, for load_model."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = make_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), dropout=0.0, seed=0)
 
 
 def _load(folder, dtype: str):

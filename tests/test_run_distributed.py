@@ -27,7 +27,7 @@ import torch
 from freqlens import distributed
 from freqlens.cli import main
 from freqlens.recording import load_trajectory
-from tests.models import write_clean_csvs
+from tests.models import save_tiny_bert, write_clean_csvs
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -57,27 +57,11 @@ CONFIGS = {
 STEPS = {"vanilla": 80, "ga": 20}
 
 
-def _bert_folder(folder: Path) -> Path:
-    """A tiny BERT without dropout and the demo's tokenizer, saved for ``model.name``."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from freqlens.demo.model import make_tokenizer
-
-    tokenizer = make_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     """The configs, the 2-process launch (its folder and each rank's report) and its wall time."""
     folder = tmp_path_factory.mktemp("run-distributed")
-    base = CONFIG.format(model=_bert_folder(folder / "model"), data=write_clean_csvs(folder / "data"))
+    base = CONFIG.format(model=save_tiny_bert(folder / "model", dropout=0.0, seed=0), data=write_clean_csvs(folder / "data"))
     for name, extra in CONFIGS.items():
         (folder / f"{name}.toml").write_text(base + extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
