@@ -127,14 +127,15 @@ def _list_keys(args: argparse.Namespace) -> int:
     """Print ``section.key = default  # meaning`` for every setting ``freqlens run`` reads; a CONFIG
     or ``--set`` given first is read, so a defense it names by import path (``module:Class``) is
     registered and its ``defense.options`` are listed too."""
-    from freqlens.config import ExperimentConfig, _apply_override, list_settings
+    from freqlens.config import ExperimentConfig, list_settings
+    from freqlens.settings import apply_override
 
     if args.config is not None:
         ExperimentConfig.from_toml(args.config, overrides=args.set)
     elif args.set:
         data: dict = {}
         for override in args.set:
-            _apply_override(data, override)
+            apply_override(data, override)
         ExperimentConfig.from_dict(data)
     for setting in list_settings():
         print(setting.line())

@@ -86,8 +86,7 @@ class ExperimentConfig:
         for name, value in data.items():
             if not isinstance(value, Mapping):
                 raise ValueError(f"Expected config section `{name}` to be a table but got {value!r}.")
-            section_type = sections[name].default_factory().__class__
-            built[name] = _build_section(section_type, name, value)
+            built[name] = build(sections[name].default_factory, value, name)
         return cls(**built)
 
     @classmethod
@@ -114,7 +113,7 @@ class ExperimentConfig:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"Could not parse {path} as TOML: {error}.") from error
-        overridden = {_apply_override(data, override) for override in overrides}
+        overridden = {apply_override(data, override) for override in overrides}
         resolve_config_paths(data, Path(os.path.abspath(path)).parent, overridden=overridden)
         return cls.from_dict(data)
 
@@ -142,16 +141,11 @@ class ExperimentConfig:
                 continue  # never import the code a stored `module:Class` names just to read a run
             if isinstance(values, Mapping):
                 try:
-                    built = _build_section(section.default_factory().__class__, section.name, values)
+                    built = build(section.default_factory, values, section.name)
                 except (ValueError, TypeError):
                     continue
                 upgraded[section.name] = json.loads(json.dumps(dataclasses.asdict(built), default=str))
         return upgraded
-
-
-def _build_section(section_type, name: str, values: Mapping[str, Any]):
-    """One section from its table, nested tables (``[defense.ga]``) included: :func:`freqlens.settings.build`."""
-    return build(section_type, values, name)
 
 
 def resolve_config_paths(data: dict, folder: Path, *, overridden: Iterable[tuple[str, str]] = ()) -> None:
@@ -189,12 +183,6 @@ def resolve_config_paths(data: dict, folder: Path, *, overridden: Iterable[tuple
     data_format = data_table.get("format", "auto") if isinstance(data_table, Mapping) else "auto"
     if data_format != "hf":
         resolve("data", "path", always=data_format in ("clean", "openbackdoor"))
-
-
-def _apply_override(data: dict, override: str) -> tuple[str, ...]:
-    """Apply ``section.key=value`` (any depth: ``defense.ga.mu=0.2``) to ``data``; see
-    :func:`freqlens.settings.apply_override`."""
-    return apply_override(data, override)
 
 
 def list_settings() -> list[Setting]:

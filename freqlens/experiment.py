@@ -70,7 +70,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     began = time.perf_counter()
     seed_everything(config.train.seed)
     dataset = load_experiment(config.data, config.attack, seed=config.train.seed)
-    identity = dataset_identity(config.to_dict(), dataset.info)  # once, from the file read, at the start
+    as_run = config.to_dict()
+    identity = dataset_identity(as_run, dataset.info)  # once, from the file read, at the start
     if not fresh:  # resuming: on the data the checkpoint was trained on only (rank 0 reads it)
         distributed.on_main(checkpoint.check_identity, identity)
     defense = make_defense(config.defense)
@@ -89,7 +90,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
         reference=None if reference is None else (encode(tokenizer, reference, max_length), reference.labels))
     setup = Setup(prepared.model, tokenizer, dataset, max_length,
                   title=f"freqlens run: {config.model.name} on {dataset.name}, defense {defense.name}",
-                  info={"config": config.to_dict(),
+                  info={"config": as_run,
                         "dataset": {"name": dataset.name, "train": len(dataset.train),
                                     "train_poisoned": int(dataset.train.poison.sum()), **dataset.info,
                                     "identity": identity}})

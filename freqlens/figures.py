@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+import matplotlib.pyplot as plt
+
 from freqlens import plots
 
 if TYPE_CHECKING:
@@ -188,8 +190,6 @@ class Figure:
         try:
             return self.draw(data, **options), None
         except Exception as error:  # noqa: BLE001 - any failure of a drawing function becomes a note
-            import matplotlib.pyplot as plt
-
             plt.close("all")  # what the failed drawing left open
             return None, f"figure {self.kind!r} could not be drawn ({type(error).__name__}: {error})"
 
