@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import time
@@ -119,7 +120,11 @@ def train(
             after each epoch; the weights of the best epoch are restored at
             the end (the paper's checkpoint selection for defended runs).
         loss_fn: ``loss_fn(model, batch, labels) -> loss`` (mean over the
-            batch) instead of the model's own loss.
+            batch) instead of the model's own loss. A ``loss_fn`` that
+            takes a keyword argument ``rows`` also gets the batch's row
+            indices into ``encodings`` (a LongTensor; under data-parallel
+            training this process's share), e.g. to log per-example losses
+            from the training forward passes (:mod:`freqlens.defenses.filtering`).
         step_offset: steps already taken in an earlier phase of the same run
             (the recorder sees steps ``step_offset + 1, ...``).
         checkpoint: a :class:`freqlens.checkpoint.Checkpoint`: at the end of
@@ -168,6 +173,7 @@ def train(
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
     loss_fn = loss_fn or _model_loss
+    wants_rows = _takes_rows(loss_fn)
     generator = torch.Generator().manual_seed(config.seed)
     result = TrainResult(steps=0)
     best_state, best_score = None, -math.inf
@@ -220,7 +226,8 @@ def train(
                 batch = trim_padding({k: v[rows] for k, v in encodings.items()})
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast:
-                    loss = loss_fn(model, batch, labels[rows].to(device))
+                    loss = (loss_fn(model, batch, labels[rows].to(device), rows=rows) if wants_rows
+                            else loss_fn(model, batch, labels[rows].to(device)))
                 weight = world * len(rows) / len(rows_of_step)
                 scaler.scale(loss * weight).backward()
                 step_loss += float(loss.detach()) * weight
@@ -321,6 +328,15 @@ def _non_finite_message(what: str, value: float, step: int, epoch: int, lr: floa
     causes.append("a loss function or inputs that give NaN/inf")
     return (f"The {what} is {value} at step {step} (epoch {epoch + 1}); training stopped there. "
             f"Likely cause: {'; or '.join(causes)}.")
+
+
+def _takes_rows(loss_fn: Callable) -> bool:
+    """Whether ``loss_fn`` accepts a ``rows`` keyword (the batch's row indices)."""
+    try:
+        parameters = inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return "rows" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _model_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

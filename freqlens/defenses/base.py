@@ -195,7 +195,9 @@ class Defense:
         Returns:
             The :class:`~freqlens.training.TrainResult` and the dict that
             goes into ``results.json`` as ``defense``: name, adapter, lr,
-            trainable and total parameters, selection, ``mslr_layers``, what
+            trainable and total parameters, selection, ``clean_examples``
+            (the size of the clean reference set it trained with, 0 for
+            none), ``mslr_layers``, what
             :meth:`train` adds, and with selection the dev accuracy per epoch
             and the best epoch.
 
@@ -221,7 +223,8 @@ class Defense:
         info: dict = {"name": self.name, "adapter": getattr(model, "freqlens_adapter", self.adapter), "lr": lr,
                       "trainable_parameters": int(trainable),
                       "total_parameters": int(sum(p.numel() for p in model.parameters())),
-                      "selection": "best-dev" if select else "last"}
+                      "selection": "best-dev" if select else "last",
+                      "clean_examples": 0 if reference is None else int(len(reference[1]))}
         trained = self.train(model, encodings, labels, replace(train_config, lr=lr), reference=reference,
                              selector=select, poison=poison, recorder=recorder, progress=progress,
                              checkpoint=checkpoint)
