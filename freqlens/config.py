@@ -130,11 +130,12 @@ class ExperimentConfig:
         longer builds, or whose defense is not registered here (a ``module:Class`` name is never
         imported to read a run), is kept as stored; nothing is ever refused.
         """
+        from freqlens.defenses.abl import upgrade_stored as upgrade_abl
         from freqlens.defenses.registry import nest_flat_keys
 
         upgraded = {name: dict(value) if isinstance(value, Mapping) else value for name, value in stored.items()}
-        if isinstance(upgraded.get("defense"), Mapping):
-            upgraded["defense"] = nest_flat_keys(upgraded["defense"])
+        if isinstance(upgraded.get("defense"), Mapping):  # ABL's phases shared train.epochs before `abl.budget`
+            upgraded["defense"] = upgrade_abl(nest_flat_keys(upgraded["defense"]))
         for section in fields(cls):
             values = upgraded.get(section.name)
             if section.name == "defense" and isinstance(values, Mapping) and values.get("name") not in DEFENSES:

@@ -97,7 +97,9 @@ def no_figures(monkeypatch):
     ("lora", 25),  # best-dev selection: scores and the best epoch's weights survive
     ("ga", 17),  # gradient alignment: the reference batches' generator and the log survive
     ("abl", 15),  # ABL: killed in its clean phase (isolation done, isolated set saved)
-    ("abl", 21),  # ... and in its unlearning phase
+    ("abl", 41),  # ... and in its unlearning phase (10 isolation steps, 3 clean epochs of 10, 1 unlearning step)
+    ("dece", 25),  # DeCE: its loss's epoch (alpha_base ** epoch) continues at epoch 3, not 1
+    ("early-loss", 12),  # a filtering defense: killed in its final phase (the flags saved, not taken again)
 ])
 def test_resume_ends_as_the_uninterrupted_run(tmp_path, kill_at, no_figures, defense, kill):
     config = ExperimentConfig.from_toml(_experiment(tmp_path, defense))
@@ -114,6 +116,22 @@ def test_resume_ends_as_the_uninterrupted_run(tmp_path, kill_at, no_figures, def
     kept = before.steps <= results["resumed_at_steps"][0]
     for name in before.outputs:  # the snapshots before the checkpoint are the killed run's own
         np.testing.assert_array_equal(after.outputs[name][: kept.sum()], before.outputs[name][kept])
+
+
+def test_a_resumed_filtering_defense_keeps_the_flags_of_the_killed_run(tmp_path, kill_at, no_figures, monkeypatch):
+    from freqlens.defenses.early_loss import EarlyLoss
+
+    config = ExperimentConfig.from_toml(_experiment(tmp_path, "early-loss"))
+    kill_at(12)
+    with pytest.raises(Killed):
+        run_experiment(config, tmp_path / "resumed", progress=False)
+
+    def flag_again(*args, **kwargs):
+        raise AssertionError("the resumed run flagged the training set again")
+
+    monkeypatch.setattr(EarlyLoss, "flag", flag_again)
+    results = run_experiment(config, tmp_path / "resumed", progress=False, resume=True)
+    assert results["defense"]["removed"] == 32 and results["defense"]["trained_on"] == 128
 
 
 @pytest.mark.slow

@@ -98,7 +98,11 @@ def test_every_setting_of_every_section_has_a_meaning():
     missing = [s.key for s in found if not s.meaning]
     assert not missing, f"settings without a meaning (a trailing comment on the field): {missing}"
     keys = [s.key for s in found]
-    assert len(keys) == len(set(keys))
+    shared = [k for k in keys if not k.startswith("defense.options.")]
+    assert len(shared) == len(set(shared))
+    # defenses' own options may share a name (`restart`); each is listed once per defense, named by it
+    options = [(s.key, s.meaning.partition(")")[0]) for s in found if s.key.startswith("defense.options.")]
+    assert len(options) == len(set(options)) and all(meaning.startswith("(defense ") for _, meaning in options)
     for section in dataclasses.fields(ExperimentConfig):  # every field, nested tables expanded
         assert [s.key for s in describe(section.default_factory, section.name)
                 if s.key != "defense.options"] == [k for k in keys if k.startswith(f"{section.name}.")

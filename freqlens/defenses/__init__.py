@@ -18,6 +18,11 @@ from freqlens.defenses import plain as _plain  # noqa: F401, I001 (the built-ins
 from freqlens.defenses import low_rank as _low_rank  # noqa: F401
 from freqlens.defenses import aligned as _aligned  # noqa: F401
 from freqlens.defenses import abl as _abl  # noqa: F401
+from freqlens.defenses import early_loss as _early_loss  # noqa: F401
+from freqlens.defenses import dece as _dece  # noqa: F401
+from freqlens.defenses import graceful as _graceful  # noqa: F401
+from freqlens.defenses import cube as _cube  # noqa: F401
+from freqlens.defenses import bki as _bki  # noqa: F401
 from freqlens.defenses.base import (
     DEFENSES,
     Defense,

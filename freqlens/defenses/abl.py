@@ -1,15 +1,35 @@
-"""Anti-Backdoor Learning (Li et al., NeurIPS 2021), on freqlens' training loop.
+"""Anti-Backdoor Learning (Li et al., NeurIPS 2021, arXiv 2110.11571), on freqlens' training loop.
 
 ABL rests on the same observation as MuScleLoRA: backdoor examples are
-learned faster than clean ones. It trains in three phases:
+learned faster than clean ones. It trains in three phases (the paper's
+Section 4: local gradient ascent, backdoor isolation, backdoor unlearning):
 
 1. isolation: ``isolation_epochs`` of local gradient ascent (LGA), the loss
    ``sign(L - gamma) L``, which holds the training loss near ``gamma`` so that
    only the examples learned fastest (the poisoned ones) fall below it;
 2. the ``isolation_rate`` share of training examples with the lowest loss is
-   isolated; training goes on without them;
+   isolated (the paper: 1%); training goes on without them;
 3. unlearning: ``unlearn_epochs`` of gradient ascent (negated cross-entropy)
    on the isolated examples, at a small learning rate.
+
+How long the clean phase trains is ``defense.abl.budget``:
+
+- ``"full"`` (the default): the clean phase (2) trains for the run's whole
+  ``train.epochs``, so the final model is trained as long as a vanilla run,
+  with the isolation and unlearning epochs on top (``isolation_epochs +
+  train.epochs + unlearn_epochs`` epochs in all). This keeps the paper's
+  shape, short isolation and unlearning phases around a clean phase as long
+  as ordinary training (the authors' code, github.com/bboylyg/ABL: 10
+  isolation, 60 clean and 5 unlearning epochs on CIFAR-10).
+- ``"shared"`` (what earlier freqlens did, and what their stored configs are
+  read as): the three phases share ``train.epochs`` (the clean phase gets
+  ``train.epochs - isolation_epochs - unlearn_epochs``). At a small budget
+  (``train.epochs = 2`` on CPU) that leaves no clean phase at all:
+  isolation, then unlearning, which is not the method.
+
+The isolated examples are ABL's detection: ``results.json`` gets their
+precision, recall and F1 against the poison flags under
+``defense.detection`` (:func:`freqlens.defenses.filtering.detection_metrics`).
 
 The recorder sees all phases as one run (steps continue across phases).
 With a training checkpoint (``checkpoint=``, as ``freqlens run`` passes) the
@@ -27,10 +47,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from freqlens._checks import check_positive_int
+from freqlens._checks import check_choice, check_positive_int
 from freqlens.defenses.base import Defense, register_defense
 from freqlens.models import compute_autocast, eval_mode, model_device, trim_padding
 from freqlens.training import TrainConfig, TrainResult, steps_per_epoch, train
+
+BUDGETS = ("full", "shared")  # what `defense.abl.budget` may be (the module docstring says what each means)
+#: The budget of runs stored before ``defense.abl.budget`` existed (:func:`upgrade_stored`).
+EARLIER_BUDGET = "shared"
 
 
 @dataclass(frozen=True)
@@ -39,6 +63,7 @@ class ABLSettings:
 
     KEY: ClassVar[str] = "defense.abl."
 
+    budget: str = "full"  # "full": the clean phase trains train.epochs, the other phases on top; "shared": all phases within train.epochs
     isolation_rate: float = 0.01  # share of training examples isolated as suspected poison, in (0, 1)
     isolation_epochs: int = 1  # epochs of local gradient ascent before isolating
     gamma: float = 0.5  # the loss floor of local gradient ascent
@@ -47,6 +72,7 @@ class ABLSettings:
 
     def __post_init__(self) -> None:
         key = self.KEY
+        check_choice(self.budget, f"{key}budget", BUDGETS)
         rate = self.isolation_rate
         if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate < 1):
             raise ValueError(f"Expected `{key}isolation_rate` in (0, 1) but got {rate!r}.")
@@ -104,22 +130,51 @@ def per_example_losses(model: nn.Module, encodings, labels, *, batch_size: int =
 def train_abl(model: nn.Module, encodings, labels, config: TrainConfig, *, isolation_rate: float = 0.01,
               isolation_epochs: int = 1, gamma: float = 0.5, unlearn_epochs: int = 1,
               unlearn_lr: float | None = None, poison: np.ndarray | None = None, recorder=None,
-              progress: bool = True, selector=None, checkpoint=None) -> tuple[TrainResult, ABLResult]:
-    """Train ``model`` with ABL for ``config.epochs`` epochs in all (phases included).
+              progress: bool = True, selector=None, checkpoint=None,
+              budget: str = "full") -> tuple[TrainResult, ABLResult]:
+    """Train ``model`` with ABL: isolation, training without the isolated examples, unlearning.
 
-    ``checkpoint``: a :class:`freqlens.checkpoint.Checkpoint` to save each
-    epoch's state into and resume from (see :func:`freqlens.training.train`).
+    Args:
+        model, encodings, labels: as in :func:`freqlens.training.train`
+            (encodings (N, L), N labels).
+        config: the run's optimisation settings; ``config.epochs`` is the
+            clean phase's epochs with ``budget="full"``, all phases' with
+            ``"shared"``.
+        isolation_rate: share of the N examples isolated, in (0, 1); at
+            least one is.
+        isolation_epochs, gamma: epochs of local gradient ascent and its
+            loss floor.
+        unlearn_epochs, unlearn_lr: epochs of gradient ascent on the
+            isolated examples and its lr (None: ``config.lr / 10``).
+        poison: (N,) booleans, the poisoned examples (for the isolated
+            share), or None.
+        recorder, progress, selector: as in :func:`freqlens.training.train`
+            (the selector scores the clean phase's epochs).
+        checkpoint: a :class:`freqlens.checkpoint.Checkpoint` to save each
+            epoch's state into and resume from (see
+            :func:`freqlens.training.train`).
+        budget: ``"full"`` (the clean phase trains ``config.epochs``, the
+            other phases on top) or ``"shared"`` (all phases within
+            ``config.epochs``); see the module docstring.
 
     Returns:
-        The combined :class:`TrainResult` and an :class:`ABLResult`.
+        The combined :class:`TrainResult` (steps of all phases) and an
+        :class:`ABLResult`.
+
+    Raises:
+        ValueError: ``budget`` not one of :data:`BUDGETS`; with
+            ``"shared"``, ``config.epochs`` < ``isolation_epochs +
+            unlearn_epochs``.
     """
     labels = np.asarray(labels)
     n = len(labels)
-    clean_epochs = config.epochs - isolation_epochs - unlearn_epochs
+    check_choice(budget, "defense.abl.budget", BUDGETS)
+    clean_epochs = config.epochs if budget == "full" else config.epochs - isolation_epochs - unlearn_epochs
     if clean_epochs < 0:
         raise ValueError(
             f"Expected `train.epochs` ({config.epochs}) >= `defense.abl.isolation_epochs` ({isolation_epochs}) + "
-            f"`defense.abl.unlearn_epochs` ({unlearn_epochs}): ABL's phases take that many epochs."
+            f"`defense.abl.unlearn_epochs` ({unlearn_epochs}) with `defense.abl.budget` = 'shared': ABL's phases "
+            f"take that many epochs (with 'full' the clean phase trains `train.epochs` and the others come on top)."
         )
     isolated_count = max(1, int(round(isolation_rate * n)))
     kept_count = n - isolated_count
@@ -182,20 +237,48 @@ def train_abl(model: nn.Module, encodings, labels, config: TrainConfig, *, isola
 class ABL(Defense):
     """Anti-Backdoor Learning as a defense (``defense.name = "abl"``, settings in ``[defense.abl]``).
 
-    ``results.json`` gets how many examples were isolated and the share of
-    them that are poisoned.
+    ``results.json`` gets, under ``defense``: ``abl`` (how many examples were
+    isolated, the share of them that are poisoned, the budget and the steps
+    of each phase) and ``detection``, the isolated examples' precision,
+    recall and F1 against the poison flags
+    (:func:`freqlens.defenses.filtering.detection_metrics`).
     """
 
     def train(self, model, encodings, labels, config, *, reference, selector, poison, recorder, progress,
               checkpoint):
+        from freqlens.defenses.filtering import detection_metrics
+
         settings = self.config.abl
         result, abl = train_abl(
             model, encodings, labels, config, isolation_rate=settings.isolation_rate,
             isolation_epochs=settings.isolation_epochs, gamma=settings.gamma,
             unlearn_epochs=settings.unlearn_epochs, unlearn_lr=settings.unlearn_lr, poison=poison,
-            recorder=recorder, progress=progress, selector=selector, checkpoint=checkpoint,
+            recorder=recorder, progress=progress, selector=selector, checkpoint=checkpoint, budget=settings.budget,
         )
-        return result, {"abl": {"isolated": int(len(abl.isolated)), "isolated_poison_share": abl.isolated_poison_share}}
+        isolated = np.zeros(len(labels), dtype=bool)
+        isolated[abl.isolated] = True
+        return result, {"abl": {"isolated": int(len(abl.isolated)), "isolated_poison_share": abl.isolated_poison_share,
+                                "budget": settings.budget, "phase_steps": [p.steps for p in abl.phases]},
+                        "detection": detection_metrics(isolated, poison)}
+
+
+def upgrade_stored(defense: dict) -> dict:
+    """A stored ``[defense]`` table (nested keys) of an earlier freqlens, read as that version ran it.
+
+    Runs stored before ``defense.abl.budget`` existed shared ``train.epochs``
+    among ABL's phases: an ``abl`` run whose ``abl`` table has no ``budget``
+    gets :data:`EARLIER_BUDGET` (so it groups with, and resumes as, a run of
+    this version with ``budget = "shared"``). Other tables are returned as
+    they are (a copy of ``defense``).
+    """
+    upgraded = dict(defense)
+    if upgraded.get("name") == "abl":
+        table = upgraded.get("abl")
+        table = dict(table) if isinstance(table, dict) else {} if table is None else table
+        if isinstance(table, dict) and "budget" not in table:
+            table["budget"] = EARLIER_BUDGET
+        upgraded["abl"] = table
+    return upgraded
 
 
 register_defense("abl", ABL)

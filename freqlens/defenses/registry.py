@@ -17,6 +17,10 @@ adds more.
 ``prefix``                peft prefix tuning
 ``abl``                   Anti-Backdoor Learning (Li et al., NeurIPS 2021)
 ``reference-only``        full fine-tuning on the clean reference set alone, for as many steps
+``dece``                  full fine-tuning with the deceptive cross-entropy (Yang et al., arXiv 2407.08956)
+``graceful``              drop the smallest cluster of head gradients in DCT space (Wu et al., arXiv 2412.02454)
+``cube``                  keep each label's largest cluster of representations, retrain (Cui et al., arXiv 2206.08514)
+``bki``                   drop the sentences holding the top backdoor keyword, retrain (Chen and Dai, arXiv 2007.12070)
 ========================  ==================================================================
 """
 

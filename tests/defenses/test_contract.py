@@ -38,7 +38,8 @@ from .helpers import inputs, labels, logits
 FAMILIES = ("bert", "gpt2")
 N = 4  # training rows: one step of batch N
 # small settings so that every defense takes one step on N rows (ABL: its isolation phase only)
-SMALL = {"prefix": {"tokens": 2}, "abl": {"isolation_rate": 0.25, "isolation_epochs": 1, "unlearn_epochs": 0},
+SMALL = {"prefix": {"tokens": 2},
+         "abl": {"isolation_rate": 0.25, "isolation_epochs": 1, "unlearn_epochs": 0, "budget": "shared"},
          "reference_size": N}
 
 # A bad value for every setting of every component table, and what the error says of it.
@@ -49,7 +50,7 @@ BAD = {
     "ga.loss_threshold": -1.0, "ga.norm_threshold": -1e-9, "ga.mu": 1.5, "ga.mix_from_epoch": -1,
     "ga.pure": "yes", "ga.batch_size": 0, "ga.subspace": 0,
     "abl.isolation_rate": 1.5, "abl.isolation_epochs": 0, "abl.gamma": -1.0, "abl.unlearn_epochs": -1,
-    "abl.unlearn_lr": 0.0,
+    "abl.unlearn_lr": 0.0, "abl.budget": "epochs",
     "prefix.tokens": 0,
 }
 

@@ -145,24 +145,28 @@ def test_reference_only_never_sees_the_poisoned_set():
 ABL_CONFIG = TrainConfig(epochs=3, batch_size=4, lr=1e-3)
 
 
-def test_abl_isolates_the_requested_share_and_adds_up_its_phases():
+@pytest.mark.parametrize(("budget", "clean_epochs"), [("full", 3), ("shared", 1)])
+def test_abl_isolates_the_requested_share_and_adds_up_its_phases(budget, clean_epochs):
     enc, y = task()
     poison = np.zeros(N, bool)
     poison[:5] = True
-    result, abl = train_abl(build("bert"), enc, y, ABL_CONFIG, isolation_rate=0.1, poison=poison, progress=False)
+    result, abl = train_abl(build("bert"), enc, y, ABL_CONFIG, isolation_rate=0.1, poison=poison, progress=False,
+                            budget=budget)
     assert len(abl.isolated) == 2 == round(0.1 * N)
     assert np.array_equal(abl.isolated, np.unique(abl.isolated))  # sorted, no repeats
     assert abl.isolated.min() >= 0 and abl.isolated.max() < N
     assert abl.isolated_poison_share == pytest.approx(float(poison[abl.isolated].mean()))
     assert len(abl.phases) == 3
-    assert [p.steps for p in abl.phases] == [steps_per_epoch(N, 4), steps_per_epoch(N - 2, 4), steps_per_epoch(2, 4)]
-    assert result.steps == sum(p.steps for p in abl.phases) == 5 + 5 + 1
+    # isolation: one epoch on all N; clean: `clean_epochs` on the N - 2 kept; unlearning: one on the 2 isolated
+    assert [p.steps for p in abl.phases] == [steps_per_epoch(N, 4), clean_epochs * steps_per_epoch(N - 2, 4),
+                                             steps_per_epoch(2, 4)]
+    assert result.steps == sum(p.steps for p in abl.phases) == 5 + 5 * clean_epochs + 1
     assert len(result.losses) == result.steps
 
 
 def test_abl_isolates_at_least_one_example():
     enc, y = task()
-    _, abl = train_abl(build("bert"), enc, y, ABL_CONFIG, isolation_rate=0.001, progress=False)
+    _, abl = train_abl(build("bert"), enc, y, replace(ABL_CONFIG, epochs=1), isolation_rate=0.001, progress=False)
     assert len(abl.isolated) == 1
     assert abl.isolated_poison_share is None
 
@@ -171,18 +175,20 @@ def test_abl_isolates_the_lowest_loss_examples_after_isolation():
     enc, y = task()
     model = build("bert", dropout=0.0)
     _, abl = train_abl(model, enc, y, replace(ABL_CONFIG, epochs=1), isolation_rate=0.2, unlearn_epochs=0,
-                       progress=False)
+                       progress=False, budget="shared")
     assert len(abl.phases) == 1  # isolation only: the model is as it was when isolating
     losses = per_example_losses(model, enc, y)
     assert set(abl.isolated) == set(np.argsort(losses, kind="stable")[:4])
     assert losses[abl.isolated].max() <= np.delete(losses, abl.isolated).min()
 
 
-def test_abl_needs_enough_epochs_for_its_phases():
+def test_abl_with_a_shared_budget_needs_enough_epochs_for_its_phases():
     enc, y = task()
-    with pytest.raises(ValueError, match="epochs"):
+    with pytest.raises(ValueError, match=r"`train\.epochs` \(1\) >= .*budget` = 'shared'"):
         train_abl(build("bert"), enc, y, replace(ABL_CONFIG, epochs=1), isolation_epochs=1, unlearn_epochs=1,
-                  progress=False)
+                  progress=False, budget="shared")
+    with pytest.raises(ValueError, match=r"`defense\.abl\.budget` to be one of \('full', 'shared'\)"):
+        train_abl(build("bert"), enc, y, ABL_CONFIG, progress=False, budget="epochs")
 
 
 def test_abl_through_fit_defense():
@@ -193,4 +199,9 @@ def test_abl_through_fit_defense():
     result, info = fit_defense(model, enc, y, config, ABL_CONFIG, poison=poison, progress=False)
     assert info["abl"]["isolated"] == 2
     assert info["abl"]["isolated_poison_share"] in (0.0, 0.5, 1.0)
-    assert result.steps == 5 + 5 + 1
+    assert info["abl"]["budget"] == "full" and info["abl"]["phase_steps"] == [5, 3 * 5, 1]
+    assert result.steps == 5 + 3 * 5 + 1  # the clean phase trains all 3 epochs of train.epochs
+    share = info["abl"]["isolated_poison_share"]
+    assert info["detection"]["flagged"] == 2 and info["detection"]["poisoned"] == 4
+    assert info["detection"]["precision"] == pytest.approx(share)
+    assert info["detection"]["recall"] == pytest.approx(share * 2 / 4)

@@ -11,7 +11,7 @@ from freqlens.defenses.registry import ADAPTER_LR, PROMPT_LR, SMALL_MODEL, count
 
 from .helpers import DECODERS, FAMILIES, build, trainable
 
-FULL = ("vanilla", "ga", "abl", "reference-only")
+FULL = ("vanilla", "ga", "abl", "reference-only", "early-loss", "dece", "cube", "bki", "graceful")
 LORA_ONLY = ("lora", "ga+lora")
 LORA_MSLR = ("mslr", "muscle", "muscle-paper")
 HEADS = {"bert": "classifier", "roberta": "classifier.out_proj", "gpt2": "score", "llama": "score"}

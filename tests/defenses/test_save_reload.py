@@ -30,7 +30,8 @@ from .helpers import FAMILIES, build, inputs, labels, logits
 SEED_A, SEED_B = 11, 12345
 N, LENGTH = 8, 8
 # small settings so every defense takes a few steps on 8 rows
-SETTINGS = {"prefix": {"tokens": 2}, "abl": {"isolation_rate": 0.25, "isolation_epochs": 1, "unlearn_epochs": 1},
+SETTINGS = {"prefix": {"tokens": 2},
+            "abl": {"isolation_rate": 0.25, "isolation_epochs": 1, "unlearn_epochs": 1, "budget": "shared"},
             "reference_size": 4}
 
 

@@ -1,0 +1,92 @@
+"""``early-loss``: drop the training examples a short first phase learned first, train on the rest.
+
+freqlens' own defense, from its own measurement: the backdoor mapping is
+learned before the clean one (the Frequency Principle reading of Wu et al.,
+ACL 2024, and freqlens' learning-speed spectra; ABL, Li et al. NeurIPS 2021,
+rests on the same observation). After a short first phase of plain
+fine-tuning, the poisoned training examples are fitted while most clean ones
+are not yet, so their loss is among the lowest.
+
+The method, in two phases (:class:`~freqlens.defenses.filtering.FilteringDefense`):
+
+1. fine-tune for ``first_epochs`` epochs (plain cross-entropy, the run's
+   learning rate with its own linear decay), then compute every training
+   example's cross-entropy in eval mode (one forward pass over the training
+   set);
+2. flag the ``rate`` share of training examples with the lowest loss, go back
+   to the initial weights and fine-tune for the run's ``train.epochs`` on the
+   rest (the recorded phase).
+
+Cost: ``first_epochs`` extra epochs plus one forward pass over the training
+set; no clean data. The choices (eval-mode loss after one epoch, not the
+losses of the training passes or after two epochs; the rate) were measured
+with ``benchmarks/filter_signals.py`` (``benchmarks/results/filter_signals.md``)
+and are documented in docs/defenses.md ("early-loss").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+
+from freqlens._checks import check_positive_int
+from freqlens.defenses.abl import per_example_losses
+from freqlens.defenses.base import register_defense
+from freqlens.defenses.filtering import FilteringDefense, Flags
+from freqlens.training import train
+
+
+@dataclass(frozen=True)
+class EarlyLossOptions:
+    """``early-loss``'s settings, the config's ``[defense.options]`` (errors name ``defense.options.<key>``)."""
+
+    KEY: ClassVar[str] = "defense.options."
+
+    rate: float = 0.2  # share of training examples flagged (lowest loss after the first phase), in (0, 1)
+    first_epochs: int = 1  # epochs of plain fine-tuning before the losses are taken
+    restart: bool = True  # train the final model from the initial weights (false: go on from the first phase)
+
+    def __post_init__(self) -> None:
+        rate = self.rate
+        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate < 1):
+            raise ValueError(f"Expected `{self.KEY}rate` in (0, 1) (the share of training examples flagged) but "
+                             f"got {rate!r}.")
+        check_positive_int(self.first_epochs, f"{self.KEY}first_epochs")
+        if not isinstance(self.restart, bool):
+            raise ValueError(f"Expected `{self.KEY}restart` to be true or false but got {self.restart!r}.")
+
+
+def lowest(scores: np.ndarray, rate: float) -> np.ndarray:
+    """(N,) bool: the ``round(rate * N)`` (at least 1) examples of lowest score (ties: the earlier row)."""
+    scores = np.asarray(scores, dtype=float)
+    count = max(1, int(round(rate * len(scores))))
+    flagged = np.zeros(len(scores), dtype=bool)
+    flagged[np.argsort(scores, kind="stable")[:count]] = True
+    return flagged
+
+
+class EarlyLoss(FilteringDefense):
+    """Drop the ``rate`` share of training examples with the lowest loss after ``first_epochs`` (module docs).
+
+    ``results.json`` gets, besides the detection metrics of the base,
+    ``loss_threshold`` (the highest loss flagged) and the median losses of
+    the flagged and the kept examples.
+    """
+
+    options = EarlyLossOptions
+
+    def flag(self, model, encodings, labels, config, *, reference, progress):
+        settings = self.settings or EarlyLossOptions()
+        train(model, encodings, labels, replace(config, epochs=settings.first_epochs), progress=progress)
+        losses = per_example_losses(model, encodings, labels, batch_size=max(config.batch_size, 64))
+        flagged = lowest(losses, settings.rate)
+        return Flags(flagged, {
+            "loss_threshold": round(float(losses[flagged].max()), 6),
+            "median_loss_flagged": round(float(np.median(losses[flagged])), 6),
+            "median_loss_kept": round(float(np.median(losses[~flagged])), 6) if (~flagged).any() else None,
+        })
+
+
+register_defense("early-loss", EarlyLoss)

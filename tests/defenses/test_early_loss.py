@@ -1,0 +1,76 @@
+"""`early-loss` (freqlens/defenses/early_loss.py): the examples a short first phase fits first are flagged.
+
+The known answer: a tiny model on a training set whose clean labels are coin flips (nothing to learn
+but by memorising) and whose poisoned rows (10%, label 1) are made of one trigger token, the only rule
+there is to learn; after the first phase the poisoned rows have the lowest loss, on every model family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from freqlens.defenses import DefenseConfig, make_defense
+from freqlens.defenses.abl import per_example_losses
+from freqlens.defenses.early_loss import EarlyLossOptions, lowest
+from freqlens.training import TrainConfig, train
+
+from .helpers import FAMILIES, build
+from .trigger_set import TRIGGER, trigger_set
+
+
+def backdoored_set(family: str, n: int = 200, seed: int = 0):
+    """``trigger_set`` with coin-flip clean labels and every word of a poisoned row the trigger."""
+    encodings, labels, poison = trigger_set(family, n=n, seed=seed)
+    ids, mask = encodings["input_ids"], encodings["attention_mask"]
+    for row in np.flatnonzero(poison):
+        ids[row, 1 : int(mask[row].sum()) - 1] = TRIGGER
+    labels = np.where(poison, 1, np.random.default_rng(seed + 1).integers(0, 2, n))
+    return encodings, torch.as_tensor(labels), poison
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lowest_flags_the_lowest_scores_like_a_sort(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 20, 50).astype(float)  # ties: the earlier row first, as a stable sort
+    for rate in (0.01, 0.1, 0.33, 0.9):
+        expected = np.zeros(50, bool)
+        expected[sorted(range(50), key=lambda i: (scores[i], i))[: max(1, round(rate * 50))]] = True
+        np.testing.assert_array_equal(lowest(scores, rate), expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_poisoned_rows_are_flagged_and_the_final_model_never_sees_them(family):
+    encodings, labels, poison = backdoored_set(family)
+    config = TrainConfig(epochs=1, batch_size=16, lr=5e-3, seed=0)
+    torch.manual_seed(0)
+    model = build(family)
+    defense = make_defense(DefenseConfig(name="early-loss", options={"rate": 0.1, "first_epochs": 3}))
+    defense.prepare(model)
+    result, info = defense.fit(model, encodings, labels, config, poison=poison, progress=False)
+    detection = info["detection"]
+    assert detection["poisoned"] == 20 and detection["flagged"] == 20
+    assert detection["precision"] >= 0.9 and detection["recall"] >= 0.9, detection
+    assert info["removed"] == 20 and info["trained_on"] == 180 and result.steps == -(-180 // 16)
+    assert info["median_loss_flagged"] < info["median_loss_kept"] and info["clean_examples"] == 0
+
+    # the flags are the lowest losses of an independent first phase from the same start
+    torch.manual_seed(0)
+    reference = build(family)
+    train(reference, encodings, labels, TrainConfig(epochs=3, batch_size=16, lr=5e-3, seed=0), progress=False)
+    expected = lowest(per_example_losses(reference, encodings, labels), 0.1)
+    assert detection["precision"] == pytest.approx((expected & poison).sum() / 20)
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"rate": 0}, r"`defense.options.rate` in \(0, 1\)"),
+    ({"rate": 1.5}, r"`defense.options.rate` in \(0, 1\)"),
+    ({"rate": True}, r"`defense.options.rate`"),
+    ({"first_epochs": 0}, r"`defense.options.first_epochs`"),
+    ({"restart": "yes"}, r"`defense.options.restart` to be true or false"),
+])
+def test_bad_options_name_their_key(options, match):
+    with pytest.raises(ValueError, match=match):
+        EarlyLossOptions(**options)
+    with pytest.raises(ValueError, match=match):
+        DefenseConfig(name="early-loss", options=options)
