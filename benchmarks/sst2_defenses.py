@@ -10,9 +10,24 @@ Two budgets:
   meant for a GPU.
 - ``cpu``: the example configs as they are (2,000 examples, 2 epochs, lr 4e-5).
 
+The defenses are every registered one (:data:`freqlens.defenses.DEFENSES`, in
+registration order): a new defense is benchmarked without editing this file.
+
 Writes ``benchmarks/results/sst2_defenses_<budget>.md`` and ``.csv`` with the
 command and the machine. A run whose ``results.json`` exists is not run again
-(delete its folder to redo it), so an interrupted benchmark resumes.
+(delete its folder to redo it), so an interrupted benchmark resumes. Each
+run's ``results.json`` (about 70 KB) is also copied to
+``benchmarks/results/runs/<budget>/<attack>-<defense>-s<seed>.json``, which is
+committed: a run found there is not run again either, and the tables can be
+rebuilt on a fresh clone with ``--no-run``; with
+``--no-run`` the table is made from the ``results.json`` files already there
+(those of earlier freqlens versions too: a field they lack is "–"). The
+Markdown file holds two tables: one row per run (CACC, ASR, false-trigger rate,
+net backdoor effect, the clean examples the defense used, the training
+examples it removed and their detection precision / recall / F1, ...), then
+the layout of the papers' main comparison: defenses as rows, attacks as
+columns, CACC / ASR / net per cell, mean ± sample standard deviation over the
+seeds where there are several.
 
 Usage (from the repository root)::
 
@@ -29,30 +44,38 @@ import argparse
 import csv
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
+from freqlens.defenses import (
+    DEFENSES,  # every registered defense, in registration order (a live view)
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("badnets", "addsent", "synbkd", "stylebkd")
-DEFENSES = ("vanilla", "lora", "mslr", "ga", "ga+lora", "muscle", "muscle-paper", "prefix", "abl", "reference-only")
 BUDGETS = {
     "paper": ["data.max_train=100000", "data.max_eval=100000", "train.epochs=10", "train.lr=2e-5"],
     "cpu": [],
 }
 COLUMNS = ("attack", "defense", "seed", "cacc", "asr", "false_trigger_rate", "net_backdoor_effect",
-           "best_epoch", "lr", "trainable_parameters", "backdoor_first_joint", "backdoor_first_separate",
+           "clean_examples", "removed", "precision", "recall", "f1", "best_epoch", "lr", "trainable_parameters",
+           "backdoor_first_joint", "backdoor_first_separate",
            "speed_first_widths", "speed_first_modes", "recording_share", "seconds")
 
 
 def defense_variant(text: str) -> str:
     """``name`` or ``name@key=value,key=value`` (defense settings as keys under ``defense.``, e.g.
-    ``muscle@reference_size=512,ga.mu=0.2``), checked against DEFENSES."""
+    ``muscle@reference_size=512,ga.mu=0.2``), checked against the registered defenses."""
     name = text.partition("@")[0]
     if name not in DEFENSES:
-        raise argparse.ArgumentTypeError(f"expected one of {DEFENSES}, optionally with @key=value,..., got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected one of {tuple(DEFENSES)}, optionally with @key=value,..., "
+                                         f"got {text!r}")
     return text
 
 
@@ -70,6 +93,9 @@ def run_one(attack: str, defense: str, seed: int, args) -> dict | None:
     name, _, settings = defense.partition("@")
     out = Path(args.out) / f"{attack}-{run_name(defense)}-s{seed}"
     results = out / "results.json"
+    kept = ROOT / "benchmarks" / "results" / "runs" / args.budget / f"{out.name}.json"  # committed: rebuilds the table
+    if not results.is_file() and kept.is_file():
+        return row(attack, defense, seed, json.loads(kept.read_text()))
     if not results.is_file() and args.no_run:
         return None
     if not results.is_file():
@@ -91,16 +117,26 @@ def run_one(attack: str, defense: str, seed: int, args) -> dict | None:
               flush=True)
         if code != 0 or not results.is_file():
             return None
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(results, kept)
     return row(attack, defense, seed, json.loads(results.read_text()))
 
 
 def row(attack: str, defense: str, seed: int, r: dict) -> dict:
+    """One run's row (:data:`COLUMNS`) from its ``results.json`` ``r``. ``clean_examples`` (the clean
+    reference examples the defense used), ``removed`` (training examples a filtering defense dropped)
+    and its detection ``precision``, ``recall`` and ``f1`` against the poison flags come from
+    ``r["defense"]``; None where the run did not record them (an earlier freqlens, a defense that
+    removes nothing)."""
     summary = r["analysis"]["summary"]
-    done = r.get("defense", {})
+    done = r.get("defense") or {}
+    detection = done.get("detection") or {}
     return {
         "attack": attack, "defense": defense, "seed": seed,
         "cacc": r["cacc"], "asr": r["asr"], "false_trigger_rate": r["false_trigger_rate"],
         "net_backdoor_effect": r["asr"] - r["false_trigger_rate"],
+        "clean_examples": done.get("clean_examples"), "removed": done.get("removed"),
+        "precision": detection.get("precision"), "recall": detection.get("recall"), "f1": detection.get("f1"),
         "best_epoch": done.get("best_epoch"), "lr": done.get("lr"),
         "trainable_parameters": done.get("trainable_parameters"),
         "backdoor_first_joint": summary.get("joint", {}).get("counts", {}).get("backdoor first", 0),
@@ -134,6 +170,63 @@ def fmt(value) -> str:
     return str(value)
 
 
+def _number(value, spec: str) -> str:
+    """``value`` with the format ``spec``; "–" where it was not recorded."""
+    return "–" if value is None else format(value, spec)
+
+
+def runs_table(rows: list[dict]) -> list[str]:
+    """The Markdown table of the runs, one row each (:data:`COLUMNS`); "–" where a run lacks a value."""
+    lines = [
+        "| attack | defense | seed | CACC | ASR | false-trigger | net | clean | removed | precision | recall | F1 | "
+        "best epoch | lr | trainable | first (joint/sep.) | faster (widths) | faster (modes) | recording | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['attack']} | {r['defense']} | {r['seed']} | {fmt(r['cacc'])} | {fmt(r['asr'])} | "
+            f"{fmt(r['false_trigger_rate'])} | {fmt(r['net_backdoor_effect'])} | {fmt(r.get('clean_examples'))} | "
+            f"{fmt(r.get('removed'))} | {fmt(r.get('precision'))} | {fmt(r.get('recall'))} | {fmt(r.get('f1'))} | "
+            f"{fmt(r['best_epoch'])} | {_number(r['lr'], 'g')} | {_number(r['trainable_parameters'], ',')} | "
+            f"{r['backdoor_first_joint']}/{r['backdoor_first_separate']} | {r.get('speed_first_widths', '–')} | "
+            f"{r.get('speed_first_modes', '–')} | {_number(r['recording_share'], '.1%')} | {fmt(r['seconds'])} |"
+        )
+    return lines
+
+
+def _mean_sd(values: list[float]) -> str:
+    """``0.812`` for one value, ``0.812 ± 0.010`` (sample standard deviation) for several."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def paper_table(rows: list[dict]) -> list[str]:
+    """The layout of the papers' main comparison, as Markdown: one row per defense (in the order
+    the rows first name it), one column per attack (in :data:`ATTACKS` order, those with a run),
+    each cell ``CACC / ASR / net`` over the seeds run (mean ± sample standard deviation where there
+    are several; the ``seeds`` column says how many per attack); ``clean`` is the clean examples the
+    defense used ("–" where no run recorded it). "–" for an attack the defense was not run on."""
+    attacks = [a for a in ATTACKS if any(r["attack"] == a for r in rows)]
+    attacks += list(dict.fromkeys(r["attack"] for r in rows if r["attack"] not in attacks))
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    lines = ["| defense | clean | seeds | " + " | ".join(attacks) + " |", "|---" * (3 + len(attacks)) + "|"]
+    for defense in defenses:
+        mine = [r for r in rows if r["defense"] == defense]
+        clean = sorted({r["clean_examples"] for r in mine if r.get("clean_examples") is not None})
+        counts, cells = [], []
+        for attack in attacks:
+            runs = [r for r in mine if r["attack"] == attack]
+            counts.append(str(len(runs)))
+            cells.append(" / ".join(_mean_sd([r[m] for r in runs]) for m in ("cacc", "asr", "net_backdoor_effect"))
+                         if runs else "–")
+        run = {c for c in counts if c != "0"}  # one count for every attack run: said once
+        seeds = run.pop() if len(run) == 1 else "/".join(counts)
+        lines.append(f"| {defense} | {', '.join(f'{c:g}' for c in clean) or '–'} | {seeds} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
 def write_table(rows: list[dict], args, command: str, seconds: float) -> Path:
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
@@ -149,22 +242,23 @@ def write_table(rows: list[dict], args, command: str, seconds: float) -> Path:
         f"Machine: {machine()}  ",
         f"Wall time of the benchmark: {seconds / 60:.1f} min ({args.parallel} runs at a time).",
         "",
-        "net = ASR − false-trigger rate; first = widths where the backdoor's low-frequency "
+        "net = ASR − false-trigger rate; clean = clean examples the defense used (its reference set); removed, "
+        "precision, recall, F1 = training examples a filtering defense removed, and how well they match the "
+        "poisoned ones; first = widths where the backdoor's low-frequency "
         "error converged before the clean set's (joint / separate view); faster (widths, modes) = widths and "
         "eigenmode bands where the backdoor's learning speed was higher with a 95% bootstrap interval "
-        "excluding a tie (joint view); best epoch = the epoch kept by clean-dev selection (defended runs).",
+        "excluding a tie (joint view); best epoch = the epoch kept by clean-dev selection (defended runs); "
+        "– = not recorded by the run (an earlier freqlens, a defense that removes nothing).",
         "",
-        "| attack | defense | seed | CACC | ASR | false-trigger | net | best epoch | lr | trainable | "
-        "first (joint/sep.) | faster (widths) | faster (modes) | recording | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *runs_table(rows),
+        "",
+        "## Defenses x attacks",
+        "",
+        "Each cell: CACC / ASR / net, the mean ± sample standard deviation over the seeds where there are "
+        "several (seeds: how many; per attack where they differ).",
+        "",
+        *paper_table(rows),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['attack']} | {r['defense']} | {r['seed']} | {fmt(r['cacc'])} | {fmt(r['asr'])} | "
-            f"{fmt(r['false_trigger_rate'])} | {fmt(r['net_backdoor_effect'])} | {fmt(r['best_epoch'])} | "
-            f"{r['lr']:g} | {r['trainable_parameters']:,} | {r['backdoor_first_joint']}/{r['backdoor_first_separate']} | "
-            f"{r.get('speed_first_widths', '–')} | {r.get('speed_first_modes', '–')} | {r['recording_share']:.1%} | {fmt(r['seconds'])} |"
-        )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return stem.with_suffix(".md")
 

@@ -60,6 +60,20 @@ NOT_RECORDED_NOTE = ("dataset identity not recorded by this freqlens version; gr
 IDENTITY_FIELDS = tuple(key for key in identity_fields if key != "name")
 UNKNOWN_DEFENSE = "unknown defense"
 METRICS = ("cacc", "asr", "false_trigger_rate", "net_backdoor_effect")
+#: What a defense recorded in results.json's ``defense`` (key path there): the clean examples it used
+#: (``clean_examples``, every defense since that field was added) and, for a defense that removes
+#: training examples (:class:`freqlens.defenses.filtering.FilteringDefense`), how many it removed and
+#: the detection precision, recall and F1 of the examples it flagged against the poison flags.
+#: None (shown "–") for a run that did not record it: an older freqlens, a defense that removes nothing.
+DEFENSE_FIELDS = {
+    "clean_examples": ("clean_examples",),
+    "removed": ("removed",),
+    "detection_precision": ("detection", "precision"),
+    "detection_recall": ("detection", "recall"),
+    "detection_f1": ("detection", "f1"),
+}
+#: The defense fields averaged over seeds like the metrics (``clean_examples`` is one setting, shown as is).
+DETECTION = ("detection_precision", "detection_recall", "detection_f1")
 
 # Config entries that may differ between the runs of one group: the defense and how it was trained,
 # recorded and analysed. Everything else in a run's config defines its experiment.
@@ -122,7 +136,13 @@ class Run:
         return self.partial or "complete"
 
     def metric(self, name: str) -> float | None:
-        """A metric from results.json; None where it was not measured (e.g. a partial run)."""
+        """A metric from results.json, or a field of its ``defense`` (:data:`DEFENSE_FIELDS`); None where
+        it was not measured or recorded (a partial run, an older freqlens, a defense that removes nothing)."""
+        if name in DEFENSE_FIELDS:
+            value = self.results.get("defense")
+            for key in DEFENSE_FIELDS[name]:
+                value = value.get(key) if isinstance(value, Mapping) else None
+            return None if value is None else float(value)
         if name == "net_backdoor_effect" and "net_backdoor_effect" not in self.results:
             asr, ftr = self.metric("asr"), self.metric("false_trigger_rate")
             return None if asr is None or ftr is None else asr - ftr
@@ -428,12 +448,14 @@ def _mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None
 
 def seed_summary(members: Sequence[Run]) -> list[dict]:
     """Per configuration of a group (:func:`configurations`): how many seeds, and the mean and
-    spread (sample standard deviation over seeds) of CACC, ASR, false-trigger rate and net
-    backdoor effect. Spreads are None where fewer than two seeds measured the metric."""
+    spread (sample standard deviation over seeds) of CACC, ASR, false-trigger rate, net
+    backdoor effect, the clean examples the defense used and, for a defense that removes
+    examples, the detection precision, recall and F1 (:data:`DEFENSE_FIELDS`). Spreads are None
+    where fewer than two seeds measured the value; means None where no seed recorded it."""
     rows = []
     for label, runs in configurations(members).items():
         row = {"configuration": label, "defense": runs[0].defense, "seeds": [r.seed for r in runs]}
-        for name in METRICS:
+        for name in (*METRICS, "clean_examples", *DETECTION):
             row[name], row[f"{name}_sd"], row[f"{name}_n"] = _mean_sd([r.metric(name) for r in runs])
         rows.append(row)
     return rows
@@ -451,7 +473,10 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
 
     ``baseline`` names the run the shifts are against (see :func:`baseline`);
     shifts are None when there is none, and every value a run did not reach
-    (a partial run's metrics, a band that never converged) is None.
+    (a partial run's metrics, a band that never converged) is None. The
+    defense's own record (:data:`DEFENSE_FIELDS`: ``clean_examples``,
+    ``removed``, ``detection_precision``, ``detection_recall``,
+    ``detection_f1``) is None where the run did not record it.
     """
     rows = []
     for group, members in groups(runs).items():
@@ -461,8 +486,10 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
             base_bands = steps[id(base)] if base is not None else {}
             row = {"group": group, "run": run.label, "defense": run.defense, "status": run.status,
                    "baseline": None if base is None else base.label, "directory": str(run.directory)}
-            for name in METRICS:
+            for name in (*METRICS, *DEFENSE_FIELDS):
                 row[name] = run.metric(name)
+            for name in ("clean_examples", "removed"):  # counts, as integers (runs.csv)
+                row[name] = _count(row[name])
             for name in METRICS:
                 reference = base.metric(name) if base is not None else None
                 value = row[name]
@@ -507,7 +534,9 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
     The figures are the rows of the figure table
     (:data:`freqlens.figures.FIGURES`) with a ``compare`` input, named by group
     and the row's ``compare_name``: per group ``<group>_metrics``,
-    ``<group>_speed_spectrum``, ``<group>_static_spectrum``,
+    ``<group>_speed_spectrum``, ``<group>_speed_vs_vanilla`` (each defense's
+    learning-speed spectrum beside vanilla's, where the group has a complete
+    vanilla run), ``<group>_static_spectrum``,
     ``<group>_convergence_spectrum``, per run ``<group>_<run>_<kind>`` (kinds
     ``mode_heatmap``, ``heatmap``, ``error_curves``, ``band_spectrum``,
     ``frequency_ratios``, ``projection_spectrum``), where they apply; names
@@ -630,10 +659,23 @@ def _unique_stem(parts: Sequence[str], used: set[str], kind: str = "", *, prefix
 
 
 def _summary_table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    header = ["run", "status", "CACC", "ASR", "false-trigger", "net", "Δ vs", "Δ CACC", "Δ ASR", "Δ net"]
+    """The runs of a group: metrics, the clean examples each defense used, and, where a run of the group
+    removed training examples, how many and their detection precision / recall / F1 ("–" where absent)."""
+    header = ["run", "status", "CACC", "ASR", "false-trigger", "net", "clean examples", "Δ vs", "Δ CACC",
+              "Δ ASR", "Δ net"]
     table = [[r["run"], r["status"], r["cacc"], r["asr"], r["false_trigger_rate"], r["net_backdoor_effect"],
-              r["baseline"], r["shift_cacc"], r["shift_asr"], r["shift_net_backdoor_effect"]] for r in rows]
+              _count(r["clean_examples"]), r["baseline"], r["shift_cacc"], r["shift_asr"],
+              r["shift_net_backdoor_effect"]] for r in rows]
+    if any(r[k] is not None for r in rows for k in ("removed", *DETECTION)):
+        header += ["removed", "detection precision", "detection recall", "detection F1"]
+        for line, r in zip(table, rows):
+            line += [_count(r["removed"]), *(r[k] for k in DETECTION)]
     return header, table
+
+
+def _count(value: float | None) -> int | None:
+    """A count stored as a number (a mean over seeds that agree) as an integer; None stays None."""
+    return None if value is None else int(round(value))
 
 
 def _speed_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
@@ -671,9 +713,16 @@ def _seed_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
         mean, sd = row[name], row[f"{name}_sd"]
         return "–" if mean is None else f"{mean:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
 
-    header = ["configuration", "seeds", "CACC", "ASR", "false-trigger", "net"]
+    def clean(row: dict) -> str:  # one setting, the same for every seed but where it changed between versions
+        mean, sd = row["clean_examples"], row["clean_examples_sd"]
+        return "–" if mean is None else f"{mean:.0f}" + ("" if not sd else f" ± {sd:.0f}")
+
+    detection = [name for name in DETECTION if any(r[name] is not None for r in rows)]
+    header = (["configuration", "seeds", "CACC", "ASR", "false-trigger", "net", "clean examples"]
+              + [f"detection {name.removeprefix('detection_')}".replace("f1", "F1") for name in detection])
     return header, [[r["configuration"], ", ".join(str(s) for s in r["seeds"])]
-                    + [spread(r, name) for name in METRICS] for r in rows]
+                    + [spread(r, name) for name in METRICS] + [clean(r)]
+                    + [spread(r, name) for name in detection] for r in rows]
 
 
 def _band_table(rows: list[dict]) -> tuple[list[str], list[list]]:
@@ -734,16 +783,25 @@ def _group_input(row, group: str, members: Sequence[Run]) -> tuple[object, dict]
                     "false_trigger_rate": m.metric("false_trigger_rate")} for m in members]
         measured = any(r[k] is not None for r in records for k in ("cacc", "asr", "false_trigger_rate"))
         return (records, {}) if measured else None  # else: the table says what is missing
-    if row.compare == "configurations":
+    if row.compare in ("configurations", "baseline"):
+        found = configurations(members)
         by_configuration = {label: [m.analysis for m in runs if row.applies(m.analysis)]
-                            for label, runs in configurations(members).items()}
+                            for label, runs in found.items()}
         by_configuration = {k: v for k, v in by_configuration.items() if v}
+        fields = {}
+        if row.compare == "baseline":  # the complete vanilla configuration first, then the others
+            vanilla = next((label for label, runs in found.items() if label in by_configuration
+                            and runs[0].defense == UNDEFENDED and runs[0].partial is None), None)
+            if vanilla is None or len(by_configuration) < 2:
+                return None  # nothing to draw beside (the note on the missing vanilla run says why)
+            by_configuration = {vanilla: by_configuration.pop(vanilla), **by_configuration}
+            fields["source"] = vanilla
         if not by_configuration:
             return None
         several = any(len(v) > 1 for v in by_configuration.values())
         spread = ("mean over seeds, band ± one standard deviation over seeds (one seed: its bootstrap interval)"
                   if several else "band = the run's bootstrap interval over probe rows")
-        return by_configuration, {"spread": spread}
+        return by_configuration, {**fields, "spread": spread}
     if row.compare == "one":
         having = [m for m in members if row.applies(m.analysis)]
         chosen = next((m for m in having if m.defense == UNDEFENDED), having[0] if having else None)

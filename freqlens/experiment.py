@@ -186,7 +186,8 @@ def record_and_analyse(setup: Setup, out: Path, sections, *, fit: Callable | Non
     if trajectory.meta.get("resumed"):  # the steps a killed run was resumed at (freqlens run --resume)
         results["resumed_at_steps"] = [entry["step"] for entry in trajectory.meta["resumed"]]
     warnings += write_run_outputs(out, title=setup.title, analysis=analysis, metrics=metrics,
-                                  details={"timings (s)": timings, "probes": probing, **info}, warnings=warnings)
+                                  details={"timings (s)": timings, "probes": probing, **info}, warnings=warnings,
+                                  defense=defense)
     results["timings"]["total_seconds"] = round(time.perf_counter() - began, 3)
     write_json(out / "results.json", results)
     return results

@@ -42,10 +42,11 @@ if TYPE_CHECKING:
 #: How the comparison report draws a figure. ``"run"``: once per run, of its analysis. Once per group of
 #: runs: ``"runs"`` (a mapping run label -> analysis), ``"configurations"`` (configuration label -> the
 #: analyses of its seeds; one seed: the run's own interval, several: mean ± one standard deviation over
-#: seeds), ``"one"`` (one run's analysis: the group's vanilla run where there is one) or ``"metrics"``
-#: (the runs' metrics from results.json as records with ``attack``, ``defense``, ``cacc``, ``asr`` and
-#: ``false_trigger_rate``: not an analysis).
-COMPARE_INPUTS = ("run", "runs", "configurations", "one", "metrics")
+#: seeds), ``"baseline"`` (as ``"configurations"``, the group's complete vanilla configuration first;
+#: drawn only where the group has one and another configuration), ``"one"`` (one run's analysis: the
+#: group's vanilla run where there is one) or ``"metrics"`` (the runs' metrics from results.json as records
+#: with ``attack``, ``defense``, ``cacc``, ``asr`` and ``false_trigger_rate``: not an analysis).
+COMPARE_INPUTS = ("run", "runs", "configurations", "baseline", "one", "metrics")
 #: The fields a ``compare_caption`` template may use.
 CAPTION_FIELDS = ("view", "mark", "source", "spread")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -108,9 +109,10 @@ class Figure:
             ``draw(analysis, **options)`` (``SpectralAnalysis.plot``, run
             files, per-run comparison figures), or ``draw(input)`` with the
             group input of ``compare`` (one analysis for ``"one"``, a mapping
-            for ``"runs"`` and ``"configurations"``, records for
-            ``"metrics"``: the one figure not of an analysis, which
-            ``SpectralAnalysis.plot`` does not draw and a run does not write).
+            for ``"runs"``, ``"configurations"`` and ``"baseline"``, records for
+            ``"metrics"``: the one figure not of an analysis). A ``"metrics"``
+            or ``"baseline"`` figure is one ``SpectralAnalysis.plot`` does not
+            draw and a run does not write.
         description: what it shows, one line (the comparison report's
             caption where ``compare_caption`` is empty).
         applies: whether an analysis has this figure (default: every one);
@@ -124,8 +126,9 @@ class Figure:
         compare_caption: its caption there, a :meth:`str.format` template
             with the fields ``view`` (the view it is drawn in), ``mark``
             (a note on partial runs, or empty), ``source`` (the run drawn,
-            for ``"one"``) and ``spread`` (what a line's band is, for
-            ``"configurations"``). Per run the run's label comes before it.
+            for ``"one"``; the baseline's label for ``"baseline"``) and
+            ``spread`` (what a line's band is, for ``"configurations"`` and
+            ``"baseline"``). Per run the run's label comes before it.
         compare_view: whether the comparison report passes its view
             (``view=``) to ``draw``.
 
@@ -178,9 +181,11 @@ class Figure:
             if unknown:
                 raise ValueError(f"Expected `compare_caption` of figure {self.kind!r} to use only the fields "
                                  f"{CAPTION_FIELDS} but got {unknown}.")
-        if self.compare == "metrics" and run:
-            raise ValueError(f"Expected no `run` files for figure {self.kind!r}: with compare = 'metrics' it is "
-                             "drawn from the runs' metrics, not from an analysis.")
+        if self.compare in ("metrics", "baseline") and run:
+            what = ("drawn from the runs' metrics, not from an analysis" if self.compare == "metrics"
+                    else "drawn from a group's configurations beside its baseline, not from one analysis")
+            raise ValueError(f"Expected no `run` files for figure {self.kind!r}: with compare = "
+                             f"{self.compare!r} it is {what}.")
 
     def draw_or_note(self, data, **options) -> tuple[object | None, str | None]:
         """``(draw(data, **options), None)``, or ``(None, note)`` where drawing raised: the reports
@@ -195,8 +200,10 @@ class Figure:
 
     @property
     def of_analysis(self) -> bool:
-        """Whether ``draw`` takes an analysis (every figure but the metrics, ``compare = "metrics"``)."""
-        return self.compare != "metrics"
+        """Whether ``draw`` takes an analysis: every figure but the metrics (``compare = "metrics"``) and
+        those that need a baseline beside the others (``compare = "baseline"``), which
+        ``SpectralAnalysis.plot`` does not draw."""
+        return self.compare not in ("metrics", "baseline")
 
 
 FIGURES: dict[str, Figure] = {}
@@ -245,7 +252,7 @@ def plot_kinds() -> tuple[str, ...]:
 
 # The built-in figures, in report order: the run report shows speed_spectrum, mode_heatmap,
 # static_spectrum, heatmap, heatmap_separate, curves; the comparison report the group figures
-# (metrics, speed_spectrum, static_spectrum, convergence_spectrum), then each run's.
+# (metrics, speed_spectrum, speed_vs_vanilla, static_spectrum, convergence_spectrum), then each run's.
 for _figure in (
     Figure("metrics", plots.plot_defense_comparison, "CACC, ASR and false-trigger rate per defense and attack",
            compare="metrics", compare_caption="CACC, ASR and false-trigger rate per run{mark}"),
@@ -257,6 +264,11 @@ for _figure in (
            compare="configurations", compare_name="speed_spectrum",
            compare_caption="Learning-speed spectrum per eigenmode band, one line per configuration: "
                            "{spread}{mark}"),
+    Figure("speeds_vs_vanilla", plots.plot_speed_beside_baseline,
+           "learning-speed spectrum of each defense beside vanilla's, same axes", applies=has_modes,
+           compare="baseline", compare_name="speed_vs_vanilla",
+           compare_caption="Learning-speed spectrum of each defense (colour) beside {source} (grey), one row "
+                           "per configuration, same axes: {spread}{mark}"),
     Figure("modes", plots.plot_mode_heatmap, "error per eigenmode band over training", applies=has_modes,
            run=(RunFile("mode_heatmap.png", "Error per eigenmode band over training"),),
            compare="run", compare_name="mode_heatmap"),

@@ -443,6 +443,26 @@ def _speed_signature(analysis: SpectralAnalysis, family: str, view: str) -> tupl
     return tuple(sorted(sizes))
 
 
+def _speed_line(members, role: str, family: str, view: str):
+    """``(mean, low, high, spread)`` of one probe set's speeds over the analyses ``members`` (the seeds
+    of one configuration): one analysis, its speed and bootstrap interval; several, the mean over
+    seeds ± one standard deviation (ddof 1). None where no analysis has these speeds."""
+    values = []
+    for a in members:
+        speeds = a.speeds.get(view, {}).get(a.roles.get(role, role), {})
+        if family in speeds:
+            values.append(speeds[family])
+    if not values:
+        return None
+    estimate = np.array([v.estimate for v in values], dtype=float)
+    if len(values) == 1:
+        spread = f"{int(round(100 * members[0].config.level))}% CI" if members[0].config else "CI"
+        return estimate[0], np.asarray(values[0].low, dtype=float), np.asarray(values[0].high, dtype=float), spread
+    mean = np.nanmean(estimate, axis=0)
+    sd = np.nanstd(estimate, axis=0, ddof=1)
+    return mean, mean - sd, mean + sd, f"±1 sd over {len(values)} seeds"
+
+
 def plot_speed_spectrum(analyses, *, family: str = "modes", view: str = "joint", axes=None):
     """The learning-speed spectrum: speed against frequency, one line and interval per run.
 
@@ -499,24 +519,12 @@ def plot_speed_spectrum(analyses, *, family: str = "modes", view: str = "joint",
     for i, (label, members) in enumerate(runs.items()):
         colour = f"C{i % 10}"
         for ax, role in zip(axes, roles):
-            values = []
-            for a in members:
-                speeds = a.speeds.get(view, {}).get(a.roles.get(role, role), {})
-                if family not in speeds:
-                    continue
-                values.append(speeds[family])
-            if not values:
+            line = _speed_line(members, role, family, view)
+            if line is None:
                 notes.append(f"{label or 'run'}: no {role} {family} speeds ({view} view)")
                 continue
-            estimate = np.array([v.estimate for v in values], dtype=float)
-            x = np.arange(estimate.shape[1])
-            if len(values) == 1:
-                mean, low, high = estimate[0], values[0].low, values[0].high
-                spread = f"{int(round(100 * members[0].config.level))}% CI" if members[0].config else "CI"
-            else:
-                mean = np.nanmean(estimate, axis=0)
-                sd = np.nanstd(estimate, axis=0, ddof=1)
-                low, high, spread = mean - sd, mean + sd, f"±1 sd over {len(values)} seeds"
+            mean, low, high, spread = line
+            x = np.arange(mean.size)
             name = f"{label} ({spread})" if label else spread
             ax.plot(x, mean, "-", marker=_MARKERS[i % len(_MARKERS)], markersize=3.5, color=colour, label=name)
             if np.isfinite(low).any():
@@ -549,6 +557,108 @@ def plot_speed_spectrum(analyses, *, family: str = "modes", view: str = "joint",
     axes[0].figure.suptitle(title + ("\n" + textwrap.fill("; ".join(notes), 150) if notes else ""), fontsize=11
                             if not notes else 9)
     return axes[0].figure
+
+
+def plot_speed_beside_baseline(configurations, *, family: str = "modes", view: str = "joint"):
+    """Each defense's learning-speed spectrum beside the undefended run's, on the same axes.
+
+    One row per configuration after the first, one panel per probe set
+    (backdoor, clean): the configuration's speed per frequency band in
+    colour, the first configuration's (the baseline, vanilla in the
+    comparison report) in grey under it, so that what a defense changes in
+    what is learned, and how fast, is the gap between the two lines. Every
+    panel shares the x axis (band) and the y axis (speed). A line's band is
+    the run's bootstrap interval (one seed) or ± one standard deviation over
+    seeds (several). Only runs whose bands are the baseline's are averaged
+    and overlaid: seeds with other bands (other probe sizes) are left out, a
+    configuration with none is drawn alone (its first run), and the panel
+    title says so.
+
+    Args:
+        configurations: a mapping label -> analysis or list of analyses (the
+            seeds of one configuration), the baseline first; at least two entries.
+        family: ``"modes"`` (eigenmode bands, default), ``"low"`` or ``"bands"``.
+        view: ``"joint"`` (the eigenmode bands exist only there) or ``"separate"``.
+
+    Returns:
+        The figure: (configurations - 1) x 2 panels, 2.3 inches high a row.
+
+    Raises:
+        ValueError: fewer than two configurations, an unknown family, analyses
+            with different learning-speed methods, or a baseline without
+            backdoor and clean speeds of ``family``.
+    """
+    if family not in SPEED_FAMILIES:
+        raise ValueError(f"Expected `family` to be one of {tuple(SPEED_FAMILIES)} but got {family!r}.")
+    runs = {label: list(a) if isinstance(a, (list, tuple)) else [a] for label, a in configurations.items()}
+    if len(runs) < 2 or not all(runs.values()):
+        raise ValueError(f"Expected a baseline and at least one other configuration, each with an analysis, but "
+                         f"got {list(runs)}.")
+    methods = {a.config.speed if a.config is not None else "area" for members in runs.values() for a in members}
+    if len(methods) > 1:
+        raise ValueError(f"Expected analyses with one learning-speed method (analysis.speed) but got "
+                         f"{sorted(methods)}: their speeds are on different scales.")
+    method = methods.pop()
+    (base_label, base), *others = runs.items()
+    signatures = [_speed_signature(a, family, view) for a in base]
+    signature = max(signatures, key=signatures.count)  # the bands most of the baseline's seeds have
+    base = [a for a, s in zip(base, signatures) if s == signature]
+    roles = ("backdoor", "clean")
+    base_lines = {role: _speed_line(base, role, family, view) for role in roles}
+    if any(line is None for line in base_lines.values()):
+        raise ValueError(f"Expected the baseline {base_label!r} to have backdoor and clean {family!r} learning "
+                         f"speeds ({view} view) but it has not; re-analyse its trajectory with freqlens.analyse.")
+    fig, axes = plt.subplots(len(others), 2, figsize=(10.0, 0.9 + 2.3 * len(others)), layout="constrained",
+                             sharex=True, sharey=True, squeeze=False)
+    size = base_lines["backdoor"][0].size
+    for i, ((label, members), row) in enumerate(zip(others, axes)):
+        colour = f"C{i % 10}"
+        used = [a for a in members if _speed_signature(a, family, view) == signature]
+        alike, note = bool(used), ""
+        if not used:  # nothing comparable: the first run alone
+            used, note = members[:1], f"bands differ from {base_label}'s (other probe sizes): drawn alone"
+        elif len(used) < len(members):
+            note = (f"{len(members) - len(used)} of {len(members)} runs left out: bands differ from "
+                    f"{base_label}'s (other probe sizes)")
+        for ax, role in zip(row, roles):
+            if alike:
+                mean, low, high, spread = base_lines[role]
+                x = np.arange(mean.size)
+                ax.plot(x, mean, "-", color="0.45", linewidth=1.3, label=f"{base_label} ({spread})")
+                ax.fill_between(x, low, high, color="0.6", alpha=0.25, linewidth=0)
+            line = _speed_line(used, role, family, view)
+            title = f"{label}: {role} probes"
+            if line is None:
+                title += f" (no {family} speeds)"
+            else:
+                mean, low, high, spread = line
+                x = np.arange(mean.size)
+                size = max(size, mean.size)
+                ax.plot(x, mean, "-", marker=_MARKERS[i % len(_MARKERS)], markersize=3.5, color=colour,
+                        label=f"{label} ({spread})")
+                if np.isfinite(low).any():
+                    ax.fill_between(x, low, high, color=colour, alpha=0.22, linewidth=0)
+            if note:
+                title += f"\n({note})"
+            ax.set_title(title, fontsize=9, color=role_colour(role))
+            ax.grid(alpha=0.3)
+        row[-1].legend(fontsize=7, loc="best")
+    higher = method == "area"
+    drawn = [line.get_ydata() for ax in axes.flat for line in ax.lines]
+    drawn += [c.get_paths()[0].vertices[:, 1] for ax in axes.flat for c in ax.collections if c.get_paths()]
+    lowest = min((np.nanmin(y) for y in drawn if np.isfinite(y).any()), default=0.0)
+    if higher and lowest < -1.0:  # a few bands whose error grew: keep the rest readable
+        axes[0, 0].set_yscale("symlog", linthresh=0.5, linscale=2.0)  # shared by every panel
+    names, x_label = _speed_axis_labels(base[0], family, size)
+    for ax in axes[-1]:
+        ax.set_xticks(np.arange(len(names)), names, rotation=45 if len(names) > 8 else 0, fontsize=7)
+        ax.set_xlabel(x_label, fontsize=8)
+    scale = "; log below -0.5" if axes[0, 0].get_yscale() == "symlog" else ""
+    fig.supylabel(f"learning speed ({method}; higher = learned faster{scale})" if higher
+                  else f"learning speed: step ({method}; lower = faster)", fontsize=9)
+    fig.suptitle(f"Learning-speed spectrum of each defense (colour) beside {base_label} (grey), {view} view",
+                 fontsize=11)
+    return fig
 
 
 def plot_static_spectrum(analysis: SpectralAnalysis, *, spaces=None):

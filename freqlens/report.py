@@ -148,6 +148,39 @@ def _static_table(analysis: SpectralAnalysis) -> str:
                    "flat spectrum"], rows)
 
 
+#: The rows of the run report's defense table: (label, key path in results.json's ``defense``).
+DEFENSE_ROWS = (
+    ("defense", ("name",)),
+    ("clean examples used (reference set)", ("clean_examples",)),
+    ("training examples removed", ("removed",)),
+    ("training examples trained on", ("trained_on",)),
+    ("flagged as poisoned", ("detection", "flagged")),
+    ("poisoned in the training set", ("detection", "poisoned")),
+    ("detection precision (flagged that are poisoned)", ("detection", "precision")),
+    ("detection recall (poisoned that are flagged)", ("detection", "recall")),
+    ("detection F1", ("detection", "f1")),
+)
+
+
+def _defense_section(defense: Mapping) -> str:
+    """The defense a run trained with: its name, the clean examples it used and, for a defense that
+    removes training examples, how many and how well they match the poison flags; then everything
+    else it recorded (a nested table). A field the defense did not record (an older freqlens, a
+    defense that removes nothing) is left out; the clean examples are shown as missing (–)."""
+    rows = []
+    for label, path in DEFENSE_ROWS:
+        value = defense
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if value is not None or path == ("clean_examples",):
+            rows.append([label, value])
+    shown = {path[0] for _, path in DEFENSE_ROWS}
+    rest = {k: v for k, v in defense.items() if k not in shown}
+    more = (f"<details><summary>Everything the defense recorded</summary>{render_value(rest)}</details>"
+            if rest else "")
+    return "<h2>Defense</h2>" + _table(["", "value"], rows) + more
+
+
 def write_report(
     path: str | Path,
     *,
@@ -157,6 +190,7 @@ def write_report(
     figures: Mapping[str, object],
     details: Mapping[str, object] | None = None,
     warnings: Sequence[str] = (),
+    defense: Mapping[str, object] | None = None,
 ) -> Path:
     """Write one self-contained HTML page (figures embedded) for a run.
 
@@ -169,6 +203,10 @@ def write_report(
         details: further key -> value rows (settings, timings); a mapping
             value is shown as a nested table, a list as one line.
         warnings: sentences shown under the title (e.g. small probe sets).
+        defense: what the defense recorded (results.json's ``defense``), shown
+            under the metrics: its name, the clean examples it used, the
+            examples it removed and their detection precision / recall / F1
+            (:data:`DEFENSE_ROWS`), then the rest; None (the demo): no section.
 
     Returns:
         The path written.
@@ -176,6 +214,8 @@ def write_report(
     parts = [f"<h1>{html.escape(title)}</h1>"]
     parts += [f'<p class="warning">{html.escape(w)}</p>' for w in warnings]
     parts.append(_table(["metric", "value"], [[METRIC_NAMES.get(k, k), v] for k, v in metrics.items()]))
+    if defense is not None:
+        parts.append(_defense_section(defense))
     summary = analysis.summary()
     for view in analysis.convergence:
         statement = summary.get(view, {}).get("statement")
@@ -244,7 +284,8 @@ def write_report(
 
 
 def write_run_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
-                  metrics: Mapping[str, float], details: Mapping, warnings: Sequence[str] = ()) -> list[str]:
+                  metrics: Mapping[str, float], details: Mapping, warnings: Sequence[str] = (),
+                  defense: Mapping | None = None) -> list[str]:
     """Write the figures (PNG, 130 dpi) and ``report.html`` of a run into ``out``.
 
     The figures are the ``run`` files of every row of the figure table
@@ -253,7 +294,8 @@ def write_run_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
     target spectrum where the run has clean and backdoor probe sets, then the
     paper's heat maps (``heatmap.png`` joint view, ``heatmap_separate.png``)
     and the error curves (``curves.png``); the report shows them in that order
-    with the rows' captions.
+    with the rows' captions. ``defense`` (results.json's ``defense``) is
+    shown under the metrics (:func:`write_report`).
 
     Returns:
         A warning for each figure that could not be drawn
@@ -273,6 +315,6 @@ def write_run_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
         fig.savefig(out / name, dpi=130)
     figures = {caption: fig for caption, fig in figures.values()}
     write_report(out / "report.html", title=title, analysis=analysis, metrics=metrics,
-                 figures=figures, details=details, warnings=[*warnings, *failed])
+                 figures=figures, details=details, warnings=[*warnings, *failed], defense=defense)
     plt.close("all")
     return failed

@@ -526,7 +526,7 @@ def test_report_figures_are_named_by_group_run_and_kind(report):
     prefix = {n.split("_")[0] for n in names}
     assert len(prefix) == 1 and re.fullmatch(r"[a-z0-9.-]+", prefix.pop())
     kinds = {n.split("_", 1)[1] for n in names}
-    assert kinds == {"metrics", "convergence_spectrum", "speed_spectrum", "static_spectrum"} | {
+    assert kinds == {"metrics", "convergence_spectrum", "speed_spectrum", "speed_vs_vanilla", "static_spectrum"} | {
         f"{run}_{kind}" for run in ("vanilla", "muscle") for kind in (
             "mode_heatmap", "heatmap", "error_curves", "band_spectrum", "frequency_ratios", "projection_spectrum")}
     markdown = (report / "report.md").read_text()
@@ -708,3 +708,94 @@ def test_report_reads_runs_stored_with_the_flat_defense_keys_of_earlier_versions
     assert by_name["old"].config == {**by_name["new"].config, "train.seed": 0}
     found = configurations([by_name["old"], by_name["new"]])
     assert list(found) == ["muscle"] and len(found["muscle"]) == 2
+
+
+def _with_defense(directory: Path, record: dict | None) -> Path:
+    """``directory``'s results.json with ``record`` as what its defense recorded (None: nothing, as
+    freqlens wrote before defenses recorded their clean examples and detection)."""
+    path = directory / "results.json"
+    results = json.loads(path.read_text())
+    results.pop("defense", None)
+    if record is not None:
+        results["defense"] = record
+    path.write_text(json.dumps(results))
+    return directory
+
+
+def _detection(precision, recall, removed=100):
+    f1 = 2 * precision * recall / (precision + recall)
+    return {"name": "abl", "clean_examples": 0, "removed": removed, "trained_on": 2000 - removed,
+            "detection": {"flagged": removed, "poisoned": 90, "precision": precision, "recall": recall, "f1": f1}}
+
+
+def _no_figures(monkeypatch):
+    """write_comparison writes its tables but draws no figure (these tests are about the tables)."""
+    import freqlens.compare as compare
+
+    monkeypatch.setattr(compare, "_group_figures", lambda group, members, view: [])
+
+
+def test_clean_examples_and_detection_are_reported_where_recorded_and_missing_elsewhere(runs, tmp_path,
+                                                                                        monkeypatch):
+    dirs = [_with_defense(_variant(runs, tmp_path, "old-vanilla", _ob_config(seed=0), asr=1.0), None),
+            _with_defense(_variant(runs, tmp_path, "vanilla1", _ob_config(seed=1), asr=0.9),
+                          {"name": "vanilla", "clean_examples": 0}),
+            _with_defense(_variant(runs, tmp_path, "ref", _ob_config(seed=0, defense="reference-only"), asr=0.2),
+                          {"name": "reference-only", "clean_examples": 256}),
+            _with_defense(_variant(runs, tmp_path, "abl0", _ob_config(seed=0, defense="abl"), asr=0.1),
+                          _detection(1.0, 0.9, removed=81)),
+            _with_defense(_variant(runs, tmp_path, "abl1", _ob_config(seed=1, defense="abl"), asr=0.2),
+                          _detection(0.8, 1.0, removed=112))]
+    loaded, problems = load_runs(dirs)
+    assert not problems
+    rows = {Path(r["directory"]).name: r for r in comparison_rows(loaded)}
+    assert rows["old-vanilla"]["clean_examples"] is None and rows["old-vanilla"]["detection_f1"] is None
+    assert rows["vanilla1"]["clean_examples"] == 0 and rows["ref"]["clean_examples"] == 256
+    assert rows["ref"]["detection_precision"] is None and rows["ref"]["removed"] is None
+    assert rows["abl0"]["detection_recall"] == pytest.approx(0.9) and rows["abl1"]["removed"] == 112
+    summary = {r["configuration"]: r for r in seed_summary(loaded)}
+    abl = summary["abl"]
+    assert abl["detection_precision"] == pytest.approx(0.9)
+    assert abl["detection_precision_sd"] == pytest.approx(np.std([1.0, 0.8], ddof=1))
+    assert abl["detection_f1"] == pytest.approx(np.mean([2 * 0.9 / 1.9, 1.6 / 1.8]))
+    assert summary["vanilla"]["clean_examples"] == 0 and summary["vanilla"]["clean_examples_n"] == 1  # one recorded
+    assert summary["reference-only"]["detection_recall"] is None
+
+    _no_figures(monkeypatch)
+    paths = write_comparison(loaded, tmp_path / "report")
+    md = paths["markdown"].read_text()
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| run | status |"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[6] == "clean examples" and cells[-4:] == ["removed", "detection precision", "detection recall",
+                                                           "detection F1"]
+
+    def row(label):
+        line = next(line for line in lines if line.startswith(f"| {label} |") and "complete" in line)
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    assert row("vanilla (old-vanilla)")[6] == "–" and row("vanilla (old-vanilla)")[-4:] == ["–"] * 4
+    assert row("vanilla (vanilla1)")[6] == "0" and row("reference-only")[6] == "256"
+    assert row("abl (abl0)")[-4:] == ["81", "1.000", "0.900", f"{2 * 0.9 / 1.9:.3f}"]
+    seeds = md[md.index("### Across seeds"):].split("\n\n")[1].splitlines()
+    assert seeds[0] == ("| configuration | seeds | CACC | ASR | false-trigger | net | clean examples | "
+                        "detection precision | detection recall | detection F1 |")
+    abl_line = next(line for line in seeds if line.startswith("| abl |"))
+    assert "| 0 | 0.900 ± 0.141 | 0.950 ± 0.071 |" in abl_line
+    assert next(line for line in seeds if line.startswith("| reference-only |")).endswith("| 256 | – | – | – |")
+    with open(paths["csv"]) as file:
+        table = {Path(r["directory"]).name: r for r in csv.DictReader(file)}
+    assert table["abl1"]["detection_precision"] == "0.8"
+    assert table["abl1"]["clean_examples"] == "0" and table["abl1"]["removed"] == "112"  # counts as integers
+    assert table["old-vanilla"]["clean_examples"] == table["ref"]["detection_f1"] == ""  # not recorded: empty
+
+
+def test_a_group_without_a_filtering_defense_has_no_detection_columns(runs, tmp_path, monkeypatch):
+    dirs = [_with_defense(_variant(runs, tmp_path, "v", _ob_config(seed=0), asr=1.0), None),
+            _with_defense(_variant(runs, tmp_path, "m", _ob_config(seed=0, defense="muscle"), asr=0.3),
+                          {"name": "muscle", "clean_examples": 256})]
+    loaded, _ = load_runs(dirs)
+    _no_figures(monkeypatch)
+    md = write_comparison(loaded, tmp_path / "report")["markdown"].read_text()
+    assert "| clean examples |" in md and "detection" not in md
+    assert "| muscle | complete |" in md and "| 256 |" in md

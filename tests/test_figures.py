@@ -28,8 +28,9 @@ RUN_REPORT = [
     ("heatmap_separate.png", "Separate view: a kernel per probe set (the paper's)"),
     ("curves.png", "Error curves at the middle width (joint view)"),
 ]
-# What the comparison report drew before the table, per group and per run (file-name kind: caption end).
-GROUP_FIGURES = ["metrics", "speed_spectrum", "static_spectrum", "convergence_spectrum"]
+# What the comparison report drew before the table, per group and per run (file-name kind: caption end),
+# and since issue 15 each defense's learning-speed spectrum beside vanilla's (speed_vs_vanilla).
+GROUP_FIGURES = ["metrics", "speed_spectrum", "speed_vs_vanilla", "static_spectrum", "convergence_spectrum"]
 RUN_FIGURES = {"mode_heatmap": "error per eigenmode band over training", "heatmap": "heat map (joint view)",
                "error_curves": "relative-error curves", "band_spectrum": "band spectrum over training",
                "frequency_ratios": "LFR / HFR over training", "projection_spectrum": "projection spectrum"}
@@ -125,6 +126,9 @@ def test_the_comparison_draws_the_tables_group_figures_then_each_runs(analysis, 
             assert f"![{run}: {what}](figures/synthetic_{run}_{kind}.png)" in markdown
     assert "![Static target spectrum of the probe sets (before training; from vanilla)]" in markdown
     assert "one line per configuration: band = the run's bootstrap interval over probe rows](" in markdown
+    assert ("![Learning-speed spectrum of each defense (colour) beside vanilla (grey), one row per configuration, "
+            "same axes: band = the run's bootstrap interval over probe rows](figures/synthetic_speed_vs_vanilla.png)"
+            in markdown)
 
 
 def test_a_group_figure_row_gets_its_input_and_caption_fields(analysis, tmp_path, table):
@@ -163,6 +167,8 @@ def test_a_figure_that_does_not_apply_is_left_out(analysis, tmp_path, table):
     (lambda: RunFile("a.png", "a", options=["view"]), r"`options` of a.png to be a mapping"),
     (lambda: Figure("k", plot_widths, "x", run=(RunFile("a.png", "a"),), compare="metrics"),
      r"no `run` files for figure 'k'"),
+    (lambda: Figure("k", plot_widths, "x", run=(RunFile("a.png", "a"),), compare="baseline"),
+     r"no `run` files for figure 'k': with compare = 'baseline'"),
     (lambda: RunFile("heat map.pdf", "c"), r"`file` to be a PNG file name .* got 'heat map.pdf'"),
     (lambda: RunFile("a.png", ""), r"`caption` of a.png"),
 ])
@@ -231,3 +237,33 @@ def test_a_figure_that_fails_in_the_comparison_is_a_note_in_its_place(analysis, 
     assert sorted(p.name for p in (tmp_path / "compare" / "figures").glob("*.png")) == [
         f"synthetic_{run}_error_curves.png" for run in ("lora", "vanilla")]
     assert "could not be drawn" in paths["html"].read_text(encoding="utf-8")
+
+
+def test_each_defense_is_drawn_beside_the_complete_vanilla_configuration_of_its_group(analysis, tmp_path, table):
+    from freqlens.compare import configurations
+
+    drawn = []
+
+    def beside(configs):
+        drawn.append({label: len(analyses) for label, analyses in configs.items()})
+        return plt.figure()
+
+    table.clear()
+    register_figure(Figure("beside", beside, "each defense beside vanilla", compare="baseline",
+                           compare_caption="beside {source}: {spread}"))
+    assert "beside" not in SpectralAnalysis.PLOTS  # it needs a group, not one analysis
+    vanilla, lora = _runs(analysis, tmp_path)
+    muscle = Run(directory=tmp_path / "muscle", results={"cacc": 0.9, "asr": 0.2, "false_trigger_rate": 0.1},
+                 analysis=analysis, label="muscle", group="synthetic", config={"defense.name": "muscle"},
+                 experiment={"dataset": "synthetic"})
+    paths = write_comparison([lora, muscle, vanilla], tmp_path / "a")  # vanilla given last, drawn first
+    assert drawn == [{"vanilla": 1, "lora": 1, "muscle": 1}]
+    assert "![beside vanilla: band = the run's bootstrap interval" in paths["markdown"].read_text()
+    write_comparison([lora, muscle], tmp_path / "b")  # no vanilla run: nothing to draw beside
+    partial = Run(directory=tmp_path / "vanilla", results={}, analysis=analysis, label="vanilla (partial)",
+                  group="synthetic", config={"defense.name": "vanilla"}, experiment={"dataset": "synthetic"},
+                  partial="partial: killed at step 4 of 10")
+    write_comparison([partial, lora], tmp_path / "c")  # a killed vanilla run is no baseline
+    write_comparison([vanilla], tmp_path / "d")  # vanilla alone: no defense to draw
+    assert len(drawn) == 1
+    assert list(configurations([lora, muscle, vanilla])) == ["lora", "muscle", "vanilla"]

@@ -8,6 +8,7 @@ from freqlens.plots import (
     plot_heatmap,
     plot_heatmaps,
     plot_mode_heatmap,
+    plot_speed_beside_baseline,
     plot_speed_spectrum,
     plot_static_spectrum,
 )
@@ -236,6 +237,8 @@ ALL_PLOTS = {
     "convergence_spectrum": lambda a: plot_convergence_spectrum(a, view="separate"),  # with its note
     "defense_comparison": lambda a: plot_defense_comparison(_rows()),
     "speed_spectrum": lambda a: plot_speed_spectrum({"vanilla": a, "muscle (3 seeds)": [a, a, a]}),
+    "speed_beside_baseline": lambda a: plot_speed_beside_baseline({"vanilla": a, "muscle (3 seeds)": [a, a, a],
+                                                                   "lora": a}),
     "static_spectrum": lambda a: plot_static_spectrum(a),
     "mode_heatmap": lambda a: plot_mode_heatmap(a),
 }
@@ -376,3 +379,54 @@ def test_seeds_with_other_bands_are_drawn_one_by_one_and_methods_never_mixed(ana
     half = analyse(make(), num_widths=4, speed="half_drop")
     with pytest.raises(ValueError, match="one learning-speed method"):
         plot_speed_spectrum({"area": analysis, "half": half})
+
+
+def _small(seed: int = 1):
+    """An analysis of a trajectory with 8 probes per set: other eigenmode bands than the fixture's."""
+    small = make_trajectory(seed=seed)
+    for field in ("inputs", "labels", "outputs"):
+        for name in ("clean", "backdoor", "control"):
+            getattr(small, field)[name] = getattr(small, field)[name][..., :8, :] if field == "outputs" \
+                else getattr(small, field)[name][:8]
+    return analyse(small, num_widths=4)
+
+
+def test_each_defense_beside_the_baseline_one_row_each_baseline_grey_same_axes(analysis):
+    slower = analyse(make_trajectory(backdoor_at=60.0, seed=1), num_widths=4)
+    third = analyse(make_trajectory(backdoor_at=30.0, seed=2), num_widths=4)
+    fig = plot_speed_beside_baseline({"vanilla": analysis, "muscle": [slower, third], "lora": slower})
+    assert len(fig.axes) == 4  # two defenses x (backdoor, clean)
+    assert [ax.get_title() for ax in fig.axes] == ["muscle: backdoor probes", "muscle: clean probes",
+                                                   "lora: backdoor probes", "lora: clean probes"]
+    shared = fig.axes[0].get_shared_y_axes()
+    assert all(shared.joined(fig.axes[0], ax) for ax in fig.axes)  # one speed scale for every panel
+    for ax, role in zip(fig.axes, ("backdoor", "clean") * 2):
+        grey, line = ax.lines
+        assert grey.get_color() == "0.45" and line.get_color() != grey.get_color()
+        np.testing.assert_allclose(grey.get_ydata(), analysis.speeds["joint"][analysis.roles[role]]["modes"].estimate)
+    mine = [x.speeds["joint"]["backdoor"]["modes"].estimate for x in (slower, third)]
+    np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(), np.mean(mine, axis=0))
+    np.testing.assert_allclose(fig.axes[2].lines[1].get_ydata(), mine[0])
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == [
+        "vanilla (95% CI)", "muscle (±1 sd over 2 seeds)"]
+    assert "beside vanilla (grey)" in fig.get_suptitle()
+    plt.close(fig)
+
+
+def test_beside_the_baseline_runs_with_other_bands_are_left_out_or_drawn_alone(analysis):
+    other = _small()
+    fig = plot_speed_beside_baseline({"vanilla": analysis, "mixed": [other, analysis], "apart": other})
+    mixed, apart = fig.axes[0], fig.axes[2]
+    assert "1 of 2 runs left out" in mixed.get_title() and len(mixed.lines) == 2
+    np.testing.assert_allclose(mixed.lines[1].get_ydata(), analysis.speeds["joint"]["backdoor"]["modes"].estimate)
+    assert "drawn alone" in apart.get_title() and len(apart.lines) == 1  # no grey line to compare with
+    np.testing.assert_allclose(apart.lines[0].get_ydata(), other.speeds["joint"]["backdoor"]["modes"].estimate)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="a baseline and at least one other"):
+        plot_speed_beside_baseline({"vanilla": analysis})
+    with pytest.raises(ValueError, match="`family`"):
+        plot_speed_beside_baseline({"vanilla": analysis, "m": analysis}, family="wavelets")
+    import dataclasses
+
+    with pytest.raises(ValueError, match="baseline 'vanilla' to have backdoor and clean"):
+        plot_speed_beside_baseline({"vanilla": dataclasses.replace(analysis, speeds={}), "m": analysis})

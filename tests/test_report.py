@@ -71,3 +71,37 @@ def test_the_report_gives_static_spectra_speeds_and_verdicts_with_their_interval
     assert row.count("<td>") == 1 + len(verdicts.outcomes)
     assert "Learning speed per filter width (low part), joint view" in page
     plt.close("all")
+
+
+def _defense_rows(page: str) -> dict[str, str]:
+    section = page[page.index("<h2>Defense</h2>"):]
+    table = section[:section.index("</table>")]
+    return {html.unescape(k): html.unescape(v)
+            for k, v in re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", table)}
+
+
+def test_the_run_report_shows_the_clean_examples_and_the_detection_of_a_filtering_defense(tmp_path):
+    analysis = analyse(make_trajectory(), num_widths=3)
+    defense = {"name": "cube", "lr": 4e-5, "clean_examples": 0, "removed": 230, "trained_on": 1770,
+               "detection": {"flagged": 230, "poisoned": 200, "precision": 0.8435, "recall": 0.97, "f1": 0.9023},
+               "clusters": 3}
+    page = write_report(tmp_path / "filter.html", title="t", analysis=analysis, metrics={"cacc": 0.9},
+                        figures={}, defense=defense).read_text()
+    rows = _defense_rows(page)
+    assert rows == {"defense": "cube", "clean examples used (reference set)": "0",
+                    "training examples removed": "230", "training examples trained on": "1770",
+                    "flagged as poisoned": "230", "poisoned in the training set": "200",
+                    "detection precision (flagged that are poisoned)": "0.8435",
+                    "detection recall (poisoned that are flagged)": "0.97", "detection F1": "0.9023"}
+    rest = page[page.index("Everything the defense recorded"):]
+    assert "<th>clusters</th><td>3</td>" in rest and "<th>lr</th>" in rest and "<th>removed</th>" not in rest
+    assert page.index("<h2>Defense</h2>") < page.index("<h2>Static target spectrum")
+
+    older = write_report(tmp_path / "older.html", title="t", analysis=analysis, metrics={"cacc": 0.9},
+                         figures={}, defense={"name": "muscle"}).read_text()  # before clean_examples existed
+    assert _defense_rows(older) == {"defense": "muscle", "clean examples used (reference set)": "–"}
+    assert "Everything the defense recorded" not in older
+    demo = write_report(tmp_path / "demo.html", title="t", analysis=analysis, metrics={"cacc": 0.9},
+                        figures={}).read_text()
+    assert "<h2>Defense</h2>" not in demo
+    plt.close("all")

@@ -199,7 +199,9 @@ num_widths = 3
     assert defense["mslr_layers"] == ["bert.pooler.dense"]
     assert defense["alignment"]["pure_steps"] + defense["alignment"]["mixed_steps"] == results["steps"]
     assert len(defense["epoch_dev_accuracy"]) == 2 and defense["best_epoch"] in (1, 2)
-    assert results["dataset"]["reference"]["size"] == 16
+    assert results["dataset"]["reference"]["size"] == 16 == defense["clean_examples"]
+    report = (out / "report.html").read_text()  # the run report says what the defense did and used
+    assert "<h2>Defense</h2>" in report and "<td>clean examples used (reference set)</td><td>16</td>" in report
     assert results["net_backdoor_effect"] == pytest.approx(results["asr"] - results["false_trigger_rate"])
     restored = load_defended(BertForSequenceClassification.from_pretrained(tmp_path / "model"), out / "model")
     assert sum(p.numel() for n, p in restored.named_parameters() if "mslr_" in n) > 0

@@ -1,0 +1,133 @@
+"""benchmarks/sst2_defenses.py: the tables built from results.json files (no run is made here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from freqlens.defenses import DEFENSES, Defense, register_defense, unregister_defense
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sst2_defenses.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("sst2_defenses_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _results(*, cacc=0.8, asr=0.5, ftr=0.1, defense=None) -> dict:
+    """A results.json as freqlens writes it, reduced to what the benchmark reads; ``defense`` None:
+    as an earlier freqlens wrote it for vanilla (no clean_examples, no detection)."""
+    return {"cacc": cacc, "asr": asr, "false_trigger_rate": ftr,
+            "defense": defense or {"name": "vanilla", "lr": 4e-5, "trainable_parameters": 22713986},
+            "analysis": {"summary": {"joint": {"counts": {"backdoor first": 7},
+                                               "speed_counts": {"low": {"backdoor first": 3, "clean first": 8}}},
+                                     "separate": {"counts": {"backdoor first": 11}}}},
+            "timings": {"recording_share": 0.0907, "total_seconds": 227.7}}
+
+
+FILTER = {"name": "spectral-filter", "lr": 4e-5, "trainable_parameters": 22713986, "clean_examples": 0,
+          "removed": 210, "trained_on": 1790,
+          "detection": {"flagged": 210, "poisoned": 200, "precision": 0.9, "recall": 0.945, "f1": 0.922}}
+
+
+def test_the_defenses_are_the_registered_ones_and_a_new_one_is_accepted(bench):
+    assert list(bench.DEFENSES) == list(DEFENSES) and "vanilla" in bench.DEFENSES
+
+    class Newcomer(Defense):
+        pass
+
+    register_defense("test-newcomer", Newcomer)
+    try:
+        assert bench.defense_variant("test-newcomer@restart=false") == "test-newcomer@restart=false"
+        assert list(bench.DEFENSES)[-1] == "test-newcomer"
+    finally:
+        unregister_defense("test-newcomer")
+    with pytest.raises(Exception, match="expected one of .*'vanilla'.* got 'test-newcomer'"):
+        bench.defense_variant("test-newcomer")
+
+
+def test_a_row_reads_clean_examples_and_detection_and_marks_older_runs_missing(bench):
+    old = bench.row("addsent", "vanilla", 0, _results())
+    assert [old[k] for k in ("clean_examples", "removed", "precision", "recall", "f1")] == [None] * 5
+    assert old["net_backdoor_effect"] == pytest.approx(0.4) and old["speed_first_widths"] == "3/11"
+    new = bench.row("addsent", "spectral-filter", 0, _results(asr=0.2, defense=FILTER))
+    assert (new["clean_examples"], new["removed"], new["precision"], new["recall"], new["f1"]) == (
+        0, 210, 0.9, 0.945, 0.922)
+    assert set(new) == set(bench.COLUMNS)
+    header, rule, *lines = bench.runs_table([old, new])
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in (header, *lines)]
+    assert all(len(c) == len(cells[0]) == rule.count("---") for c in cells)
+    position = {name: i for i, name in enumerate(cells[0])}
+    for column in ("clean", "removed", "precision", "recall", "F1"):
+        assert cells[1][position[column]] == "–"
+    assert [cells[2][position[c]] for c in ("clean", "removed", "precision", "recall", "F1")] == [
+        "0", "210", "0.900", "0.945", "0.922"]
+    assert cells[1][position["trainable"]] == "22,713,986" and cells[1][position["recording"]] == "9.1%"
+
+
+def test_the_paper_layout_has_defenses_as_rows_attacks_as_columns_and_seed_means(bench):
+    rows = []
+    for seed, (v_asr, f_asr) in enumerate([(1.0, 0.10), (0.9, 0.20), (0.95, 0.15)]):
+        for attack in ("addsent", "badnets"):  # given in the other order than ATTACKS
+            rows.append(bench.row(attack, "vanilla", seed, _results(cacc=0.80 + 0.01 * seed, asr=v_asr)))
+            rows.append(bench.row(attack, "spectral-filter", seed,
+                                  _results(cacc=0.79, asr=f_asr, ftr=0.1, defense=FILTER)))
+    rows.append(bench.row("synbkd", "spectral-filter", 0, _results(cacc=0.7, asr=0.3, defense=FILTER)))
+    header, rule, vanilla, filtered = bench.paper_table(rows)
+    assert header == "| defense | clean | seeds | badnets | addsent | synbkd |" and rule.count("---") == 6
+    cells = [c.strip() for c in vanilla.strip("|").split("|")]
+    cacc, asr, net = (f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}"
+                      for v in ([0.80, 0.81, 0.82], [1.0, 0.9, 0.95], [0.9, 0.8, 0.85]))
+    assert cells == ["vanilla", "–", "3", f"{cacc} / {asr} / {net}", f"{cacc} / {asr} / {net}", "–"]
+    cells = [c.strip() for c in filtered.strip("|").split("|")]
+    assert cells[:3] == ["spectral-filter", "0", "3/3/1"]
+    assert cells[3] == "0.790 ± 0.000 / 0.150 ± 0.050 / 0.050 ± 0.050"
+    assert cells[5] == "0.700 / 0.300 / 0.200"  # one seed: no spread
+
+
+def test_no_run_tabulates_the_result_folders_already_there_old_and_new(bench, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "runs"
+    for name, results in (("addsent-vanilla-s0", _results()),  # an earlier freqlens: no new fields
+                          ("addsent-muscle_reference_size96-s0", _results(asr=0.4, defense={
+                              "name": "muscle", "lr": 5e-4, "trainable_parameters": 80000, "clean_examples": 96}))):
+        (out / name).mkdir(parents=True)
+        (out / name / "results.json").write_text(json.dumps(results))
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "machine", lambda: "test machine")
+    monkeypatch.setattr(sys, "argv", ["sst2_defenses.py", "--no-run", "--attacks", "addsent", "--out", str(out),
+                                      "--defenses", "vanilla", "muscle@reference_size=96", "reference-only"])
+    assert bench.main() == 0
+    md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
+    assert "| addsent | vanilla | 0 | 0.800 | 0.500 | 0.100 | 0.400 | – | – | – | – | – |" in md
+    assert "| addsent | muscle@reference_size=96 | 0 | 0.800 | 0.400 | 0.100 | 0.300 | 96 | – |" in md
+    assert "## Defenses x attacks" in md and "| muscle@reference_size=96 | 96 | 1 | 0.800 / 0.400 / 0.300 |" in md
+    assert "| reference-only |" not in md  # not run: left out, not an error
+    csv_text = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.csv").read_text().splitlines()
+    assert csv_text[0].split(",")[7:12] == ["clean_examples", "removed", "precision", "recall", "f1"]
+
+
+def test_each_run_is_kept_in_the_repository_and_the_table_rebuilds_from_it_alone(bench, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    (out / "badnets-vanilla-s1").mkdir(parents=True)
+    (out / "badnets-vanilla-s1" / "results.json").write_text(json.dumps(_results(cacc=0.83)))
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "machine", lambda: "test machine")
+    argv = ["sst2_defenses.py", "--no-run", "--attacks", "badnets", "--defenses", "vanilla", "--seeds", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out)])
+    assert bench.main() == 0
+    kept = tmp_path / "benchmarks" / "results" / "runs" / "cpu" / "badnets-vanilla-s1.json"
+    assert json.loads(kept.read_text())["cacc"] == 0.83
+    md = tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md"
+    md.unlink()
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "fresh-clone")])  # no run folders at all
+    assert bench.main() == 0
+    assert "| badnets | vanilla | 1 | 0.830 |" in md.read_text()
