@@ -3,14 +3,12 @@ known poisoned rows, its settings, and a `freqlens run`."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from freqlens.cli import main
 from freqlens.config import ExperimentConfig
 from freqlens.defenses import DefenseConfig, make_defense
 from freqlens.defenses.cube import (
@@ -113,32 +111,3 @@ def test_a_bad_option_is_named_when_the_config_is_built(tmp_path, key, value, ma
     written = f'"{value}"' if isinstance(value, str) else repr(value)
     with pytest.raises(ValueError, match=match):
         ExperimentConfig.from_toml(path, overrides=[f"defense.options.{key}={written}"])
-
-
-@pytest.mark.slow
-def test_cube_runs_through_freqlens_run(tmp_path, capsys):
-    from tests.test_run import _tiny_experiment
-
-    config = _tiny_experiment(tmp_path, """
-[train]
-epochs = 1
-batch_size = 16
-[record]
-schedule = "log:4"
-probe_size = 8
-[analysis]
-num_widths = 3
-[defense]
-name = "cube"
-[defense.options]
-min_samples = 10
-""")
-    out = tmp_path / "run"
-    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
-    results = json.loads((out / "results.json").read_text())
-    defense = results["defense"]
-    assert defense["name"] == "cube" and defense["clean_examples"] == 0
-    assert defense["removed"] + defense["trained_on"] == results["dataset"]["train"]
-    assert defense["detection"]["poisoned"] == results["dataset"]["train_poisoned"]
-    assert set(defense["cube"]) >= {"clusters", "noise", "per_label", "first_phase_steps"}
-    assert results["config"]["defense"]["options"]["min_samples"] == 10

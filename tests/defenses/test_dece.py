@@ -4,8 +4,6 @@ limits, its bound, its epoch schedule inside freqlens' loop, and the defense thr
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -152,32 +150,3 @@ def test_a_bad_option_is_refused_when_the_config_is_built_naming_its_key(tmp_pat
     assert ExperimentConfig.from_toml(path).defense.options == DeCEOptions(smoothing=0.05, alpha_base=0.99)
     with pytest.raises(ValueError, match=expected):
         ExperimentConfig.from_toml(path, overrides=[f"defense.options.{key}={value}"])
-
-
-@pytest.mark.slow
-def test_dece_runs_through_freqlens_run(tmp_path, capsys):
-    from freqlens.cli import main
-    from tests.test_run import _tiny_experiment
-
-    config = _tiny_experiment(tmp_path, """
-[train]
-epochs = 2
-batch_size = 16
-[record]
-schedule = "log:4"
-probe_size = 8
-[analysis]
-num_widths = 3
-[defense]
-name = "dece"
-""")
-    out = tmp_path / "run"
-    assert main(["run", str(config), "--out", str(out), "--no-progress",
-                 "--set", "defense.options.alpha_base=0.9"]) == 0, capsys.readouterr().err
-    results = json.loads((out / "results.json").read_text())
-    assert results["defense"]["name"] == "dece"
-    assert results["defense"]["dece"]["final_alpha"] == pytest.approx(0.81)
-    assert results["config"]["defense"]["options"] == {"smoothing": 0.05, "alpha_base": 0.9}
-    assert 0 <= results["cacc"] <= 1 and 0 <= results["asr"] <= 1
-    stored = ExperimentConfig.from_dict(results["config"])
-    assert stored.defense.options == DeCEOptions(alpha_base=0.9)

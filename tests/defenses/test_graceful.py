@@ -4,7 +4,6 @@ a tiny model with a known trigger, its settings, and a run through `freqlens run
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -271,34 +270,3 @@ def test_a_bad_option_names_its_key_when_the_config_is_built(tmp_path, key, valu
     path.write_text('[defense]\nname = "graceful"\n')
     with pytest.raises(ValueError, match=re.escape(expected)):
         ExperimentConfig.from_toml(path, overrides=[f"defense.options.{key}={value}"])
-
-
-# ------------------------------------------------------------------ freqlens run
-@pytest.mark.slow
-def test_graceful_runs_through_freqlens_run(tmp_path, capsys):
-    from freqlens.cli import main
-    from tests.test_run import _tiny_experiment
-
-    config = _tiny_experiment(tmp_path, """
-[train]
-epochs = 1
-batch_size = 16
-[record]
-schedule = "log:4"
-probe_size = 8
-[analysis]
-num_widths = 3
-[defense]
-name = "graceful"
-""")
-    out = tmp_path / "run"
-    assert main(["run", str(config), "--out", str(out), "--no-progress",
-                 "--set", "defense.options.pca_rank=8"]) == 0, capsys.readouterr().err
-    results = json.loads((out / "results.json").read_text())
-    defense = results["defense"]
-    assert defense["name"] == "graceful" and defense["graceful"]["head"] == "classifier"
-    assert defense["removed"] + defense["trained_on"] == sum(defense["graceful"]["clusters"])
-    assert defense["detection"]["poisoned"] is not None and defense["detection"]["precision"] is not None
-    assert results["config"]["defense"]["options"]["pca_rank"] == 8
-    stored = ExperimentConfig.from_dict(results["config"])
-    assert stored.defense.options == GracefulSettings(pca_rank=8)
