@@ -184,7 +184,8 @@ def runs_table(rows: list[dict]) -> list[str]:
     ]
     for r in rows:
         lines.append(
-            f"| {r['attack']} | {r['defense']} | {r['seed']} | {fmt(r['cacc'])} | {fmt(r['asr'])} | "
+            f"| {r['attack']} | {r['defense']}{' †' if r.get('source') else ''} | {r['seed']} | {fmt(r['cacc'])} | "
+            f"{fmt(r['asr'])} | "
             f"{fmt(r['false_trigger_rate'])} | {fmt(r['net_backdoor_effect'])} | {fmt(r.get('clean_examples'))} | "
             f"{fmt(r.get('removed'))} | {fmt(r.get('precision'))} | {fmt(r.get('recall'))} | {fmt(r.get('f1'))} | "
             f"{fmt(r['best_epoch'])} | {_number(r['lr'], 'g')} | {_number(r['trainable_parameters'], ',')} | "
@@ -232,7 +233,7 @@ def write_table(rows: list[dict], args, command: str, seconds: float) -> Path:
     results.mkdir(parents=True, exist_ok=True)
     stem = results / f"sst2_defenses_{args.budget}{args.suffix}"
     with open(stem.with_suffix(".csv"), "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer = csv.DictWriter(file, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = [
@@ -249,6 +250,9 @@ def write_table(rows: list[dict], args, command: str, seconds: float) -> Path:
         "eigenmode bands where the backdoor's learning speed was higher with a 95% bootstrap interval "
         "excluding a tie (joint view); best epoch = the epoch kept by clean-dev selection (defended runs); "
         "– = not recorded by the run (an earlier freqlens, a defense that removes nothing).",
+        *([f"† = a row of an earlier table ({', '.join(sorted({r['source'] for r in rows if r.get('source')}))}, "
+           "`--include`), the same settings run by an earlier freqlens."] if any(r.get("source") for r in rows)
+          else []),
         "",
         *runs_table(rows),
         "",
@@ -261,6 +265,32 @@ def write_table(rows: list[dict], args, command: str, seconds: float) -> Path:
     ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return stem.with_suffix(".md")
+
+
+def included_rows(paths: list[str]) -> list[dict]:
+    """The rows of earlier tables (this script's CSV files), numbers parsed, "" as None, the seed an int;
+    each row's ``source`` names its file (the Markdown table marks such rows)."""
+    rows = []
+    for path in paths:
+        with open(path, newline="") as file:
+            for raw in csv.DictReader(file):
+                row = {key: _parsed(raw.get(key, "")) for key in COLUMNS}
+                row["attack"], row["defense"] = raw["attack"], raw["defense"]
+                row["seed"] = int(raw["seed"])
+                row["source"] = Path(path).name
+                rows.append(row)
+    return rows
+
+
+def _parsed(text: str):
+    if text in ("", None):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def main() -> int:
@@ -277,14 +307,19 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-sst2-defenses"))
     parser.add_argument("--suffix", default="", help="appended to the result file names")
     parser.add_argument("--no-run", action="store_true", help="only tabulate the runs already finished")
+    parser.add_argument("--include", nargs="+", default=[], metavar="CSV",
+                        help="earlier tables (this script's .csv) whose rows fill in runs not found here")
     args = parser.parse_args()
     command = "python benchmarks/sst2_defenses.py " + " ".join(sys.argv[1:])
     jobs = [(a, d, s) for s in args.seeds for a in args.attacks for d in args.defenses]
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         rows = list(pool.map(lambda job: run_one(*job, args), jobs))
-    rows = [r for r in rows if r is not None]
-    failed = 0 if args.no_run else len(jobs) - len(rows)
+    found = {(r["attack"], r["defense"], r["seed"]) for r in rows if r is not None}
+    failed = 0 if args.no_run else sum(r is None for r in rows)
+    earlier = [r for r in included_rows(args.include)
+               if (r["attack"], r["defense"], r["seed"]) in set(jobs) - found]
+    rows = [r for r in rows if r is not None] + earlier
     path = write_table(rows, args, command, time.perf_counter() - began)
     print(path.read_text())
     if failed:

@@ -131,3 +131,23 @@ def test_each_run_is_kept_in_the_repository_and_the_table_rebuilds_from_it_alone
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "fresh-clone")])  # no run folders at all
     assert bench.main() == 0
     assert "| badnets | vanilla | 1 | 0.830 |" in md.read_text()
+
+
+def test_rows_of_an_earlier_table_fill_in_the_runs_not_found_and_are_marked(bench, tmp_path, monkeypatch):
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text("attack,defense,seed,cacc,asr,false_trigger_rate,net_backdoor_effect,best_epoch,lr\n"
+                       "badnets,vanilla,0,0.83,0.81,0.1375,0.6725,,4e-05\n"
+                       "badnets,vanilla,1,0.833,0.96,0.135,0.825,,4e-05\n"
+                       "addsent,vanilla,0,0.818,1.0,0.182,0.818,,4e-05\n")
+    out = tmp_path / "runs"
+    (out / "badnets-vanilla-s0").mkdir(parents=True)
+    (out / "badnets-vanilla-s0" / "results.json").write_text(json.dumps(_results(cacc=0.5)))
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "machine", lambda: "test machine")
+    monkeypatch.setattr(sys, "argv", ["sst2_defenses.py", "--no-run", "--attacks", "badnets", "--defenses", "vanilla",
+                                      "--seeds", "0", "1", "--out", str(out), "--include", str(earlier)])
+    assert bench.main() == 0
+    md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
+    assert "| badnets | vanilla | 0 | 0.500 |" in md  # a run found wins over the earlier table
+    assert "| badnets | vanilla † | 1 | 0.833 | 0.960 | 0.135 | 0.825 | – |" in md
+    assert "earlier.csv" in md and "addsent" not in md.split("## Defenses x attacks")[0]  # not asked for
