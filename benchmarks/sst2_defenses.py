@@ -17,9 +17,11 @@ Writes ``benchmarks/results/sst2_defenses_<budget>.md`` and ``.csv`` with the
 command and the machine. A run whose ``results.json`` exists is not run again
 (delete its folder to redo it), so an interrupted benchmark resumes. Each
 run's ``results.json`` (about 70 KB) is also copied to
-``benchmarks/results/runs/<budget>/<attack>-<defense>-s<seed>.json``, which is
-committed: a run found there is not run again either, and the tables can be
-rebuilt on a fresh clone with ``--no-run``; with
+``benchmarks/results/runs/<budget><suffix>/<attack>-<defense>-s<seed>.json``,
+which is committed: a run found there is not run again either (delete both
+to redo it), and the tables can be rebuilt on a fresh clone with
+``--no-run``. Runs with other settings (``--set``, ``--model``) belong under
+their own ``--suffix``; with
 ``--no-run`` the table is made from the ``results.json`` files already there
 (those of earlier freqlens versions too: a field they lack is "–"). The
 Markdown file holds two tables: one row per run (CACC, ASR, false-trigger rate,
@@ -93,7 +95,7 @@ def run_one(attack: str, defense: str, seed: int, args) -> dict | None:
     name, _, settings = defense.partition("@")
     out = Path(args.out) / f"{attack}-{run_name(defense)}-s{seed}"
     results = out / "results.json"
-    kept = ROOT / "benchmarks" / "results" / "runs" / args.budget / f"{out.name}.json"  # committed: rebuilds the table
+    kept = archived(args) / f"{out.name}.json"  # committed: rebuilds the table
     if not results.is_file() and kept.is_file():
         return row(attack, defense, seed, json.loads(kept.read_text()))
     if not results.is_file() and args.no_run:
@@ -120,6 +122,13 @@ def run_one(attack: str, defense: str, seed: int, args) -> dict | None:
     kept.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(results, kept)
     return row(attack, defense, seed, json.loads(results.read_text()))
+
+
+def archived(args) -> Path:
+    """Where each run's results.json is kept in the repository: one folder per budget and ``--suffix``
+    (a table made with other settings, e.g. ``--set data.max_train=...``, takes its own suffix, so that
+    its runs are neither found in nor mixed with another table's)."""
+    return ROOT / "benchmarks" / "results" / "runs" / f"{args.budget}{args.suffix}"
 
 
 def row(attack: str, defense: str, seed: int, r: dict) -> dict:

@@ -142,12 +142,19 @@ class Run:
             value = self.results.get("defense")
             for key in DEFENSE_FIELDS[name]:
                 value = value.get(key) if isinstance(value, Mapping) else None
-            return None if value is None else float(value)
+            return _number(value)
         if name == "net_backdoor_effect" and "net_backdoor_effect" not in self.results:
             asr, ftr = self.metric("asr"), self.metric("false_trigger_rate")
             return None if asr is None or ftr is None else asr - ftr
-        value = self.results.get(name)
-        return None if value is None else float(value)
+        return _number(self.results.get(name))
+
+
+def _number(value) -> float | None:
+    """``value`` as a float; None where it is missing or not a number (a plug-in defense may record a
+    list or a string under a name the report reads: that run shows "–" there, the report goes on)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def experiment_fields(results: Mapping, meta: Mapping, directory: Path | None = None, *,

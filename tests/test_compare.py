@@ -799,3 +799,20 @@ def test_a_group_without_a_filtering_defense_has_no_detection_columns(runs, tmp_
     md = write_comparison(loaded, tmp_path / "report")["markdown"].read_text()
     assert "| clean examples |" in md and "detection" not in md
     assert "| muscle | complete |" in md and "| 256 |" in md
+
+
+def test_a_plug_in_recording_a_list_or_a_string_where_the_report_reads_a_number_shows_a_dash(runs, tmp_path,
+                                                                                              monkeypatch):
+    record = {**_detection(1.0, 0.9), "removed": [3, 5, 7]}  # a plug-in's removed rows, not their count
+    record["detection"] = {**record["detection"], "precision": "n/a", "recall": True}
+    dirs = [_with_defense(_variant(runs, tmp_path, "odd", _ob_config(seed=0, defense="abl"), asr=0.1), record),
+            _with_defense(_variant(runs, tmp_path, "fine", _ob_config(seed=1, defense="abl"), asr=0.2),
+                          _detection(0.8, 1.0, removed=112))]
+    loaded, problems = load_runs(dirs)
+    assert not problems
+    rows = {Path(r["directory"]).name: r for r in comparison_rows(loaded)}
+    assert rows["odd"]["removed"] is None and rows["odd"]["detection_precision"] is None
+    assert rows["odd"]["detection_recall"] is None and rows["odd"]["detection_f1"] == pytest.approx(2 * 0.9 / 1.9)
+    assert rows["fine"]["removed"] == 112
+    _no_figures(monkeypatch)
+    assert write_comparison(loaded, tmp_path / "report")["markdown"].is_file()

@@ -21,6 +21,7 @@ from freqlens.cli import main
 from freqlens.config import ExperimentConfig, list_settings
 from freqlens.defenses import DEFENSES, DefenseConfig, make_defense, unregister_defense
 from freqlens.defenses.base import defense_class
+from freqlens.training import TrainConfig
 from tests.defenses.test_contract import test_prepare_train_save_load_merge as contract
 from tests.test_run import _check_results, _tiny_experiment
 
@@ -143,3 +144,37 @@ def test_the_freqlens_script_finds_a_defense_module_in_the_working_directory(exa
     finally:
         unregister_defense("my_smoothing:LabelSmoothing")
         sys.modules.pop("my_smoothing", None)
+
+
+# ------------------------------------------------------------------ the filter example ("Writing a filter")
+def filter_example_code() -> str:
+    section = DOC.read_text(encoding="utf-8").split("## Writing a filter", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) == 1, "expected one python block in docs/defenses.md, 'Writing a filter'"
+    return blocks[0]
+
+
+def test_the_filter_example_drops_the_dirty_label_rows_and_retrains(tmp_path, monkeypatch):
+    from tests.defenses.helpers import build
+    from tests.defenses.trigger_set import trigger_set
+
+    (tmp_path / "high_loss.py").write_text(filter_example_code(), encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("high_loss", None)
+    importlib.import_module("high_loss")
+    try:
+        encodings, labels, poison = trigger_set("bert")  # 20 class-0 rows with the trigger, labelled 1
+        defense = make_defense(DefenseConfig(name="high-loss", options={"rate": 0.1, "epochs": 3}))
+        torch.manual_seed(0)
+        model = build("bert")
+        defense.prepare(model)
+        result, info = defense.fit(model, encodings, labels, TrainConfig(epochs=1, batch_size=16, lr=3e-3),
+                                   poison=poison, progress=False)
+        assert info["detection"]["flagged"] == 20 and info["trained_on"] == 180
+        assert info["detection"]["precision"] >= 0.9, info["detection"]
+        assert info["flagged_rows"] == sorted(info["flagged_rows"]) and "loss_threshold" in info
+        with pytest.raises(ValueError, match=r"`defense.options.rate` in \(0, 1\)"):
+            DefenseConfig(name="high-loss", options={"rate": 2.0})
+    finally:
+        unregister_defense("high-loss")
+        sys.modules.pop("high_loss", None)

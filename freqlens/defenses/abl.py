@@ -259,7 +259,9 @@ class ABL(Defense):
         isolated[abl.isolated] = True
         return result, {"abl": {"isolated": int(len(abl.isolated)), "isolated_poison_share": abl.isolated_poison_share,
                                 "budget": settings.budget, "phase_steps": [p.steps for p in abl.phases]},
-                        "detection": detection_metrics(isolated, poison)}
+                        "removed": int(isolated.sum()), "trained_on": int((~isolated).sum()),
+                        "detection": detection_metrics(isolated, poison),
+                        "flagged_rows": np.flatnonzero(isolated).tolist()}
 
 
 def upgrade_stored(defense: dict) -> dict:

@@ -61,6 +61,37 @@ SPECIAL_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_
 BLOCK_ROWS = 1024  # deleted copies built and passed through the model at a time (bounded memory)
 
 
+def right_padded(encodings: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same inputs with each row's real tokens first and its padding after (right padding).
+
+    A tokenizer may pad on the left (``padding_side="left"``); BKI deletes a
+    position by shifting the rest left and appending a padding column, which
+    only keeps the sentence intact under right padding. Rows already
+    right-padded (and inputs without ``attention_mask``) are returned as they
+    are. Every key is reordered alike, shape (N, L) unchanged.
+    """
+    mask = encodings.get("attention_mask")
+    if mask is None:
+        return dict(encodings)
+    order = torch.argsort((mask == 0).to(torch.int8), dim=1, stable=True)  # real positions first, in order
+    return {key: torch.gather(value, 1, order) if value.ndim == 2 and value.shape == mask.shape else value
+            for key, value in encodings.items()}
+
+
+def padded_on_the_left(encodings: Mapping[str, torch.Tensor]) -> bool:
+    """Whether some row is padded on the left (padding in the first column, a real token in the last)."""
+    mask = encodings.get("attention_mask")
+    return mask is not None and bool(((mask[:, 0] == 0) & (mask[:, -1] != 0)).any())
+
+
+def _left(encodings: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Right-padded rows moved to the right edge (left padding), every key alike."""
+    mask = encodings["attention_mask"]
+    order = torch.argsort((mask != 0).to(torch.int8), dim=1, stable=True)  # padding first, tokens in order
+    return {key: torch.gather(value, 1, order) if value.ndim == 2 and value.shape == mask.shape else value
+            for key, value in encodings.items()}
+
+
 def scored_positions(model: nn.Module, encodings: Mapping[str, torch.Tensor], max_tokens: int) -> torch.Tensor:
     """(N, L) booleans: the positions BKI deletes one at a time.
 
@@ -104,7 +135,7 @@ def _pad_values(model: nn.Module, encodings: Mapping[str, torch.Tensor]) -> dict
 
 
 def deletion_scores(model: nn.Module, encodings: Mapping[str, torch.Tensor], positions: torch.Tensor, *,
-                    batch_size: int = 128) -> tuple[list[np.ndarray], int]:
+                    batch_size: int = 128, left: bool = False) -> tuple[list[np.ndarray], int]:
     """Each scored token's ``|| r(x) - r(x without it) ||_inf`` (BKI's importance, step 2 above).
 
     Args:
@@ -113,6 +144,9 @@ def deletion_scores(model: nn.Module, encodings: Mapping[str, torch.Tensor], pos
         positions: (N, L) booleans, the positions to delete one at a time
             (:func:`scored_positions`).
         batch_size: rows per forward pass.
+        left: show the model every sentence (whole and with a token
+            deleted) padded on the left, as a left-padding tokenizer gave
+            them in training (:func:`right_padded` undoes it before).
 
     Returns:
         Per sentence, the scores (float64) of its positions in order, and the
@@ -121,7 +155,8 @@ def deletion_scores(model: nn.Module, encodings: Mapping[str, torch.Tensor], pos
     n, length = positions.shape
     keys = [k for k, v in encodings.items() if v.ndim == 2 and v.shape == (n, length)]
     pads = _pad_values(model, encodings)
-    original = head_inputs(model, encodings, batch_size=batch_size)
+    shown = _left if left else dict  # the padding side the model was trained with
+    original = head_inputs(model, shown(encodings), batch_size=batch_size)
     scores: list[np.ndarray] = [np.zeros(0)] * n
     base = torch.arange(length - 1)
     pending: list[tuple[int, torch.Tensor]] = []
@@ -133,7 +168,7 @@ def deletion_scores(model: nn.Module, encodings: Mapping[str, torch.Tensor], pos
             for key in keys:
                 kept = encodings[key][row][index]
                 parts[key].append(torch.cat([kept, torch.full((len(where), 1), pads[key], dtype=kept.dtype)], 1))
-        deleted = head_inputs(model, {k: torch.cat(v) for k, v in parts.items()}, batch_size=batch_size)
+        deleted = head_inputs(model, shown({k: torch.cat(v) for k, v in parts.items()}), batch_size=batch_size)
         start = 0
         for row, where in block:
             change = deleted[start:start + len(where)] - original[row][None, :]
@@ -218,8 +253,10 @@ class BKI(FilteringDefense):
     def flag(self, model, encodings, labels, config, *, reference, progress):
         settings = self.settings or BKISettings()
         steps = short_training(model, encodings, labels, config, settings.epochs, progress=progress)
+        left = padded_on_the_left(encodings)
+        encodings = right_padded(encodings)  # deletions are made right-padded, then shown as the model was trained
         positions = scored_positions(model, encodings, settings.max_tokens)
-        scores, forward_rows = deletion_scores(model, encodings, positions)
+        scores, forward_rows = deletion_scores(model, encodings, positions, left=left)
         ids = encodings["input_ids"]
         tokens = [ids[row][positions[row]].numpy() for row in range(len(ids))]
         ranked, kept = rank_keywords(tokens, scores, settings.top_words)

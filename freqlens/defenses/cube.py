@@ -169,8 +169,8 @@ def reduce_dimension(representations: np.ndarray, components: int = 20, *, metho
     if method not in REDUCTIONS:
         raise ValueError(f"Expected `method` to be one of {REDUCTIONS} but got {method!r}.")
     x = np.asarray(representations, dtype=np.float64)
-    if len(x) < 2:  # nothing to reduce (PCA needs two points)
-        return np.zeros((len(x), 1))
+    if len(x) < 2 or np.ptp(x, axis=0).max(initial=0.0) == 0:  # one point, or all alike: nothing to reduce
+        return np.zeros((len(x), 1))  # (t-SNE's PCA start divides by the spread: it would crash on these)
     k = max(1, min(components, x.shape[0], x.shape[1]))
     x = PCA(n_components=k, random_state=seed).fit_transform(x)
     if method == "tsne" and len(x) > 3:

@@ -11,10 +11,12 @@ A :class:`FilteringDefense` runs in two phases:
    with the recorder on: the trajectory and the spectra are those of the
    final model.
 
-``results.json`` gets, under ``defense``, the examples flagged and removed,
-and their detection precision, recall and F1 against the poison flags
+``results.json`` gets, under ``defense``, the number of examples removed and
+trained on, which ones were flagged (``flagged_rows``: row indices into the
+training set as loaded, in file order after ``data.max_train``), and their
+detection precision, recall and F1 against the poison flags
 (:func:`detection_metrics`); the benchmark and the comparison report read
-them from there.
+them from there. A filter that flags nothing says so (``note``).
 
 With a training checkpoint (``freqlens run``), the flags are saved with every
 epoch of the final phase, so a resumed run does not flag again. Under
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 
 from freqlens import distributed
+from freqlens.checkpoint import random_states, set_random_states
 from freqlens.defenses.base import Defense
 from freqlens.training import TrainConfig, TrainResult, train
 
@@ -58,6 +61,9 @@ def detection_metrics(flagged: np.ndarray, poison: np.ndarray | None) -> dict:
         ``{"flagged": int, "poisoned": int | None, "precision", "recall",
         "f1"}`` (floats in [0, 1], None when ``poison`` is None). Precision
         is 0 when nothing is flagged (scikit-learn's ``zero_division=0``).
+        On clean data (no poisoned example) there is nothing to recall:
+        recall and F1 are None, and precision is 0 when anything was
+        flagged (every flag a false alarm), None otherwise.
 
     Raises:
         ValueError: the two arrays differ in length.
@@ -73,8 +79,8 @@ def detection_metrics(flagged: np.ndarray, poison: np.ndarray | None) -> dict:
         raise ValueError(f"Expected one poison flag per training example ({flagged.shape[0]}) but got "
                          f"{poison.shape[0]}.")
     out["poisoned"] = int(poison.sum())
-    if not poison.any() and not flagged.any():  # nothing to find, nothing flagged: a perfect detector
-        return {**out, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    if not poison.any():  # nothing to find: recall is undefined, every flag is a false alarm
+        return {**out, "precision": 0.0 if flagged.any() else None}
     p, r, f, _ = precision_recall_fscore_support(poison, flagged, average="binary", zero_division=0)
     return {**out, "precision": float(p), "recall": float(r), "f1": float(f)}
 
@@ -119,7 +125,7 @@ class FilteringDefense(Defense):
         else:
             restart = getattr(self.settings, "restart", self.restart_default)
             initial = copy.deepcopy(model.state_dict()) if restart else None
-            rng = torch.get_rng_state()
+            rng = random_states()  # Python, numpy, torch and CUDA: the final phase draws as a plain run would
             found = self.flag(model, encodings, labels, config, reference=reference, progress=progress)
             if not isinstance(found, Flags):
                 raise TypeError(f"Expected {type(self).__name__}.flag (defense {self.name!r}) to return "
@@ -132,7 +138,7 @@ class FilteringDefense(Defense):
             info = dict(found.info)
             if initial is not None:
                 model.load_state_dict(initial)
-            torch.set_rng_state(rng)  # the final phase draws as a plain run would
+            set_random_states(rng)
         kept = np.flatnonzero(~flagged)
         if len(kept) == 0:
             raise ValueError(f"Expected defense {self.name!r} to keep some training examples but it flagged all "
@@ -142,8 +148,11 @@ class FilteringDefense(Defense):
         result: TrainResult = train(model, subset(encodings, kept), labels[kept], config, recorder=recorder,
                                     progress=progress, selector=selector, checkpoint=checkpoint)
         detection = detection_metrics(flagged, poison)
-        return result, {**info, "removed": int(flagged.sum()), "trained_on": int(len(kept)),
-                        "detection": detection}
+        done = {**info, "removed": int(flagged.sum()), "trained_on": int(len(kept)), "detection": detection,
+                "flagged_rows": np.flatnonzero(flagged).tolist()}
+        if not flagged.any():
+            done["note"] = "flagged no training example: the final model is plain fine-tuning on all of them"
+        return result, done
 
 
 def _agree(flagged: np.ndarray) -> np.ndarray:

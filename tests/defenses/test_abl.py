@@ -49,6 +49,8 @@ def test_abl_isolates_the_poisoned_rows_and_reports_their_detection(seed):
     detection = info["detection"]
     assert detection == {"flagged": POISONED, "poisoned": POISONED, "precision": 1.0, "recall": 1.0, "f1": 1.0}
     assert info["abl"]["isolated"] == POISONED and info["abl"]["isolated_poison_share"] == 1.0
+    assert info["removed"] == POISONED and info["trained_on"] == N - POISONED  # as every filter reports them
+    assert info["flagged_rows"] == np.flatnonzero(poison).tolist()
     # full budget: 3 isolation epochs, the clean phase's 1 (train.epochs) on the 36 kept, 1 unlearning epoch
     assert info["abl"]["phase_steps"] == [3 * steps_per_epoch(N, 8), steps_per_epoch(N - POISONED, 8), 1]
     assert result.steps == sum(info["abl"]["phase_steps"])

@@ -12,7 +12,13 @@ import torch
 
 from freqlens.config import ExperimentConfig
 from freqlens.defenses import DefenseConfig, make_defense
-from freqlens.defenses.bki import BKISettings, deletion_scores, rank_keywords, scored_positions
+from freqlens.defenses.bki import (
+    BKISettings,
+    deletion_scores,
+    rank_keywords,
+    right_padded,
+    scored_positions,
+)
 from freqlens.training import TrainConfig
 
 from .helpers import FAMILIES, build
@@ -88,6 +94,35 @@ def test_bki_flags_the_triggered_rows(family):
     assert bki["forward_rows"] == 200 + int(enc["attention_mask"].sum()) - 2 * 200
     assert bki["first_phase_steps"] == 5 * 13 and bki["sentences_scored"] == 200
     assert info["removed"] == detection["flagged"] and result.steps == math.ceil(info["trained_on"] / 16)
+
+
+def _left_padded(encodings):
+    """The same rows padded on the left, as a tokenizer with ``padding_side="left"`` gives them."""
+    mask = encodings["attention_mask"]
+    order = torch.argsort((mask != 0).to(torch.int8), dim=1, stable=True)  # padding first, then the tokens
+    return {key: torch.gather(value, 1, order) for key, value in encodings.items()}
+
+
+def test_right_padded_moves_each_rows_tokens_to_the_front_in_order():
+    enc, _, _ = trigger_set("bert", n=20)
+    left = _left_padded(enc)
+    assert not torch.equal(left["input_ids"], enc["input_ids"])
+    back = right_padded(left)
+    for key in enc:
+        torch.testing.assert_close(back[key], enc[key])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_left_padded_inputs_are_scored_as_right_padded_ones(family):
+    """Deleting a position appends a padding column at the end: with left padding that shifted the
+    last token into a place it never held, and every deletion looked important (F1 0.0-0.06)."""
+    enc, y, poison = trigger_set(family)
+    defense = make_defense(DefenseConfig(name="bki", options={"epochs": 5}))
+    torch.manual_seed(0)
+    _, info = defense.fit(build(family, seed=0), _left_padded(enc), y, TRAIN, poison=poison, progress=False)
+    assert info["detection"]["recall"] >= 0.95 and info["detection"]["precision"] >= 0.95, info["detection"]
+    assert info["bki"]["keywords"][0]["token_id"] == TRIGGER
 
 
 def test_an_untrained_model_does_not_find_the_keyword():

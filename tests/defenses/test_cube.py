@@ -13,6 +13,7 @@ from freqlens.config import ExperimentConfig
 from freqlens.defenses import DefenseConfig, make_defense
 from freqlens.defenses.cube import (
     CUBESettings,
+    cluster,
     head_inputs,
     head_layer,
     keep_largest_per_label,
@@ -60,6 +61,15 @@ def test_reduce_dimension_shapes():
     assert reduce_dimension(x, 5, method="tsne").shape == (40, 2)
     with pytest.raises(ValueError, match=r"`method` to be one of \('tsne', 'pca'\) but got 'umap'"):
         reduce_dimension(x, 5, method="umap")
+
+
+@pytest.mark.parametrize("method", ["tsne", "pca"])
+def test_identical_representations_are_one_point_not_a_crash(method):
+    # t-SNE's PCA start divides by the spread; identical rows (a collapsed model) crashed the process
+    flat = reduce_dimension(np.ones((10, 8)), 20, method=method)
+    assert flat.shape == (10, 1) and not flat.any()
+    flagged, _ = keep_largest_per_label(cluster(flat, min_samples=3), np.arange(10) % 2)
+    assert not flagged.any()  # one group per label: nothing flagged
 
 
 @pytest.mark.slow

@@ -34,7 +34,11 @@ def test_detection_metrics_edge_cases():
     assert detection_metrics(np.zeros(4, bool), poison)["precision"] == 0.0  # nothing flagged
     assert detection_metrics(np.zeros(4, bool), poison)["recall"] == 0.0
     assert detection_metrics(poison, poison)["f1"] == 1.0
-    assert detection_metrics(np.zeros(4, bool), np.zeros(4, bool))["f1"] == 1.0  # clean data, nothing flagged
+    clean = np.zeros(4, bool)  # clean data: nothing to recall; a flag is a false alarm
+    assert detection_metrics(clean, clean) == {"flagged": 0, "poisoned": 0, "precision": None, "recall": None,
+                                               "f1": None}
+    assert detection_metrics(poison, clean) == {"flagged": 2, "poisoned": 0, "precision": 0.0, "recall": None,
+                                                "f1": None}
     unknown = detection_metrics(poison, None)
     assert unknown["flagged"] == 2 and unknown["precision"] is None and unknown["poisoned"] is None
     with pytest.raises(ValueError, match="one poison flag per training example"):
@@ -111,6 +115,7 @@ def test_the_final_model_is_trained_on_the_kept_rows_from_the_initial_weights(ma
     for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
     assert info["removed"] == marked.sum() and info["trained_on"] == len(kept) and info["rule"] == "token 7"
+    assert info["flagged_rows"] == np.flatnonzero(marked).tolist() and "note" not in info
     assert info["detection"]["precision"] == 1.0
     assert info["detection"]["recall"] == pytest.approx(marked.sum() / poison.sum())
     assert info["clean_examples"] == 0
@@ -140,3 +145,34 @@ def test_a_filter_that_breaks_the_contract_is_named(returned, error, match):
             defense.fit(model, encodings, labels, TrainConfig(epochs=1, batch_size=8), progress=False)
     finally:
         unregister_defense("bad-filter")
+
+
+class NothingFilter(FilteringDefense):
+    """Trains a bit and draws from every generator, then flags nothing: the run must be plain fine-tuning."""
+
+    def flag(self, model, encodings, labels, config, *, reference, progress):
+        import random
+
+        train(model, encodings, labels, config, progress=False)
+        random.random(), np.random.random(), torch.rand(3)
+        return Flags(np.zeros(len(labels), bool))
+
+
+def test_a_filter_that_flags_nothing_trains_as_plain_fine_tuning_and_says_so():
+    register_defense("nothing-filter", NothingFilter)
+    try:
+        encodings, labels, _ = _data()
+        config = TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=0)
+        torch.manual_seed(3)
+        model = build("bert", dropout=0.1)  # dropout draws from torch's generator in the final phase
+        defense = make_defense(DefenseConfig(name="nothing-filter"))
+        defense.prepare(model)
+        result, info = defense.fit(model, encodings, labels, config, progress=False)
+        torch.manual_seed(3)
+        reference = build("bert", dropout=0.1)
+        expected = train(reference, encodings, labels, config, progress=False)
+        assert result.losses == pytest.approx(expected.losses, abs=1e-6)
+        assert info["removed"] == 0 and info["flagged_rows"] == [] and "flagged no training example" in info["note"]
+        assert info["detection"] == {"flagged": 0, "poisoned": None, "precision": None, "recall": None, "f1": None}
+    finally:
+        unregister_defense("nothing-filter")
