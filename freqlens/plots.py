@@ -640,7 +640,7 @@ def plot_speed_beside_baseline(configurations, *, family: str = "modes", view: s
                     ax.fill_between(x, low, high, color=colour, alpha=0.22, linewidth=0)
             if note:
                 title += f"\n({note})"
-            ax.set_title(title, fontsize=9, color=role_colour(role))
+            ax.set_title(title, fontsize=9)  # black: the line colours are the defenses'
             ax.grid(alpha=0.3)
         row[-1].legend(fontsize=7, loc="best")
     higher = method == "area"
