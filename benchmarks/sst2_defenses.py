@@ -329,6 +329,9 @@ def main() -> int:
     earlier = [r for r in included_rows(args.include)
                if (r["attack"], r["defense"], r["seed"]) in set(jobs) - found]
     rows = [r for r in rows if r is not None] + earlier
+    rank = {(a, d, s): i for i, (a, d, s) in enumerate(sorted(jobs, key=lambda j: (args.defenses.index(j[1]),
+                                                                                      args.attacks.index(j[0]), j[2])))}
+    rows.sort(key=lambda r: rank[(r["attack"], r["defense"], r["seed"])])  # defense, attack, seed
     path = write_table(rows, args, command, time.perf_counter() - began)
     print(path.read_text())
     if failed:
