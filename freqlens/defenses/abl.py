@@ -121,9 +121,10 @@ def per_example_losses(model: nn.Module, encodings, labels, *, batch_size: int =
     losses = torch.cat(losses).numpy()
     if not np.isfinite(losses).all():
         raise FloatingPointError(
-            f"Expected finite per-example losses for ABL's isolation but {int((~np.isfinite(losses)).sum())} "
+            f"Expected finite per-example losses (ABL's isolation, a filter's flags) but "
+            f"{int((~np.isfinite(losses)).sum())} "
             f"of {len(losses)} are NaN/inf: the model's outputs are not finite (float16 overflow with "
-            f"`model.dtype` = 'float16', or a learning rate too high in the isolation phase).")
+            f"`model.dtype` = 'float16', or a learning rate too high in the phase before).")
     return losses
 
 

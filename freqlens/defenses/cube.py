@@ -47,10 +47,10 @@ from freqlens._checks import check_positive_int
 from freqlens.defenses.base import register_defense
 from freqlens.defenses.filtering import FilteringDefense, Flags
 from freqlens.models import (
+    batches_by_length,
     capture_input,
     compute_autocast,
     eval_mode,
-    length_batches,
     model_device,
     run_until_captured,
     trim_padding,
@@ -116,13 +116,11 @@ def head_inputs(model: nn.Module, encodings: Mapping[str, torch.Tensor], *, batc
     """
     layer = head_layer(model)
     device = model_device(model)
-    mask = encodings.get("attention_mask")
     n = len(next(iter(encodings.values())))
-    order = torch.arange(n) if mask is None else torch.argsort(mask.sum(dim=1), stable=True)
-    lengths = None if mask is None else mask.sum(dim=1)[order]
+    order, batches = batches_by_length(encodings, batch_size)
     parts = []
     with eval_mode(model), torch.inference_mode(), compute_autocast(model):
-        for rows in length_batches(order, lengths, batch_size):
+        for rows in batches:
             batch = {k: v.to(device) for k, v in trim_padding({k: v[rows] for k, v in encodings.items()}).items()}
             with capture_input(layer) as captured:
                 run_until_captured(model, **batch)
