@@ -74,10 +74,13 @@ DEFENSE_FIELDS = {
 }
 #: The defense fields averaged over seeds like the metrics (``clean_examples`` is one setting, shown as is).
 DETECTION = ("detection_precision", "detection_recall", "detection_f1")
+#: What each inference-time detector of a run recorded (results.json's ``detectors[name][key]``): the
+#: false rejection and acceptance rates and the metrics after it filtered or repaired the test inputs.
+DETECTOR_METRICS = ("frr", "far", *METRICS)
 
-# Config entries that may differ between the runs of one group: the defense and how it was trained,
-# recorded and analysed. Everything else in a run's config defines its experiment.
-VARYING_SECTIONS = ("defense.", "train.", "record.", "analysis.")
+# Config entries that may differ between the runs of one group: the defense, the detectors applied after
+# training, and how it was trained, recorded and analysed. Everything else in a run's config defines its experiment.
+VARYING_SECTIONS = ("defense.", "detector.", "train.", "record.", "analysis.")
 VARYING_KEYS = frozenset({
     "model.device",  # where it ran
     "probe_size", "snapshots", "num_widths", "threshold", "threads",  # the demo's recording and analysis
@@ -147,6 +150,18 @@ class Run:
             asr, ftr = self.metric("asr"), self.metric("false_trigger_rate")
             return None if asr is None or ftr is None else asr - ftr
         return _number(self.results.get(name))
+
+    @property
+    def detectors(self) -> list[str]:
+        """The inference-time detectors the run applied after training (results.json's ``detectors``)."""
+        recorded = self.results.get("detectors")
+        return list(recorded) if isinstance(recorded, Mapping) else []
+
+    def detector_metric(self, detector: str, name: str) -> float | None:
+        """``detectors[detector][name]`` from results.json (:data:`DETECTOR_METRICS`); None where the run did
+        not apply that detector or it did not measure the value (FRR and FAR of a repairing detector)."""
+        entry = (self.results.get("detectors") or {}).get(detector)
+        return _number(entry.get(name)) if isinstance(entry, Mapping) else None
 
 
 def _number(value) -> float | None:
@@ -483,7 +498,8 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
     (a partial run's metrics, a band that never converged) is None. The
     defense's own record (:data:`DEFENSE_FIELDS`: ``clean_examples``,
     ``removed``, ``detection_precision``, ``detection_recall``,
-    ``detection_f1``) is None where the run did not record it.
+    ``detection_f1``) is None where the run did not record it. Each inference-time detector the run
+    applied adds ``detector_<name>_<metric>`` (:data:`DETECTOR_METRICS`).
     """
     rows = []
     for group, members in groups(runs).items():
@@ -497,6 +513,9 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
                 row[name] = run.metric(name)
             for name in ("clean_examples", "removed"):  # counts, as integers (runs.csv)
                 row[name] = _count(row[name])
+            for detector in run.detectors:
+                for name in DETECTOR_METRICS:
+                    row[f"detector_{detector}_{name}"] = run.detector_metric(detector, name)
             for name in METRICS:
                 reference = base.metric(name) if base is not None else None
                 value = row[name]
@@ -599,6 +618,12 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
         header, table = _seed_table(members)
         if table:
             title = "Across seeds: mean ± standard deviation over the seeds of each configuration"
+            html_parts += [f"<h3>{title}</h3>", _html_table(header, table)]
+            md += [f"### {title}", ""] + _md_table(header, table) + [""]
+        header, table = _detector_table(members)
+        if table:
+            title = ("Inference-time detectors: FRR on clean test inputs, FAR on triggered ones, and the metrics "
+                     "after each detector filtered or repaired the test inputs (mean ± sd over seeds)")
             html_parts += [f"<h3>{title}</h3>", _html_table(header, table)]
             md += [f"### {title}", ""] + _md_table(header, table) + [""]
         differences = config_differences(members)
@@ -730,6 +755,24 @@ def _seed_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
     return header, [[r["configuration"], ", ".join(str(s) for s in r["seeds"])]
                     + [spread(r, name) for name in METRICS] + [clean(r)]
                     + [spread(r, name) for name in detection] for r in rows]
+
+
+def _detector_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
+    """Per configuration (:func:`configurations`) and detector it applied: the seeds, and FRR, FAR, CACC,
+    ASR, false-trigger rate and net backdoor effect after detection, mean ± sample sd over the seeds;
+    empty when no run of the group applied a detector. A rejected input counts as neither correct nor
+    the target (OpenBackdoor's measure; :func:`freqlens.detectors.evaluate_detector`)."""
+    rows = []
+    for label, runs in configurations(members).items():
+        for detector in dict.fromkeys(d for run in runs for d in run.detectors):
+            applied = [run for run in runs if detector in run.detectors]
+            line = [label, detector, ", ".join(str(run.seed) for run in applied)]
+            for name in DETECTOR_METRICS:
+                mean, sd, _ = _mean_sd([run.detector_metric(detector, name) for run in applied])
+                line.append("–" if mean is None else f"{mean:.3f}" + ("" if sd is None else f" ± {sd:.3f}"))
+            rows.append(line)
+    header = ["configuration", "detector", "seeds", "FRR", "FAR", "CACC", "ASR", "false-trigger", "net"]
+    return (header, rows) if rows else ([], [])
 
 
 def _band_table(rows: list[dict]) -> tuple[list[str], list[list]]:

@@ -4,7 +4,8 @@ Each section belongs to the package that uses it and is defined there:
 ``[model]`` :class:`~freqlens.models.loading.ModelConfig`, ``[data]`` and
 ``[attack]`` :class:`~freqlens.data.experiment.DataConfig` and
 :class:`~freqlens.data.experiment.AttackConfig`, ``[defense]``
-:class:`~freqlens.defenses.registry.DefenseConfig`, ``[train]``
+:class:`~freqlens.defenses.registry.DefenseConfig`, ``[detector]``
+:class:`~freqlens.detectors.config.DetectorConfig`, ``[train]``
 :class:`~freqlens.training.TrainConfig`, ``[record]``
 :class:`~freqlens.recording.plan.RecordConfig`, ``[analysis]``
 :class:`~freqlens.analysis.AnalysisConfig`. This module only composes them
@@ -41,6 +42,7 @@ from typing import Any
 from freqlens.analysis import AnalysisConfig
 from freqlens.data.experiment import DATA_FORMATS, AttackConfig, DataConfig  # noqa: F401 (re-exported)
 from freqlens.defenses.registry import DEFENSES, DefenseConfig
+from freqlens.detectors.config import DetectorConfig
 from freqlens.models.loading import MODEL_DTYPES, ModelConfig  # noqa: F401 (re-exported)
 from freqlens.recording.plan import RecordConfig
 from freqlens.settings import Setting, apply_override, build, describe
@@ -54,7 +56,8 @@ else:  # pragma: no cover - Python 3.10
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One experiment: model, data, attack, defense, training, recording, analysis."""
+    """One experiment: model, data, attack, defense, training, recording, analysis, and the inference-time
+    detectors applied to the trained model."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -63,6 +66,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
 
     def __post_init__(self) -> None:
         recorded = list(self.record.input_spaces)
@@ -128,12 +132,15 @@ class ExperimentConfig:
         completed with today's defaults (e.g. ``attack.options``), so a run of an earlier version
         groups with, and resumes as, one of this version with the same settings. A section that no
         longer builds, or whose defense is not registered here (a ``module:Class`` name is never
-        imported to read a run), is kept as stored; nothing is ever refused.
+        imported to read a run), is kept as stored; nothing is ever refused. A run config from before
+        ``[detector]`` gets today's default (no detector), which is what it applied.
         """
         from freqlens.defenses.abl import upgrade_stored as upgrade_abl
         from freqlens.defenses.registry import nest_flat_keys
 
         upgraded = {name: dict(value) if isinstance(value, Mapping) else value for name, value in stored.items()}
+        if "model" in upgraded and "detector" not in upgraded:  # a run from before `[detector]`: it applied none
+            upgraded["detector"] = {}
         if isinstance(upgraded.get("defense"), Mapping):  # ABL's phases shared train.epochs before `abl.budget`
             upgraded["defense"] = upgrade_abl(nest_flat_keys(upgraded["defense"]))
         for section in fields(cls):

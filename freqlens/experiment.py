@@ -26,6 +26,7 @@ from freqlens.data.identity import FIELDS as IDENTITY_FIELDS
 from freqlens.data.identity import dataset_identity
 from freqlens.data.splits import PoisonedDataset, encode, split_reference
 from freqlens.defenses import make_defense, save_defended
+from freqlens.detectors import Victim, evaluate_detector, make_detectors
 from freqlens.metrics import accuracy, collapse_warning, evaluate_model
 from freqlens.models import predict_proba
 from freqlens.models.loading import load_model
@@ -80,6 +81,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
                           if defense.needs_reference else (dataset, None))
     tokenizer, model = load_model(config.model, num_classes=config.data.num_classes)
     prepared = defense.prepare(model, max_length=config.model.max_length)  # fails before training
+    detectors = make_detectors(config.detector, seed=config.train.seed)
+    for detector in detectors:  # what a detector needs (RAP's word, ONION's language model), before training
+        detector.check(prepared.model, tokenizer)
     check_input_spaces(model, config.record.input_spaces, argument="record.input_spaces")
     if fresh:  # every setting has been checked: only now is anything in `out` replaced
         checkpoint = start_out(out, config, identity)
@@ -94,8 +98,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
                         "dataset": {"name": dataset.name, "train": len(dataset.train),
                                     "train_poisoned": int(dataset.train.poison.sum()), **dataset.info,
                                     "identity": identity}})
-    results = record_and_analyse(setup, out, config, fit=fit, progress=progress, overwrite=overwrite or resume,
-                                 checkpoint=checkpoint, began=began)
+    detect = partial(apply_detectors, detectors, batch_size=config.detector.batch_size) if detectors else None
+    results = record_and_analyse(setup, out, config, fit=fit, detect=detect, progress=progress,
+                                 overwrite=overwrite or resume, checkpoint=checkpoint, began=began)
     if results is not None and config.defense.save_model:  # None: not rank 0, which writes
         save_defended(prepared.model, out / "model", prepared.layout)
     if results is not None and not keep_checkpoint:
@@ -122,7 +127,17 @@ class Setup:
     info: Mapping = field(default_factory=dict)
 
 
-def record_and_analyse(setup: Setup, out: Path, sections, *, fit: Callable | None = None, progress: bool = True,
+def apply_detectors(detectors, model, tokenizer, dataset: PoisonedDataset, *, max_length: int,
+                    batch_size: int = 64) -> dict[str, dict]:
+    """Each inference-time detector measured on the trained ``model``
+    (:func:`~freqlens.detectors.evaluate_detector`): detector name -> its metrics, for ``results.json``'s
+    ``detectors``."""
+    victim = Victim(model, tokenizer, max_length, batch_size=batch_size, target_label=dataset.target_label)
+    return {detector.name: evaluate_detector(detector, victim, dataset) for detector in detectors}
+
+
+def record_and_analyse(setup: Setup, out: Path, sections, *, fit: Callable | None = None,
+                       detect: Callable | None = None, progress: bool = True,
                        overwrite: bool = False, checkpoint: Checkpoint | None = None,
                        began: float | None = None) -> dict:
     """Train ``setup.model`` on ``setup.dataset.train`` with the recorder on, evaluate, analyse, write.
@@ -132,7 +147,10 @@ def record_and_analyse(setup: Setup, out: Path, sections, *, fit: Callable | Non
     ``fit(model, encodings, labels, train_config, recorder=, progress=[, checkpoint=])``
     trains and returns ``(TrainResult, dict)``, the dict going into
     ``results.json`` as ``defense`` (default: plain
-    :func:`~freqlens.training.train`). ``checkpoint``: store the probe plan
+    :func:`~freqlens.training.train`). ``detect(model, tokenizer, dataset, max_length=)``
+    measures inference-time detectors on the trained model and returns what goes
+    into ``results.json`` as ``detectors`` (:func:`apply_detectors`; default:
+    none). ``checkpoint``: store the probe plan
     and epoch checkpoints there, and resume from a training state it holds
     (:func:`~freqlens.recording.plan.probe_plan`). ``began``: the
     ``time.perf_counter()`` the total time counts from (default: now).
@@ -163,6 +181,7 @@ def record_and_analyse(setup: Setup, out: Path, sections, *, fit: Callable | Non
     if not distributed.is_main():  # data-parallel: rank 0 evaluates, analyses and writes
         return None
     metrics = evaluate_model(model, setup.tokenizer, dataset, max_length=max_length, batch_size=record.batch_size)
+    detected = detect(model, setup.tokenizer, dataset, max_length=max_length) if detect is not None else None
     analysis_began = time.perf_counter()
     trajectory = recorder.trajectory()
     analysis = analyse(trajectory, sections.analysis)
@@ -181,13 +200,14 @@ def record_and_analyse(setup: Setup, out: Path, sections, *, fit: Callable | Non
                             collapse_warning(metrics), *analysis.warnings) if w]
     results = {"freqlens_version": __version__, **info, **metrics,
                **({"defense": defense} if defense is not None else {}),
+               **({"detectors": detected} if detected else {}),
                "steps": trained.steps, "snapshots": int(analysis.steps.size), "widths": analysis.widths.tolist(),
                "analysis": analysis.to_dict(), "timings": timings, "probes": probing, "warnings": warnings}
     if trajectory.meta.get("resumed"):  # the steps a killed run was resumed at (freqlens run --resume)
         results["resumed_at_steps"] = [entry["step"] for entry in trajectory.meta["resumed"]]
     warnings += write_run_outputs(out, title=setup.title, analysis=analysis, metrics=metrics,
                                   details={"timings (s)": timings, "probes": probing, **info}, warnings=warnings,
-                                  defense=defense)
+                                  defense=defense, detectors=detected)
     results["timings"]["total_seconds"] = round(time.perf_counter() - began, 3)
     write_json(out / "results.json", results)
     return results

@@ -181,6 +181,27 @@ def _defense_section(defense: Mapping) -> str:
     return "<h2>Defense</h2>" + _table(["", "value"], rows) + more
 
 
+#: The columns of a run's detector table: (header, key in results.json's ``detectors[name]``).
+DETECTOR_COLUMNS = (("FRR", "frr"), ("FAR", "far"), ("CACC", "cacc"), ("ASR", "asr"),
+                    ("false-trigger", "false_trigger_rate"), ("net", "net_backdoor_effect"))
+
+
+def _detector_section(detectors: Mapping) -> str:
+    """The inference-time detectors applied to the trained model: FRR on clean test inputs, FAR on
+    triggered ones, and CACC / ASR / false-trigger rate / net backdoor effect after each filtered (or
+    repaired) the test inputs; then everything each recorded."""
+    rows = [[name, *(entry.get(key) if isinstance(entry, Mapping) else None for _, key in DETECTOR_COLUMNS)]
+            for name, entry in detectors.items()]
+    shown = {key for _, key in DETECTOR_COLUMNS}
+    rest = {name: {k: v for k, v in entry.items() if k not in shown}
+            for name, entry in detectors.items() if isinstance(entry, Mapping)}
+    return ("<h2>Inference-time detectors</h2>" + _table(["detector", *(h for h, _ in DETECTOR_COLUMNS)], rows)
+            + '<p class="note">FRR: clean test inputs rejected; FAR: triggered test inputs accepted (a repairing '
+            "detector rejects nothing: –). CACC, ASR and the false-trigger rate count a rejected input as "
+            "neither correct nor the target (OpenBackdoor's measure), on the inputs as the detector left them."
+            "</p>" + f"<details><summary>Everything the detectors recorded</summary>{render_value(rest)}</details>")
+
+
 def write_report(
     path: str | Path,
     *,
@@ -191,6 +212,7 @@ def write_report(
     details: Mapping[str, object] | None = None,
     warnings: Sequence[str] = (),
     defense: Mapping[str, object] | None = None,
+    detectors: Mapping[str, Mapping] | None = None,
 ) -> Path:
     """Write one self-contained HTML page (figures embedded) for a run.
 
@@ -207,6 +229,9 @@ def write_report(
             under the metrics: its name, the clean examples it used, the
             examples it removed and their detection precision / recall / F1
             (:data:`DEFENSE_ROWS`), then the rest; None (the demo): no section.
+        detectors: results.json's ``detectors`` (detector name -> its metrics),
+            shown as a table (:data:`DETECTOR_COLUMNS`) after the defense;
+            None or empty: no section.
 
     Returns:
         The path written.
@@ -216,6 +241,8 @@ def write_report(
     parts.append(_table(["metric", "value"], [[METRIC_NAMES.get(k, k), v] for k, v in metrics.items()]))
     if defense is not None:
         parts.append(_defense_section(defense))
+    if detectors:
+        parts.append(_detector_section(detectors))
     summary = analysis.summary()
     for view in analysis.convergence:
         statement = summary.get(view, {}).get("statement")
@@ -285,7 +312,7 @@ def write_report(
 
 def write_run_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
                   metrics: Mapping[str, float], details: Mapping, warnings: Sequence[str] = (),
-                  defense: Mapping | None = None) -> list[str]:
+                  defense: Mapping | None = None, detectors: Mapping | None = None) -> list[str]:
     """Write the figures (PNG, 130 dpi) and ``report.html`` of a run into ``out``.
 
     The figures are the ``run`` files of every row of the figure table
@@ -294,8 +321,8 @@ def write_run_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
     target spectrum where the run has clean and backdoor probe sets, then the
     paper's heat maps (``heatmap.png`` joint view, ``heatmap_separate.png``)
     and the error curves (``curves.png``); the report shows them in that order
-    with the rows' captions. ``defense`` (results.json's ``defense``) is
-    shown under the metrics (:func:`write_report`).
+    with the rows' captions. ``defense`` (results.json's ``defense``) and
+    ``detectors`` (its ``detectors``) are shown under the metrics (:func:`write_report`).
 
     Returns:
         A warning for each figure that could not be drawn
@@ -315,6 +342,7 @@ def write_run_outputs(out: Path, *, title: str, analysis: SpectralAnalysis,
         fig.savefig(out / name, dpi=130)
     figures = {caption: fig for caption, fig in figures.values()}
     write_report(out / "report.html", title=title, analysis=analysis, metrics=metrics,
-                 figures=figures, details=details, warnings=[*warnings, *failed], defense=defense)
+                 figures=figures, details=details, warnings=[*warnings, *failed], defense=defense,
+                 detectors=detectors)
     plt.close("all")
     return failed
