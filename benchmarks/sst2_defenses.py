@@ -31,11 +31,21 @@ the layout of the papers' main comparison: defenses as rows, attacks as
 columns, CACC / ASR / net per cell, mean ± sample standard deviation over the
 seeds where there are several.
 
+``--detectors strip rap`` applies those inference-time detectors after each
+training run (``detector.name``); each adds a row ``<defense> + <detector>``
+with CACC / ASR / net after it filtered the test inputs and its FRR / FAR. A
+run kept without a detector asked for is run again with it (the same
+training: detectors do not change it). A run that fails (e.g. ONION without
+its language model offline) is listed under "Not run" with its log's last line,
+kept beside the archived runs (``<run>.failed.txt``) so that ``--no-run`` lists
+it again; an earlier result of the same run still gives its rows.
+
 Usage (from the repository root)::
 
     python benchmarks/sst2_defenses.py --budget paper --parallel 8 \\
         --model .device/minilm --data .device/sst-2
     python benchmarks/sst2_defenses.py --budget cpu --attacks addsent --defenses vanilla muscle
+    python benchmarks/sst2_defenses.py --budget cpu --defenses vanilla early-loss --detectors strip rap
 
 This is a benchmark, not a test: the numbers depend on the machine and seed.
 """
@@ -58,6 +68,7 @@ import numpy as np
 from freqlens.defenses import (
     DEFENSES,  # every registered defense, in registration order (a live view)
 )
+from freqlens.detectors import DETECTORS
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("badnets", "addsent", "synbkd", "stylebkd")
@@ -65,7 +76,7 @@ BUDGETS = {
     "paper": ["data.max_train=100000", "data.max_eval=100000", "train.epochs=10", "train.lr=2e-5"],
     "cpu": [],
 }
-COLUMNS = ("attack", "defense", "seed", "cacc", "asr", "false_trigger_rate", "net_backdoor_effect",
+COLUMNS = ("attack", "defense", "seed", "cacc", "asr", "false_trigger_rate", "net_backdoor_effect", "frr", "far",
            "clean_examples", "removed", "precision", "recall", "f1", "best_epoch", "lr", "trainable_parameters",
            "backdoor_first_joint", "backdoor_first_separate",
            "speed_first_widths", "speed_first_modes", "recording_share", "seconds")
@@ -91,37 +102,75 @@ def run_name(defense: str) -> str:
     return "_".join([name, *items])
 
 
-def run_one(attack: str, defense: str, seed: int, args) -> dict | None:
+def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str | None]:
+    """Run (or find) one (attack, defense, seed): its rows (:func:`rows_of`), and why it failed (the last
+    line of its log) or None. A run found here or in the archive is not run again unless it lacks a
+    detector of ``--detectors``: then the same training runs again with them applied after it."""
     name, _, settings = defense.partition("@")
     out = Path(args.out) / f"{attack}-{run_name(defense)}-s{seed}"
     results = out / "results.json"
     kept = archived(args) / f"{out.name}.json"  # committed: rebuilds the table
-    if not results.is_file() and kept.is_file():
-        return row(attack, defense, seed, json.loads(kept.read_text()))
-    if not results.is_file() and args.no_run:
-        return None
-    if not results.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        overrides = [*BUDGETS[args.budget], f"defense.name={name}", f"train.seed={seed}", *args.set]
-        overrides += [f"defense.{item}" for item in settings.split(",") if item]
-        if args.model:
-            overrides.append(f"model.name={args.model}")
-        if args.data:
-            overrides.append(f"data.path={Path(args.data) / attack}")
-        command = [sys.executable, "-m", "freqlens.cli", "run", str(ROOT / "analysis" / f"sst2-{attack}.toml"),
-                   "--out", str(out), "--no-progress", "--overwrite"]
-        for item in overrides:
-            command += ["--set", item]
-        began = time.perf_counter()
-        with open(out / "log.txt", "w") as log:
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        print(f"{attack:9s} {defense:15s} seed {seed}: exit {code} after {time.perf_counter() - began:.0f} s",
-              flush=True)
-        if code != 0 or not results.is_file():
-            return None
+    failed = kept.parent / f"{out.name}.failed.txt"  # committed too: why the last try of it failed
+    found = results if results.is_file() else kept if kept.is_file() else None
+    stored = json.loads(found.read_text()) if found is not None else None
+    if stored is not None:
+        missing = missing_detectors(stored, args.detectors)
+        if args.no_run or not missing:
+            if found == results:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(results, kept)
+            why = failed.read_text().strip() if missing and failed.is_file() else None
+            return rows_of(attack, defense, seed, stored), why
+    if args.no_run:
+        return [], failed.read_text().strip() if failed.is_file() else None
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = [*BUDGETS[args.budget], f"defense.name={name}", f"train.seed={seed}", *args.set]
+    overrides += [f"defense.{item}" for item in settings.split(",") if item]
+    if args.detectors:
+        overrides.append(f"detector.name={','.join(args.detectors)}")
+    if args.model:
+        overrides.append(f"model.name={args.model}")
+    if args.data:
+        overrides.append(f"data.path={Path(args.data) / attack}")
+    command = [sys.executable, "-m", "freqlens.cli", "run", str(ROOT / "analysis" / f"sst2-{attack}.toml"),
+               "--out", str(out), "--no-progress", "--overwrite"]
+    for item in overrides:
+        command += ["--set", item]
+    began = time.perf_counter()
+    with open(out / "log.txt", "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    print(f"{attack:9s} {defense:15s} seed {seed}: exit {code} after {time.perf_counter() - began:.0f} s",
+          flush=True)
+    if code != 0 or not results.is_file():  # a refused run leaves an earlier results.json as it was
+        lines = [line for line in (out / "log.txt").read_text().splitlines() if line.strip()]
+        why = (f"exit {code}" + (f" (detectors {', '.join(args.detectors)})" if args.detectors else "")
+               + f": {lines[-1].strip() if lines else 'no output'}")
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        failed.write_text(why + "\n")
+        return (rows_of(attack, defense, seed, stored) if stored is not None else []), why
     kept.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(results, kept)
-    return row(attack, defense, seed, json.loads(results.read_text()))
+    failed.unlink(missing_ok=True)
+    return rows_of(attack, defense, seed, json.loads(results.read_text())), None
+
+
+def missing_detectors(results: dict, detectors: list[str]) -> list[str]:
+    """The detectors of ``detectors`` that a run's ``results.json`` did not apply."""
+    return [d for d in detectors if d not in (results.get("detectors") or {})]
+
+
+def rows_of(attack: str, defense: str, seed: int, r: dict) -> list[dict]:
+    """The run's row (:func:`row`), then one row per inference-time detector it applied after training,
+    named ``<defense> + <detector>``: CACC, ASR, false-trigger rate and net after the detector filtered
+    (or repaired) the test inputs, and its FRR and FAR; the training-side columns are the run's."""
+    own = row(attack, defense, seed, r)
+    rows = [own]
+    for name, d in (r.get("detectors") or {}).items():
+        rows.append({**own, "defense": f"{defense} + {name}", "cacc": d.get("cacc"), "asr": d.get("asr"),
+                     "false_trigger_rate": d.get("false_trigger_rate"),
+                     "net_backdoor_effect": d.get("net_backdoor_effect"), "frr": d.get("frr"), "far": d.get("far"),
+                     "seconds": d.get("seconds")})
+    return rows
 
 
 def archived(args) -> Path:
@@ -143,7 +192,7 @@ def row(attack: str, defense: str, seed: int, r: dict) -> dict:
     return {
         "attack": attack, "defense": defense, "seed": seed,
         "cacc": r["cacc"], "asr": r["asr"], "false_trigger_rate": r["false_trigger_rate"],
-        "net_backdoor_effect": r["asr"] - r["false_trigger_rate"],
+        "net_backdoor_effect": r["asr"] - r["false_trigger_rate"], "frr": None, "far": None,
         "clean_examples": done.get("clean_examples"), "removed": done.get("removed"),
         "precision": detection.get("precision"), "recall": detection.get("recall"), "f1": detection.get("f1"),
         "best_epoch": done.get("best_epoch"), "lr": done.get("lr"),
@@ -187,15 +236,17 @@ def _number(value, spec: str) -> str:
 def runs_table(rows: list[dict]) -> list[str]:
     """The Markdown table of the runs, one row each (:data:`COLUMNS`); "–" where a run lacks a value."""
     lines = [
-        "| attack | defense | seed | CACC | ASR | false-trigger | net | clean | removed | precision | recall | F1 | "
-        "best epoch | lr | trainable | first (joint/sep.) | faster (widths) | faster (modes) | recording | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| attack | defense | seed | CACC | ASR | false-trigger | net | FRR | FAR | clean | removed | precision | "
+        "recall | F1 | best epoch | lr | trainable | first (joint/sep.) | faster (widths) | faster (modes) | "
+        "recording | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['attack']} | {r['defense']}{' †' if r.get('source') else ''} | {r['seed']} | {fmt(r['cacc'])} | "
             f"{fmt(r['asr'])} | "
-            f"{fmt(r['false_trigger_rate'])} | {fmt(r['net_backdoor_effect'])} | {fmt(r.get('clean_examples'))} | "
+            f"{fmt(r['false_trigger_rate'])} | {fmt(r['net_backdoor_effect'])} | {fmt(r.get('frr'))} | "
+            f"{fmt(r.get('far'))} | {fmt(r.get('clean_examples'))} | "
             f"{fmt(r.get('removed'))} | {fmt(r.get('precision'))} | {fmt(r.get('recall'))} | {fmt(r.get('f1'))} | "
             f"{fmt(r['best_epoch'])} | {_number(r['lr'], 'g')} | {_number(r['trainable_parameters'], ',')} | "
             f"{r['backdoor_first_joint']}/{r['backdoor_first_separate']} | {r.get('speed_first_widths', '–')} | "
@@ -237,7 +288,7 @@ def paper_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_table(rows: list[dict], args, command: str, seconds: float) -> Path:
+def write_table(rows: list[dict], args, command: str, seconds: float, failures: list[str] = ()) -> Path:
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
     stem = results / f"sst2_defenses_{args.budget}{args.suffix}"
@@ -262,6 +313,11 @@ def write_table(rows: list[dict], args, command: str, seconds: float) -> Path:
         *([f"† = a row of an earlier table ({', '.join(sorted({r['source'] for r in rows if r.get('source')}))}, "
            "`--include`), the same settings run by an earlier freqlens."] if any(r.get("source") for r in rows)
           else []),
+        "FRR, FAR (rows `<defense> + <detector>`): the inference-time detector applied after that training "
+        "run, its false rejection rate on clean test inputs and false acceptance rate on triggered ones; "
+        "CACC, ASR, false-trigger and net of such a row are after it filtered (or repaired) the test inputs, "
+        "a rejected input counting as neither correct nor the target (OpenBackdoor's measure).",
+        *([""] + [f"Not run: {why}" + "  " for why in failures] if failures else []),
         "",
         *runs_table(rows),
         "",
@@ -316,6 +372,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-sst2-defenses"))
     parser.add_argument("--suffix", default="", help="appended to the result file names")
     parser.add_argument("--no-run", action="store_true", help="only tabulate the runs already finished")
+    parser.add_argument("--detectors", nargs="+", default=[], choices=list(DETECTORS),
+                        help="inference-time detectors to apply after each training run (rows <defense> + <detector>)")
     parser.add_argument("--include", nargs="+", default=[], metavar="CSV",
                         help="earlier tables (this script's .csv) whose rows fill in runs not found here")
     args = parser.parse_args()
@@ -323,20 +381,26 @@ def main() -> int:
     jobs = [(a, d, s) for s in args.seeds for a in args.attacks for d in args.defenses]
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        rows = list(pool.map(lambda job: run_one(*job, args), jobs))
-    found = {(r["attack"], r["defense"], r["seed"]) for r in rows if r is not None}
-    failed = 0 if args.no_run else sum(r is None for r in rows)
+        done = list(pool.map(lambda job: run_one(*job, args), jobs))
+    rows = [r for found, _ in done for r in found]
+    failures = [f"{attack} {defense} seed {seed}: {why}" for (attack, defense, seed), (_, why) in zip(jobs, done) if why]
+    found = {(r["attack"], r["defense"], r["seed"]) for r in rows}
     earlier = [r for r in included_rows(args.include)
                if (r["attack"], r["defense"], r["seed"]) in set(jobs) - found]
-    rows = [r for r in rows if r is not None] + earlier
-    rank = {(a, d, s): i for i, (a, d, s) in enumerate(sorted(jobs, key=lambda j: (args.defenses.index(j[1]),
-                                                                                      args.attacks.index(j[0]), j[2])))}
-    rows.sort(key=lambda r: rank[(r["attack"], r["defense"], r["seed"])])  # defense, attack, seed
-    path = write_table(rows, args, command, time.perf_counter() - began)
+    rows += earlier
+    order = {d: i for i, d in enumerate(args.defenses)}
+    detectors = {d: i for i, d in enumerate(dict.fromkeys(r["defense"].partition(" + ")[2] for r in rows))}
+
+    def rank(r: dict) -> tuple:  # defense, then its detectors' rows, then attack, seed
+        base, _, detector = r["defense"].partition(" + ")
+        return order.get(base, len(order)), detectors[detector], args.attacks.index(r["attack"]), r["seed"]
+
+    rows.sort(key=rank)
+    path = write_table(rows, args, command, time.perf_counter() - began, failures)
     print(path.read_text())
-    if failed:
-        print(f"{failed} run(s) failed; see their log.txt under {args.out}", file=sys.stderr)
-    return 1 if failed else 0
+    if failures and not args.no_run:
+        print(f"{len(failures)} run(s) failed; see their log.txt under {args.out}", file=sys.stderr)
+    return 1 if failures and not args.no_run else 0  # --no-run lists earlier failures, it has none of its own
 
 
 if __name__ == "__main__":

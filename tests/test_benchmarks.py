@@ -107,12 +107,12 @@ def test_no_run_tabulates_the_result_folders_already_there_old_and_new(bench, tm
                                       "--defenses", "vanilla", "muscle@reference_size=96", "reference-only"])
     assert bench.main() == 0
     md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
-    assert "| addsent | vanilla | 0 | 0.800 | 0.500 | 0.100 | 0.400 | – | – | – | – | – |" in md
-    assert "| addsent | muscle@reference_size=96 | 0 | 0.800 | 0.400 | 0.100 | 0.300 | 96 | – |" in md
+    assert "| addsent | vanilla | 0 | 0.800 | 0.500 | 0.100 | 0.400 | – | – | – | – | – | – | – |" in md
+    assert "| addsent | muscle@reference_size=96 | 0 | 0.800 | 0.400 | 0.100 | 0.300 | – | – | 96 | – |" in md
     assert "## Defenses x attacks" in md and "| muscle@reference_size=96 | 96 | 1 | 0.800 / 0.400 / 0.300 |" in md
     assert "| reference-only |" not in md  # not run: left out, not an error
     csv_text = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.csv").read_text().splitlines()
-    assert csv_text[0].split(",")[7:12] == ["clean_examples", "removed", "precision", "recall", "f1"]
+    assert csv_text[0].split(",")[7:14] == ["frr", "far", "clean_examples", "removed", "precision", "recall", "f1"]
 
 
 def test_each_run_is_kept_in_the_repository_and_the_table_rebuilds_from_it_alone(bench, tmp_path, monkeypatch):
@@ -149,5 +149,56 @@ def test_rows_of_an_earlier_table_fill_in_the_runs_not_found_and_are_marked(benc
     assert bench.main() == 0
     md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
     assert "| badnets | vanilla | 0 | 0.500 |" in md  # a run found wins over the earlier table
-    assert "| badnets | vanilla † | 1 | 0.833 | 0.960 | 0.135 | 0.825 | – |" in md
+    assert "| badnets | vanilla † | 1 | 0.833 | 0.960 | 0.135 | 0.825 | – | – | – |" in md
     assert "earlier.csv" in md and "addsent" not in md.split("## Defenses x attacks")[0]  # not asked for
+
+
+DETECTED = {"strip": {"name": "strip", "frr": 0.01, "far": 0.3, "cacc": 0.79, "asr": 0.25, "false_trigger_rate": 0.1,
+                      "net_backdoor_effect": 0.15, "seconds": 30.0},
+            "rap": {"name": "rap", "frr": 0.02, "far": 0.1, "cacc": 0.78, "asr": 0.05, "false_trigger_rate": 0.08,
+                    "net_backdoor_effect": -0.03, "seconds": 60.0}}
+
+
+def test_each_detector_a_run_applied_is_a_row_after_its_defense(bench, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    for attack, detected in (("badnets", DETECTED), ("addsent", None)):
+        (out / f"{attack}-vanilla-s0").mkdir(parents=True)
+        results = {**_results(), **({"detectors": detected} if detected else {})}
+        (out / f"{attack}-vanilla-s0" / "results.json").write_text(json.dumps(results))
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "machine", lambda: "test machine")
+    monkeypatch.setattr(sys, "argv", ["sst2_defenses.py", "--no-run", "--attacks", "badnets", "addsent",
+                                      "--defenses", "vanilla", "--detectors", "strip", "rap", "--out", str(out)])
+    assert bench.main() == 0
+    md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
+    runs, paper = md.split("## Defenses x attacks")
+    lines = [line for line in runs.splitlines() if line.startswith("| badnets") or line.startswith("| addsent")]
+    assert [line.split("|")[2].strip() for line in lines] == ["vanilla", "vanilla", "vanilla + strip",
+                                                              "vanilla + rap"]  # defense, attack, then detectors
+    assert "| badnets | vanilla + strip | 0 | 0.790 | 0.250 | 0.100 | 0.150 | 0.010 | 0.300 |" in runs
+    assert "| vanilla + rap | – | 1 | 0.780 / 0.050 / -0.030 | – |" in paper  # badnets only: addsent has none
+    assert bench.missing_detectors({"detectors": DETECTED}, ["strip", "onion"]) == ["onion"]
+
+
+def test_a_run_that_fails_is_listed_with_its_reason(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "machine", lambda: "test machine")
+
+    def refused(command, stdout, **kwargs):
+        stdout.write("Error: Expected `detector.onion.lm` 'gpt2' to load but it is not available offline.\n")
+        return 2
+
+    monkeypatch.setattr(bench.subprocess, "call", refused)
+    monkeypatch.setattr(sys, "argv", ["sst2_defenses.py", "--attacks", "badnets", "--defenses", "vanilla",
+                                      "--detectors", "onion", "--out", str(tmp_path / "runs")])
+    out = tmp_path / "runs"
+    (out / "badnets-vanilla-s0").mkdir(parents=True)  # an earlier run without the detector: its rows stay
+    (out / "badnets-vanilla-s0" / "results.json").write_text(json.dumps(_results(cacc=0.81)))
+    assert bench.main() == 1
+    md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
+    reason = "Not run: badnets vanilla seed 0: exit 2 (detectors onion): Error: Expected `detector.onion.lm` 'gpt2'"
+    assert reason in md and "| badnets | vanilla | 0 | 0.810 |" in md
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--no-run"])  # the reason is kept: a rebuilt table says it
+    assert bench.main() == 0
+    md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
+    assert reason in md and "| badnets | vanilla | 0 | 0.810 |" in md
