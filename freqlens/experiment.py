@@ -1,7 +1,8 @@
 """One experiment end to end: ``freqlens run CONFIG.toml --out DIR``.
 
 :func:`run_experiment` reads top to bottom: seed, data, model, defense
-prepare, record and fit, evaluate, analyse, write. Each step is a function of
+prepare (and the detectors' checks), record and fit, evaluate, detect
+(the ``[detector]`` section's inference-time detectors), analyse, write. Each step is a function of
 the package that owns it and takes only its own config section
 (:mod:`freqlens.config` composes the sections). :func:`record_and_analyse`,
 the part from recording to writing, is shared with ``freqlens demo``.
