@@ -26,15 +26,16 @@ their family's module (:mod:`~freqlens.defenses.plain`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from freqlens._checks import IMPORT_PATH, check_positive_int, import_object
+from freqlens._checks import check_positive_int
+from freqlens._registry import Registry
 from freqlens.defenses.adapters import DefendedLayout, _base_model, check_input_length
 from freqlens.defenses.placement import mslr_layers
 from freqlens.training import TrainConfig, TrainResult, train
@@ -264,7 +265,7 @@ def _width(encodings: Mapping[str, torch.Tensor] | None) -> int | None:
 
 
 # -------------------------------------------------------------------- the registry
-_REGISTRY: dict[str, type[Defense]] = {}
+_REGISTRY = Registry("defense", Defense, "freqlens.defenses.Defense")
 
 
 def register_defense(name: str, cls: type[Defense], *, replace: bool = False) -> type[Defense]:
@@ -274,23 +275,11 @@ def register_defense(name: str, cls: type[Defense], *, replace: bool = False) ->
         TypeError: ``cls`` is not a subclass of :class:`Defense`, or its
             ``options`` is neither None nor a dataclass.
         ValueError: ``name`` is empty or not a string, or already registered
-            and ``replace`` is False.
+            and ``replace`` is False; ``cls.adapter`` is not one of :data:`ADAPTERS`.
     """
-    import dataclasses
-
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"Expected a non-empty defense name but got {name!r}.")
-    if not (isinstance(cls, type) and issubclass(cls, Defense)):
-        raise TypeError(f"Expected a subclass of freqlens.defenses.Defense for defense {name!r} but got {cls!r}.")
-    if cls.adapter not in ADAPTERS:
+    if isinstance(cls, type) and issubclass(cls, Defense) and cls.adapter not in ADAPTERS:
         raise ValueError(f"Expected `{cls.__name__}.adapter` to be one of {ADAPTERS} but got {cls.adapter!r}.")
-    if cls.options is not None and not (isinstance(cls.options, type) and dataclasses.is_dataclass(cls.options)):
-        raise TypeError(f"Expected `{cls.__name__}.options` to be a dataclass (or None) but got {cls.options!r}.")
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"Expected a new defense name but {name!r} is registered already "
-                         f"({_REGISTRY[name].__name__}); pass replace=True to replace it.")
-    _REGISTRY[name] = cls
-    return cls
+    return _REGISTRY.register(name, cls, replace=replace)
 
 
 def unregister_defense(name: str) -> None:
@@ -299,9 +288,7 @@ def unregister_defense(name: str) -> None:
     Raises:
         KeyError: no defense is registered under ``name``.
     """
-    if name not in _REGISTRY:
-        raise KeyError(f"Expected a registered defense name, one of {tuple(_REGISTRY)}, but got {name!r}.")
-    del _REGISTRY[name]
+    _REGISTRY.unregister(name)
 
 
 def defense_class(name: str) -> type[Defense]:
@@ -318,19 +305,7 @@ def defense_class(name: str) -> type[Defense]:
             registered names; a ``module:Class`` whose module cannot be
             imported or has no such :class:`Defense` subclass.
     """
-    if isinstance(name, str) and name in _REGISTRY:
-        return _REGISTRY[name]
-    if isinstance(name, str) and IMPORT_PATH.match(name):
-        target = import_object(name, "defense.name")
-        if not (isinstance(target, type) and issubclass(target, Defense)):
-            raise ValueError(f"Expected `defense.name` {name!r} to name a subclass of freqlens.defenses.Defense "
-                             f"but it names {target!r}.")
-        register_defense(name, target)
-        return target
-    raise ValueError(f"Expected `defense.name` to be one of {tuple(_REGISTRY)} (or `module:Class` naming a "
-                     f"Defense subclass) but got {name!r}.")
-
-
+    return _REGISTRY.lookup(name, "defense.name")
 
 
 def make_defense(config: DefenseConfig) -> Defense:
@@ -338,28 +313,5 @@ def make_defense(config: DefenseConfig) -> Defense:
     return defense_class(config.name)(config)
 
 
-class DefenseNames(Sequence):
-    """The registered defense names, in registration order: a live view (registering one adds it)."""
-
-    def __getitem__(self, index: Any):
-        return tuple(_REGISTRY)[index]
-
-    def __len__(self) -> int:
-        return len(_REGISTRY)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(tuple(_REGISTRY))
-
-    def __contains__(self, name: object) -> bool:
-        return name in _REGISTRY
-
-    def __repr__(self) -> str:
-        return repr(tuple(_REGISTRY))
-
-    def __eq__(self, other: object) -> bool:
-        return tuple(self) == (tuple(other) if isinstance(other, (tuple, list, DefenseNames)) else other)
-
-    __hash__ = None
-
-
-DEFENSES = DefenseNames()
+#: The registered defense names, in registration order: a live view (registering one adds it).
+DEFENSES = _REGISTRY.names

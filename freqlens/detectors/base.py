@@ -30,9 +30,8 @@ repair.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from freqlens._checks import IMPORT_PATH, import_object
+from freqlens._registry import Registry
 
 
 @dataclass
@@ -240,7 +239,7 @@ def _share(flags: np.ndarray) -> float | None:
 
 
 # -------------------------------------------------------------------- the registry
-_REGISTRY: dict[str, type[Detector]] = {}
+_REGISTRY = Registry("detector", Detector, "freqlens.detectors.Detector")
 
 
 def register_detector(name: str, cls: type[Detector], *, replace: bool = False) -> type[Detector]:
@@ -252,17 +251,7 @@ def register_detector(name: str, cls: type[Detector], *, replace: bool = False) 
         ValueError: ``name`` is empty or not a string, or already registered
             and ``replace`` is False.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"Expected a non-empty detector name but got {name!r}.")
-    if not (isinstance(cls, type) and issubclass(cls, Detector)):
-        raise TypeError(f"Expected a subclass of freqlens.detectors.Detector for detector {name!r} but got {cls!r}.")
-    if cls.options is not None and not (isinstance(cls.options, type) and dataclasses.is_dataclass(cls.options)):
-        raise TypeError(f"Expected `{cls.__name__}.options` to be a dataclass (or None) but got {cls.options!r}.")
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"Expected a new detector name but {name!r} is registered already "
-                         f"({_REGISTRY[name].__name__}); pass replace=True to replace it.")
-    _REGISTRY[name] = cls
-    return cls
+    return _REGISTRY.register(name, cls, replace=replace)
 
 
 def unregister_detector(name: str) -> None:
@@ -271,50 +260,21 @@ def unregister_detector(name: str) -> None:
     Raises:
         KeyError: no detector is registered under ``name``.
     """
-    if name not in _REGISTRY:
-        raise KeyError(f"Expected a registered detector name, one of {tuple(_REGISTRY)}, but got {name!r}.")
-    del _REGISTRY[name]
+    _REGISTRY.unregister(name)
 
 
 def detector_class(name: str, argument: str = "detector.name") -> type[Detector]:
-    """The class registered as ``name``; a name written ``module:Class`` imports and registers that class.
+    """The class registered as ``name``; a name written ``module:Class`` imports and registers that class
+    (as :func:`freqlens.defenses.base.defense_class` does).
 
     Raises:
         ValueError: no such detector, naming ``argument`` and the registered names.
     """
-    if isinstance(name, str) and name in _REGISTRY:
-        return _REGISTRY[name]
-    if isinstance(name, str) and IMPORT_PATH.match(name):
-        target = import_object(name, argument)
-        if not (isinstance(target, type) and issubclass(target, Detector)):
-            raise ValueError(f"Expected `{argument}` {name!r} to name a subclass of freqlens.detectors.Detector "
-                             f"but it names {target!r}.")
-        register_detector(name, target)
-        return target
-    raise ValueError(f"Expected `{argument}` to be one of {tuple(_REGISTRY)} (or `module:Class` naming a "
-                     f"Detector subclass) but got {name!r}.")
+    return _REGISTRY.lookup(name, argument)
 
 
-class DetectorNames(Sequence):
-    """The registered detector names, in registration order: a live view."""
-
-    def __getitem__(self, index: Any):
-        return tuple(_REGISTRY)[index]
-
-    def __len__(self) -> int:
-        return len(_REGISTRY)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(tuple(_REGISTRY))
-
-    def __contains__(self, name: object) -> bool:
-        return name in _REGISTRY
-
-    def __repr__(self) -> str:
-        return repr(tuple(_REGISTRY))
-
-
-DETECTORS = DetectorNames()
+#: The registered detector names, in registration order: a live view (registering one adds it).
+DETECTORS = _REGISTRY.names
 
 
 __all__ = ["DETECTORS", "Detector", "Victim", "detector_class", "evaluate_detector", "register_detector",

@@ -144,3 +144,27 @@ def test_a_victim_tokenises_like_a_run_and_returns_probabilities():
     probabilities = victim.probabilities(["the movie was good", "bad", "cf the plot"])
     assert probabilities.shape == (3, 2) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert victim.probabilities([]).shape == (0, 2)
+
+
+def test_a_registered_detector_is_a_name_the_config_takes_and_registering_is_checked():
+    from freqlens.detectors import DETECTORS, DetectorConfig, register_detector, unregister_detector
+
+    class Mine(Detector):
+        def score(self, victim, texts):
+            return np.zeros(len(texts))
+
+    register_detector("test-mine", Mine)
+    try:
+        assert "test-mine" in DETECTORS and list(DETECTORS)[-1] == "test-mine"
+        assert DetectorConfig(name=["strip", "test-mine"]).names == ("strip", "test-mine")
+        with pytest.raises(ValueError, match="registered already"):
+            register_detector("test-mine", Mine)
+        with pytest.raises(TypeError, match="subclass of freqlens.detectors.Detector"):
+            register_detector("test-other", object)
+    finally:
+        unregister_detector("test-mine")
+    assert "test-mine" not in DETECTORS
+    with pytest.raises(ValueError, match="`detector.name` to be one of"):
+        DetectorConfig(name="test-mine")
+    with pytest.raises(KeyError, match="registered detector name"):
+        unregister_detector("test-mine")
