@@ -276,7 +276,7 @@ def _prepare_out(out: Path, config, *, overwrite: bool, resume: bool) -> tuple[C
     given = json.loads(json.dumps(config.to_dict(), default=str))
     if stored is not None:  # a checkpoint of an earlier version: its keys in today's form first
         stored = type(config).upgrade(stored) if hasattr(type(config), "upgrade") else stored
-        differing = _differing_keys(stored, given)
+        differing = [key for key in _differing_keys(stored, given) if not key.startswith(RESUMABLE_WITH_OTHER)]
         if differing:
             raise ValueError(
                 f"Expected the config of the run in `--out` {out} for --resume but these keys differ "
@@ -329,6 +329,11 @@ def _start_out(out: Path, config, identity: Mapping) -> Checkpoint:
     return checkpoint
 
 
+
+
+#: Config sections a resumed run may change: the inference-time detectors act on the trained model after
+#: training, so a run killed (or whose detector failed) may resume with other detectors.
+RESUMABLE_WITH_OTHER = ("detector.",)
 
 
 def _differing_keys(stored: Mapping, given: Mapping, prefix: str = "") -> list[str]:

@@ -112,6 +112,14 @@ def _print_summary(results: dict | None, out: str) -> None:
     print(f"clean accuracy (CACC)      {number('cacc')}")
     print(f"attack success rate (ASR)  {number('asr')}")
     print(f"false-trigger rate         {number('false_trigger_rate')}")
+    for name, entry in (results.get("detectors") or {}).items():
+        if entry.get("error"):
+            print(f"detector {name}: failed ({entry['error']})")
+            continue
+        rates = "" if entry.get("frr") is None else f"FRR {entry['frr']:.3f}, FAR {entry['far']:.3f}; "
+        after = ", ".join(f"{label} {entry[key]:.3f}" for label, key in (("CACC", "cacc"), ("ASR", "asr"))
+                          if entry.get(key) is not None)
+        print(f"detector {name}: {rates}after it {after}")
     for view, info in results["analysis"]["summary"].items():
         print(f"{view:>8} view: {info['statement']}")
     timings = results["timings"]

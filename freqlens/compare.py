@@ -157,6 +157,11 @@ class Run:
         recorded = self.results.get("detectors")
         return list(recorded) if isinstance(recorded, Mapping) else []
 
+    def detector_error(self, detector: str) -> str | None:
+        """Why the detector failed after training (results.json's ``detectors[detector]["error"]``), or None."""
+        entry = (self.results.get("detectors") or {}).get(detector)
+        return str(entry["error"]) if isinstance(entry, Mapping) and entry.get("error") else None
+
     def detector_metric(self, detector: str, name: str) -> float | None:
         """``detectors[detector][name]`` from results.json (:data:`DETECTOR_METRICS`); None where the run did
         not apply that detector or it did not measure the value (FRR and FAR of a repairing detector)."""
@@ -268,7 +273,7 @@ def load_run(directory: str | Path) -> Run:
     meta = trajectory.meta
     stored = results.get("config") or meta.get("config") or _checkpoint_config(directory)
     stored = ExperimentConfig.upgrade(stored) if stored else stored  # an earlier version's keys in today's form
-    config = _flatten(stored or {})
+    config = _unused_detector_settings_dropped(_flatten(stored or {}))
     try:
         analysis = analyse(trajectory, _analysis_config(results, config))
     except ValueError as error:  # e.g. an input space this trajectory did not record
@@ -284,6 +289,18 @@ def load_run(directory: str | Path) -> Run:
               partial=partial, trajectory_meta=dict(meta), dataset_name=_identity_name(identity))
     run.label = run.defense + (" (partial)" if partial else "")
     return run
+
+
+def _unused_detector_settings_dropped(config: dict) -> dict:
+    """A flattened config without the settings of built-in detectors the run did not apply
+    (``detector.rap.*`` when ``detector.name`` does not hold ``rap``): they changed nothing, so they
+    neither split configurations nor show as config differences."""
+    from freqlens.detectors.config import SECTIONS
+
+    names = config.get("detector.name") or []
+    names = [names] if isinstance(names, str) else list(names)
+    unused = tuple(f"detector.{name}." for name in SECTIONS if name not in names)
+    return {k: v for k, v in config.items() if not k.startswith(unused)}
 
 
 def _analysis_config(results: Mapping, config: Mapping) -> AnalysisConfig:
@@ -434,7 +451,8 @@ SEED_KEYS = ("train.seed", "seed")
 
 
 def configurations(members: Sequence[Run]) -> dict[str, list[Run]]:
-    """Runs of one group that differ only in their seed, in the order given.
+    """Runs of one group that differ only in their seed (or in the inference-time detectors applied after
+    training, which change nothing in it), in the order given.
 
     Keyed by a label: the defense, plus the settings that tell configurations
     with the same defense apart (e.g. ``lora [train.lr=0.0005]``). Partial runs
@@ -442,14 +460,15 @@ def configurations(members: Sequence[Run]) -> dict[str, list[Run]]:
     """
     by_key: dict[str, list[Run]] = {}
     for run in members:
-        settings = {k: v for k, v in run.config.items() if k not in SEED_KEYS}
+        settings = {k: v for k, v in run.config.items() if k not in SEED_KEYS and not k.startswith("detector.")}
         key = json.dumps([settings, run.partial is not None, str(run.directory) if not run.config else ""],
                          sort_keys=True, default=str)
         by_key.setdefault(key, []).append(run)
     labels: dict[str, str] = {}
     for key, runs in by_key.items():
         twins = [r[0] for r in by_key.values() if r[0].defense == runs[0].defense]
-        differing = [k for k in config_differences(twins) if k not in SEED_KEYS] if len(twins) > 1 else []
+        differing = ([k for k in config_differences(twins) if k not in SEED_KEYS and not k.startswith("detector.")]
+                     if len(twins) > 1 else [])
         shown = ", ".join(f"{k}={_short(runs[0].config.get(k), 24)}" for k in differing[:2])
         label = runs[0].defense + (f" [{shown}]" if shown else "") + (" (partial)" if runs[0].partial else "")
         if not runs[0].config and len(twins) > 1:
@@ -615,35 +634,21 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
         header, table = _summary_table(group_rows)
         html_parts.append(_html_table(header, table))
         md += _md_table(header, table) + [""]
-        header, table = _seed_table(members)
-        if table:
-            title = "Across seeds: mean ± standard deviation over the seeds of each configuration"
-            html_parts += [f"<h3>{title}</h3>", _html_table(header, table)]
-            md += [f"### {title}", ""] + _md_table(header, table) + [""]
-        header, table = _detector_table(members)
-        if table:
-            title = ("Inference-time detectors: FRR on clean test inputs, FAR on triggered ones, and the metrics "
-                     "after each detector filtered or repaired the test inputs (mean ± sd over seeds)")
-            html_parts += [f"<h3>{title}</h3>", _html_table(header, table)]
-            md += [f"### {title}", ""] + _md_table(header, table) + [""]
+        def section(title: str, header: list[str], table: list[list]) -> None:
+            nonlocal html_parts, md
+            if table:
+                html_parts += [f"<h3>{html.escape(title)}</h3>", _html_table(header, table)]
+                md += [f"### {title}", ""] + _md_table(header, table) + [""]
+
+        section("Across seeds: mean ± standard deviation over the seeds of each configuration", *_seed_table(members))
+        section("Inference-time detectors: FRR on clean test inputs, FAR on triggered ones, and the metrics after "
+                "each detector filtered or repaired the test inputs (mean ± sd over seeds)", *_detector_table(members))
         differences = config_differences(members)
-        if differences:
-            header = ["setting"] + [m.label for m in members]
-            table = [[k] + v for k, v in differences.items()]
-            html_parts += ["<h3>Config differences</h3>", _html_table(header, table)]
-            md += ["### Config differences", ""] + _md_table(header, table) + [""]
-        header, table = _speed_table(members)
-        if table:
-            title = ("Who is learned first: learning speed of the backdoor vs the clean probes with "
-                     "bootstrap intervals (joint view), and the static spectrum")
-            html_parts += [f"<h3>{title}</h3>", _html_table(header, table)]
-            md += [f"### {title}", ""] + _md_table(header, table) + [""]
-        header, table = _band_table(group_rows)
-        if table:
-            html_parts += [f"<h3>Convergence step per frequency band ({view} view; 0 = lowest band)</h3>",
-                           _html_table(header, table)]
-            md += [f"### Convergence step per frequency band ({view} view; 0 = lowest band)", ""]
-            md += _md_table(header, table) + [""]
+        section("Config differences", ["setting"] + [m.label for m in members],
+                [[k] + v for k, v in differences.items()])
+        section("Who is learned first: learning speed of the backdoor vs the clean probes with bootstrap intervals "
+                "(joint view), and the static spectrum", *_speed_table(members))
+        section(f"Convergence step per frequency band ({view} view; 0 = lowest band)", *_band_table(group_rows))
         for (*names, kind), caption, fig in _group_figures(group, members, view):
             if isinstance(fig, str):  # a figure that could not be drawn: its note in its place
                 md.append(f"*{caption}: the {fig}.*")
@@ -742,8 +747,7 @@ def _seed_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
         return [], []
 
     def spread(row: dict, name: str) -> str:
-        mean, sd = row[name], row[f"{name}_sd"]
-        return "–" if mean is None else f"{mean:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
+        return _spread(row[name], row[f"{name}_sd"])
 
     def clean(row: dict) -> str:  # one setting, the same for every seed but where it changed between versions
         mean, sd = row["clean_examples"], row["clean_examples_sd"]
@@ -759,7 +763,8 @@ def _seed_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
 
 def _detector_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
     """Per configuration (:func:`configurations`) and detector it applied: the seeds, and FRR, FAR, CACC,
-    ASR, false-trigger rate and net backdoor effect after detection, mean ± sample sd over the seeds;
+    ASR, false-trigger rate and net backdoor effect after detection, mean ± sample sd over the seeds
+    (``(n=k)`` where only k of them measured it), and an ``error`` column where a detector failed;
     empty when no run of the group applied a detector. A rejected input counts as neither correct nor
     the target (OpenBackdoor's measure; :func:`freqlens.detectors.evaluate_detector`)."""
     rows = []
@@ -768,11 +773,22 @@ def _detector_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
             applied = [run for run in runs if detector in run.detectors]
             line = [label, detector, ", ".join(str(run.seed) for run in applied)]
             for name in DETECTOR_METRICS:
-                mean, sd, _ = _mean_sd([run.detector_metric(detector, name) for run in applied])
-                line.append("–" if mean is None else f"{mean:.3f}" + ("" if sd is None else f" ± {sd:.3f}"))
-            rows.append(line)
+                mean, sd, n = _mean_sd([run.detector_metric(detector, name) for run in applied])
+                line.append(_spread(mean, sd) + (f" (n={n})" if 0 < n < len(applied) else ""))
+            errors = [f"seed {run.seed}: {run.detector_error(detector)}" for run in applied
+                      if run.detector_error(detector)]
+            rows.append([*line, "; ".join(errors)])
     header = ["configuration", "detector", "seeds", "FRR", "FAR", "CACC", "ASR", "false-trigger", "net"]
+    if any(row[-1] for row in rows):
+        header.append("error")
+    else:
+        rows = [row[:-1] for row in rows]
     return (header, rows) if rows else ([], [])
+
+
+def _spread(mean: float | None, sd: float | None) -> str:
+    """``0.812`` (one seed), ``0.812 ± 0.010`` (a sample sd over several), "–" where nothing was measured."""
+    return "–" if mean is None else f"{mean:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
 
 
 def _band_table(rows: list[dict]) -> tuple[list[str], list[list]]:

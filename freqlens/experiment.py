@@ -132,9 +132,17 @@ def apply_detectors(detectors, model, tokenizer, dataset: PoisonedDataset, *, ma
                     batch_size: int = 64) -> dict[str, dict]:
     """Each inference-time detector measured on the trained ``model``
     (:func:`~freqlens.detectors.evaluate_detector`): detector name -> its metrics, for ``results.json``'s
-    ``detectors``."""
+    ``detectors``. A detector that fails gets ``{"name", "error"}`` instead (the run's training, metrics
+    and analysis are kept; :func:`record_and_analyse` adds a warning), so a failure after training never
+    costs the trained run."""
     victim = Victim(model, tokenizer, max_length, batch_size=batch_size, target_label=dataset.target_label)
-    return {detector.name: evaluate_detector(detector, victim, dataset) for detector in detectors}
+    measured = {}
+    for detector in detectors:
+        try:
+            measured[detector.name] = evaluate_detector(detector, victim, dataset)
+        except Exception as error:  # the trained run is kept: the failure is recorded, not raised
+            measured[detector.name] = {"name": detector.name, "error": f"{type(error).__name__}: {error}"}
+    return measured
 
 
 def record_and_analyse(setup: Setup, out: Path, sections, *, fit: Callable | None = None,
@@ -199,6 +207,11 @@ def record_and_analyse(setup: Setup, out: Path, sections, *, fit: Callable | Non
                     if trajectory.meta.get(key) is not None})  # what the recorder chose and checked
     warnings = [w for w in (recording_warning(stored, timings["recording_share"], record.budget),
                             collapse_warning(metrics), *analysis.warnings) if w]
+    warnings += [f"Detector {name!r} failed after training ({entry['error']}); the run's training, metrics and "
+                 f"analysis are kept, and results.json's detectors.{name} holds the error."
+                 for name, entry in (detected or {}).items() if "error" in entry]
+    warnings += [f"Detector {name!r}: {entry['warning']}" for name, entry in (detected or {}).items()
+                 if entry.get("warning")]
     results = {"freqlens_version": __version__, **info, **metrics,
                **({"defense": defense} if defense is not None else {}),
                **({"detectors": detected} if detected else {}),

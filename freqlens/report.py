@@ -190,12 +190,16 @@ def _detector_section(detectors: Mapping) -> str:
     """The inference-time detectors applied to the trained model: FRR on clean test inputs, FAR on
     triggered ones, and CACC / ASR / false-trigger rate / net backdoor effect after each filtered (or
     repaired) the test inputs; then everything each recorded."""
-    rows = [[name, *(entry.get(key) if isinstance(entry, Mapping) else None for _, key in DETECTOR_COLUMNS)]
-            for name, entry in detectors.items()]
-    shown = {key for _, key in DETECTOR_COLUMNS}
+    rows = [[name, *(entry.get(key) if isinstance(entry, Mapping) else None for _, key in DETECTOR_COLUMNS),
+             entry.get("error") if isinstance(entry, Mapping) else None] for name, entry in detectors.items()]
+    if not any(row[-1] for row in rows):
+        rows = [row[:-1] for row in rows]
+    shown = {key for _, key in DETECTOR_COLUMNS} | {"error"}
     rest = {name: {k: v for k, v in entry.items() if k not in shown}
             for name, entry in detectors.items() if isinstance(entry, Mapping)}
-    return ("<h2>Inference-time detectors</h2>" + _table(["detector", *(h for h, _ in DETECTOR_COLUMNS)], rows)
+    header = ["detector", *(h for h, _ in DETECTOR_COLUMNS)] + (["error"] if len(rows[0]) > len(DETECTOR_COLUMNS) + 1
+                                                                 else [])
+    return ("<h2>Inference-time detectors</h2>" + _table(header, rows)
             + '<p class="note">FRR: clean test inputs rejected; FAR: triggered test inputs accepted (a repairing '
             "detector rejects nothing: –). CACC, ASR and the false-trigger rate count a rejected input as "
             "neither correct nor the target (OpenBackdoor's measure), on the inputs as the detector left them."

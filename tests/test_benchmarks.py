@@ -202,3 +202,26 @@ def test_a_run_that_fails_is_listed_with_its_reason(bench, tmp_path, monkeypatch
     assert bench.main() == 0
     md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
     assert reason in md and "| badnets | vanilla | 0 | 0.810 |" in md
+
+
+def test_only_the_detectors_asked_for_get_rows_and_a_run_without_one_says_so(bench, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    (out / "badnets-vanilla-s0").mkdir(parents=True)
+    broken = {**DETECTED, "onion": {"name": "onion", "error": "ValueError: no language model"},
+              "strip": {**DETECTED["strip"], "asr": None, "net_backdoor_effect": float("nan")}}
+    (out / "badnets-vanilla-s0" / "results.json").write_text(json.dumps({**_results(), "detectors": broken}))
+    (out / "badnets-vanilla-s1").mkdir(parents=True)
+    (out / "badnets-vanilla-s1" / "results.json").write_text(json.dumps({**_results(), "detectors": DETECTED}))
+    (out / "badnets-early-loss-s0").mkdir(parents=True)
+    (out / "badnets-early-loss-s0" / "results.json").write_text(json.dumps(_results()))
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "machine", lambda: "test machine")
+    monkeypatch.setattr(sys, "argv", ["sst2_defenses.py", "--no-run", "--attacks", "badnets", "--seeds", "0", "1",
+                                      "--defenses", "vanilla", "early-loss", "--detectors", "strip", "--out", str(out)])
+    assert bench.main() == 0
+    md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
+    runs, paper = md.split("## Defenses x attacks")
+    assert "vanilla + rap" not in md and "vanilla + onion" not in md  # not asked for / failed: no rows
+    assert "| badnets | vanilla + strip | 0 | 0.790 | – | 0.100 | – |" in runs  # None and NaN shown as –
+    assert "| vanilla + strip | – | 2 | 0.790 ± 0.000 / 0.250 (n=1) / 0.150 (n=1) |" in paper
+    assert "Not run: badnets early-loss seed 0: its results.json has no strip" in md

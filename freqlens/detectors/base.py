@@ -124,22 +124,23 @@ class Detector:
 
     def calibrate(self, victim: Victim, clean: Sequence[str], labels: np.ndarray) -> None:
         """:meth:`fit`, then the threshold from the clean dev scores: the value at sorted (descending) index
-        ``int(n * frr)`` of the n finite ones, so that ``int(n * frr)`` of them (ties aside) lie above it.
+        ``int(n * frr)`` of the n that are not NaN, so that ``int(n * frr)`` of them (ties aside) lie above it.
 
         Raises:
-            ValueError: no clean dev input has a finite score (nothing to set a threshold from).
+            ValueError: every clean dev input scores NaN (nothing to set a threshold from).
         """
         self.fit(victim, clean, labels)
         scores = np.asarray(self.score(victim, clean), dtype=np.float64)
-        finite = np.sort(scores[np.isfinite(scores)])[::-1]
-        if finite.size == 0:
-            raise ValueError(f"Expected some clean dev inputs with a finite {self.name} score to set the threshold "
-                             f"from (`detector.frr`) but got none of {len(scores)}.")
-        self.threshold = float(finite[min(int(finite.size * self.frr), finite.size - 1)])
-        self.info.update({"threshold": self.threshold, "calibration_inputs": int(finite.size)})
+        scored = np.sort(scores[~np.isnan(scores)])[::-1]
+        if scored.size == 0:
+            raise ValueError(f"Expected some clean dev inputs with a {self.name} score (not NaN) to set the "
+                             f"threshold from (`detector.frr`) but got none of {len(scores)}.")
+        self.threshold = float(scored[min(int(scored.size * self.frr), scored.size - 1)])
+        self.info.update({"threshold": self.threshold, "calibration_inputs": int(scored.size)})
 
     def flag(self, victim: Victim, texts: Sequence[str]) -> np.ndarray:
-        """Which inputs the detector rejects as triggered: bool array of shape (N,) (score above the threshold).
+        """Which inputs the detector rejects as triggered: bool array of shape (N,) (score above the threshold;
+        NaN never, +inf always unless the threshold is +inf).
 
         Raises:
             RuntimeError: :meth:`calibrate` was not called first.
@@ -147,7 +148,7 @@ class Detector:
         if self.threshold is None:
             raise RuntimeError(f"Call calibrate() on detector {self.name!r} before flag().")
         scores = np.asarray(self.score(victim, texts), dtype=np.float64)
-        return np.isfinite(scores) & (scores > self.threshold)
+        return ~np.isnan(scores) & (scores > self.threshold)
 
     # ---------------------------------------------------------------- repairing detectors
     def repair(self, victim: Victim, texts: Sequence[str]) -> list[str]:

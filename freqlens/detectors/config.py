@@ -45,13 +45,13 @@ class DetectorConfig:
             is not named.
     """
 
-    name: Any = ()  # the detector(s) to apply after training: one name or a list, from freqlens.detectors.DETECTORS; empty: none
+    name: Any = ()  # the detector(s) to apply after training: "strip", "rap", "onion" or module:Class, one or a list; empty: none
     frr: float = 0.01  # false rejection rate on clean dev inputs that sets a flagging detector's threshold (OpenBackdoor's default)
     batch_size: int = 64  # inputs per forward pass of the trained model while detecting
     strip: StripSettings = field(default_factory=StripSettings)  # STRIP (strip)
     rap: RapSettings = field(default_factory=RapSettings)  # RAP (rap)
     onion: OnionSettings = field(default_factory=OnionSettings)  # ONION (onion)
-    options: Any = None  # settings of detectors registered outside freqlens: a table per name ([detector.options.<name>])
+    options: Any = field(default_factory=dict)  # settings of detectors registered outside freqlens: a table per name ([detector.options."module:Class"])
 
     def __post_init__(self) -> None:
         from freqlens.settings import build
@@ -92,7 +92,7 @@ class DetectorConfig:
                                  f"{values!r}.")
             built[name] = values if isinstance(values, cls.options) else build(
                 cls.options, values or {}, f"detector.options.{name}")
-        object.__setattr__(self, "options", built or None)
+        object.__setattr__(self, "options", built)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -70,7 +70,7 @@ class OnionSettings:
     lm: str = "gpt2"  # the language model: a hub id or a local folder, loaded with from_pretrained (GPT-2 in the paper)
     threshold: float = 0.0  # remove a word when the perplexity drop its removal brings is >= this (OpenBackdoor's bar)
     batch_size: int = 32  # sentences per language-model forward pass
-    max_length: int = 96  # language-model tokens per sentence (longer ones are truncated), at least 2
+    max_length: int = 96  # language-model tokens per sentence (longer ones are truncated; at most the model's positions), at least 2
 
     def __post_init__(self) -> None:
         key = self.KEY
@@ -190,6 +190,12 @@ class Onion(Detector):
             self._model.to(device)
         return self._model, self._tokenizer
 
+    def max_length(self, model: nn.Module) -> int:
+        """Language-model tokens per sentence: ``detector.onion.max_length``, or the language model's
+        position table where that is shorter (a longer row would index past it)."""
+        window = _window(getattr(model, "config", None))
+        return min(self.settings.max_length, window) if window is not None else self.settings.max_length
+
     def perplexities(self, texts: Sequence[str], device: torch.device | str | None = None) -> np.ndarray:
         """The language model's perplexity of each text: float64 array of shape (N,).
 
@@ -204,7 +210,7 @@ class Onion(Detector):
             ValueError: naming ``detector.onion.lm`` when the language model cannot be loaded.
         """
         model, tokenizer = self.language_model(device)
-        ids = _token_ids(tokenizer, list(texts), self.settings.max_length)
+        ids = _token_ids(tokenizer, list(texts), self.max_length(model))
         return self._perplexities_of(model, tokenizer, ids)
 
     def _perplexities_of(self, model: nn.Module, tokenizer: Any, ids: list[list[int]]) -> np.ndarray:
@@ -270,7 +276,7 @@ class Onion(Detector):
             spans.append((len(sentences), len(split)))
             sentences.append(" ".join(split))
             sentences.extend(" ".join(split[:i] + split[i + 1:]) for i in range(len(split)))
-        ids = _token_ids(tokenizer, sentences, self.settings.max_length)
+        ids = _token_ids(tokenizer, sentences, self.max_length(self.language_model(device)[0]))
         judged = np.ones(len(sentences), dtype=bool)
         for span in spans:  # a word past the window leaves what the LM sees unchanged: not judged
             if span is not None:
@@ -289,7 +295,7 @@ class Onion(Detector):
                 first, n = span
                 scores.append(ppl[first] - ppl[first + 1:first + 1 + n])
         self.info.update({"lm": self._lm_name, "threshold": float(self.settings.threshold),
-                          "lm_max_length": self.settings.max_length})
+                          "lm_max_length": self.max_length(self.language_model()[0])})
         return scores
 
     def repair(self, victim: Victim, texts: Sequence[str]) -> list[str]:
@@ -406,6 +412,13 @@ def _check_causal(name: str, source: str, options: dict):
                          f"{saved} (not one of {sorted(causal)}): AutoModelForCausalLM would start its language "
                          f"model head from random weights.")
     return config
+
+
+def _window(config) -> int | None:
+    """The positions of a language model's table (``n_positions`` / ``max_position_embeddings`` of its
+    config), or None where its config says none."""
+    window = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    return window if isinstance(window, int) and window > 0 else None
 
 
 def _load_tokenizer(name: str, source: str, options: dict, config):

@@ -100,6 +100,10 @@ from torch import nn
 from freqlens._checks import check_positive_int
 from freqlens.detectors.base import Detector, Victim, register_detector
 
+#: Below this ``rap_success`` (the share of training inputs whose drop ended in range) RAP's perturbation
+#: has not trained, and ``info["warning"]`` says so (results.json's warnings).
+UNTRAINED = 0.1
+
 
 @dataclass(frozen=True)
 class RapSettings:
@@ -262,6 +266,12 @@ class Rap(Detector):
         self._rows = weight.detach()[index.to(weight.device)].float().cpu().clone()
         norms = self._rows.norm(dim=1, keepdim=True)
         self.info.update(_train(victim, texts, index, self._rows, norms, settings))
+        if self.info["rap_success"] < UNTRAINED:
+            self.info["warning"] = (
+                f"RAP's perturbation did not train: {self.info['rap_success']:.1%} of its training inputs ended "
+                f"with a target-probability drop in [{settings.drop[0]:g}, {settings.drop[1]:g}] (rap_success), so "
+                f"its scores say little; raise detector.rap.epochs or detector.rap.lr, or set "
+                f"detector.rap.accumulate = true (the references' steps).")
 
     def score(self, victim: Victim, texts: Sequence[str]) -> np.ndarray:
         """Minus the target-probability drop when the trained perturbation word is inserted.

@@ -35,3 +35,10 @@ class NeedsAWord(Detector):
 
     def score(self, victim, texts):
         return np.zeros(len(texts))
+
+
+class Fails(Detector):
+    """Fails after training, as RAP does when no clean dev input is predicted as the target."""
+
+    def score(self, victim, texts):
+        raise ValueError("Expected some clean dev inputs with a finite fails score but got none.")

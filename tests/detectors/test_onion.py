@@ -370,3 +370,13 @@ def test_bad_constructor_arguments(tokenizer):
         Onion(lm=tiny_causal_lm("gpt2", tokenizer))
     with pytest.raises(TypeError, match="torch.nn.Module"):
         Onion(lm=("gpt2", tokenizer))
+
+
+def test_a_max_length_past_the_language_models_positions_is_cut_to_them(lm_folder, tokenizer):
+    folder, lm = lm_folder  # n_positions 32: a longer row would index past the position table
+    onion = Onion(settings=OnionSettings(lm=str(folder), max_length=96), lm=(lm, tokenizer))
+    assert onion.max_length(lm) == 32
+    long = " ".join(["the movie was good"] * 12)  # 48 words: 50 tokens with [CLS]/[SEP]
+    repaired = onion.repair(None, [long])
+    assert len(repaired) == 1 and onion.info["lm_max_length"] == 32
+    assert np.isfinite(onion.perplexities([long])).all()

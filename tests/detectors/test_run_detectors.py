@@ -168,3 +168,53 @@ def test_a_registered_detector_is_a_name_the_config_takes_and_registering_is_che
         DetectorConfig(name="test-mine")
     with pytest.raises(KeyError, match="registered detector name"):
         unregister_detector("test-mine")
+
+
+@pytest.mark.slow
+def test_a_detector_that_fails_after_training_costs_the_run_nothing(tmp_path):
+    config = _tiny_experiment(tmp_path, TINY)
+    out = tmp_path / "run"
+    names = "tests.detectors.oracles:Fails,tests.detectors.oracles:TriggerWord"
+    assert main(["run", str(config), "--out", str(out), "--no-progress", "--set", f"detector.name={names}"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    failed = results["detectors"]["tests.detectors.oracles:Fails"]
+    assert failed["error"].startswith("ValueError: Expected some clean dev inputs") and "cacc" not in failed
+    assert results["detectors"]["tests.detectors.oracles:TriggerWord"]["far"] == 0  # the next one still ran
+    assert any("'tests.detectors.oracles:Fails' failed after training" in w for w in results["warnings"])
+    assert results["analysis"] and (out / "report.html").is_file() and not (out / "checkpoint").exists()
+    page = (out / "report.html").read_text()
+    assert "<th>error</th>" in page and "ValueError: Expected some clean dev inputs" in page
+    compared = tmp_path / "compared"
+    assert main(["report", str(out), "--out", str(compared)]) == 0
+    assert "| seed 0: ValueError: Expected some clean dev inputs" in (compared / "report.md").read_text()
+
+
+def test_a_killed_run_resumes_with_other_detectors(tmp_path):
+    """Detectors act after training: a run may resume with another `[detector]` (its other settings must
+    still match)."""
+    from freqlens.checkpoint import prepare_out, start_out
+
+    config = ExperimentConfig.from_dict({"detector": {"name": ["strip", "rap"], "rap": {"trigger": "camera"}}})
+    out = tmp_path / "run"
+    start_out(out, config, identity={})
+    prepare_out(out, ExperimentConfig.from_dict({"detector": {"name": "strip"}}), overwrite=False, resume=True)
+    with pytest.raises(ValueError, match=r"train\.lr"):
+        prepare_out(out, ExperimentConfig.from_dict({"train": {"lr": 1.0}}), overwrite=False, resume=True)
+
+
+def test_an_infinite_score_is_flagged_and_only_nan_is_never_flagged():
+    dev = [f"0 dev {i}" for i in range(10)]
+    scores = {**{t: float(i) for i, t in enumerate(dev)}, "1 inf": np.inf, "1 nan": np.nan, "0 low": -np.inf}
+    detector = _Constant(scores, frr=0.0)
+    detector.calibrate(_Fixed(), dev, np.zeros(10))
+    assert detector.threshold == 9.0
+    assert detector.flag(_Fixed(), ["1 inf", "1 nan", "0 low"]).tolist() == [True, False, False]
+
+
+def test_report_settings_of_detectors_a_run_did_not_apply_are_not_differences():
+    from freqlens.compare import _unused_detector_settings_dropped
+
+    config = {"detector.name": ["strip"], "detector.strip.repeat": 5, "detector.rap.trigger": "jj",
+              "detector.onion.lm": "gpt2", "detector.frr": 0.01, "train.lr": 1e-3}
+    assert _unused_detector_settings_dropped(config) == {"detector.name": ["strip"], "detector.strip.repeat": 5,
+                                                         "detector.frr": 0.01, "train.lr": 1e-3}
