@@ -119,8 +119,10 @@ def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str
             if found == results:
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(results, kept)
-            why = failed.read_text().strip() if missing and failed.is_file() else None
-            return rows_of(attack, defense, seed, stored), why
+            why = failed.read_text().strip() if (missing or args.no_run) and failed.is_file() else None
+            if missing and why is None:
+                why = f"its results.json has no {', '.join(missing)} (the run was made without it)"
+            return rows_of(attack, defense, seed, stored, args.detectors), why
     if args.no_run:
         return [], failed.read_text().strip() if failed.is_file() else None
     out.mkdir(parents=True, exist_ok=True)
@@ -147,11 +149,11 @@ def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str
                + f": {lines[-1].strip() if lines else 'no output'}")
         failed.parent.mkdir(parents=True, exist_ok=True)
         failed.write_text(why + "\n")
-        return (rows_of(attack, defense, seed, stored) if stored is not None else []), why
+        return (rows_of(attack, defense, seed, stored, args.detectors) if stored is not None else []), why
     kept.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(results, kept)
     failed.unlink(missing_ok=True)
-    return rows_of(attack, defense, seed, json.loads(results.read_text())), None
+    return rows_of(attack, defense, seed, json.loads(results.read_text()), args.detectors), None
 
 
 def missing_detectors(results: dict, detectors: list[str]) -> list[str]:
@@ -159,13 +161,16 @@ def missing_detectors(results: dict, detectors: list[str]) -> list[str]:
     return [d for d in detectors if d not in (results.get("detectors") or {})]
 
 
-def rows_of(attack: str, defense: str, seed: int, r: dict) -> list[dict]:
-    """The run's row (:func:`row`), then one row per inference-time detector it applied after training,
-    named ``<defense> + <detector>``: CACC, ASR, false-trigger rate and net after the detector filtered
-    (or repaired) the test inputs, and its FRR and FAR; the training-side columns are the run's."""
+def rows_of(attack: str, defense: str, seed: int, r: dict, detectors: list[str] | None = None) -> list[dict]:
+    """The run's row (:func:`row`), then one row per inference-time detector it applied after training
+    (those of ``detectors`` only, when given), named ``<defense> + <detector>``: CACC, ASR, false-trigger
+    rate and net after the detector filtered (or repaired) the test inputs, and its FRR and FAR; the
+    training-side columns are the run's. A detector that failed (``error``) has no row."""
     own = row(attack, defense, seed, r)
     rows = [own]
     for name, d in (r.get("detectors") or {}).items():
+        if (detectors and name not in detectors) or not isinstance(d, dict) or d.get("error"):
+            continue
         rows.append({**own, "defense": f"{defense} + {name}", "cacc": d.get("cacc"), "asr": d.get("asr"),
                      "false_trigger_rate": d.get("false_trigger_rate"),
                      "net_backdoor_effect": d.get("net_backdoor_effect"), "frr": d.get("frr"), "far": d.get("far"),
@@ -221,7 +226,7 @@ def machine() -> str:
 
 
 def fmt(value) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "–"
     if isinstance(value, float):
         return f"{value:.3f}"
@@ -255,11 +260,16 @@ def runs_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _mean_sd(values: list[float]) -> str:
-    """``0.812`` for one value, ``0.812 ± 0.010`` (sample standard deviation) for several."""
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+def _mean_sd(values: list[float | None]) -> str:
+    """``0.812`` for one value, ``0.812 ± 0.010`` (sample standard deviation) for several, ``(n=k)`` where
+    only k of the runs measured it (None or NaN: e.g. a detector's ASR on an empty split); "–" for none."""
+    measured = [v for v in values if v is not None and np.isfinite(v)]
+    part = "" if len(measured) == len(values) else f" (n={len(measured)})"
+    if not measured:
+        return "–"
+    if len(measured) == 1:
+        return f"{measured[0]:.3f}{part}"
+    return f"{np.mean(measured):.3f} ± {np.std(measured, ddof=1):.3f}{part}"
 
 
 def paper_table(rows: list[dict]) -> list[str]:
@@ -389,7 +399,8 @@ def main() -> int:
                if (r["attack"], r["defense"], r["seed"]) in set(jobs) - found]
     rows += earlier
     order = {d: i for i, d in enumerate(args.defenses)}
-    detectors = {d: i for i, d in enumerate(dict.fromkeys(r["defense"].partition(" + ")[2] for r in rows))}
+    detectors = {d: i for i, d in enumerate(dict.fromkeys(["", *args.detectors]
+                                                         + [r["defense"].partition(" + ")[2] for r in rows]))}
 
     def rank(r: dict) -> tuple:  # defense, then its detectors' rows, then attack, seed
         base, _, detector = r["defense"].partition(" + ")
