@@ -106,7 +106,8 @@ def tabulate() -> Path:
              "then `--tabulate`. Each variant is applied to the same trained vanilla model (2,000 examples, "
              "2 epochs, seed 0); FRR on clean test inputs, FAR on triggered ones, CACC / ASR after detection "
              "(a rejected input is neither correct nor the target); rap_success = share of RAP's training "
-             "inputs whose target-probability drop ended in [0.1, 0.3].", "",
+             "inputs whose target-probability drop ended in [0.1, 0.3]; s = the variant's wall seconds on a shared "
+             "2-core CPU (not a speed measure).", "",
              "| attack | model CACC / ASR | variant | FRR | FAR | CACC after | ASR after | rap_success | s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(OUT.glob("*.json")):
