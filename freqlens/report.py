@@ -190,15 +190,12 @@ def _detector_section(detectors: Mapping) -> str:
     """The inference-time detectors applied to the trained model: FRR on clean test inputs, FAR on
     triggered ones, and CACC / ASR / false-trigger rate / net backdoor effect after each filtered (or
     repaired) the test inputs; then everything each recorded."""
-    rows = [[name, *(entry.get(key) if isinstance(entry, Mapping) else None for _, key in DETECTOR_COLUMNS),
-             entry.get("error") if isinstance(entry, Mapping) else None] for name, entry in detectors.items()]
-    if not any(row[-1] for row in rows):
-        rows = [row[:-1] for row in rows]
+    entries = {name: entry if isinstance(entry, Mapping) else {} for name, entry in detectors.items()}
+    columns = list(DETECTOR_COLUMNS) + ([("error", "error")] if any(e.get("error") for e in entries.values()) else [])
+    rows = [[name, *(entry.get(key) for _, key in columns)] for name, entry in entries.items()]
+    header = ["detector", *(h for h, _ in columns)]
     shown = {key for _, key in DETECTOR_COLUMNS} | {"error"}
-    rest = {name: {k: v for k, v in entry.items() if k not in shown}
-            for name, entry in detectors.items() if isinstance(entry, Mapping)}
-    header = ["detector", *(h for h, _ in DETECTOR_COLUMNS)] + (["error"] if len(rows[0]) > len(DETECTOR_COLUMNS) + 1
-                                                                 else [])
+    rest = {name: {k: v for k, v in entry.items() if k not in shown} for name, entry in entries.items()}
     return ("<h2>Inference-time detectors</h2>" + _table(header, rows)
             + '<p class="note">FRR: clean test inputs rejected; FAR: triggered test inputs accepted (a repairing '
             "detector rejects nothing: –). CACC, ASR and the false-trigger rate count a rejected input as "

@@ -189,8 +189,8 @@ def evaluate_detector(detector: Detector, victim: Victim, dataset) -> dict[str, 
     accepted: dict[str, np.ndarray] = {}
     predicted: dict[str, np.ndarray] = {}
     extra: dict[str, Any] = {}
+    detector.info.clear()
     if detector.repairs:
-        detector.info.clear()
         for key, split in splits.items():
             repaired = list(detector.repair(victim, split.texts))
             if len(repaired) != len(split.texts):
@@ -203,7 +203,6 @@ def evaluate_detector(detector: Detector, victim: Victim, dataset) -> dict[str, 
             accepted[key] = np.ones(len(repaired), dtype=bool)
             predicted[key] = _classes(victim, repaired)
     else:
-        detector.info.clear()
         detector.calibrate(victim, dataset.dev_clean.texts, dataset.dev_clean.labels)
         for key, split in splits.items():
             flags = np.asarray(detector.flag(victim, split.texts), dtype=bool)
