@@ -79,7 +79,7 @@ BUDGETS = {
 COLUMNS = ("attack", "defense", "seed", "cacc", "asr", "false_trigger_rate", "net_backdoor_effect", "frr", "far",
            "clean_examples", "removed", "precision", "recall", "f1", "best_epoch", "lr", "trainable_parameters",
            "backdoor_first_joint", "backdoor_first_separate",
-           "speed_first_widths", "speed_first_modes", "recording_share", "seconds")
+           "speed_first_widths", "speed_first_modes", "recording_share", "seconds", "device")
 
 
 def defense_variant(text: str) -> str:
@@ -208,7 +208,18 @@ def row(attack: str, defense: str, seed: int, r: dict) -> dict:
         "speed_first_modes": _speed_first(summary, "modes"),
         "recording_share": r["timings"]["recording_share"],
         "seconds": r["timings"].get("total_seconds"),
+        "device": _device(r),
     }
+
+
+def _device(r: dict) -> str | None:
+    """The device a run's results.json says it ran on, shortened (``cuda:0 (NVIDIA H200)`` -> ``NVIDIA
+    H200``, ``cpu`` -> ``CPU``); None for a run of a freqlens that did not record it."""
+    device = (r.get("environment") or {}).get("device")
+    if not device:
+        return None
+    named = device.partition("(")[2].rstrip(")")
+    return named or device.upper()
 
 
 def _speed_first(summary: dict, family: str) -> str:
@@ -243,8 +254,8 @@ def runs_table(rows: list[dict]) -> list[str]:
     lines = [
         "| attack | defense | seed | CACC | ASR | false-trigger | net | FRR | FAR | clean | removed | precision | "
         "recall | F1 | best epoch | lr | trainable | first (joint/sep.) | faster (widths) | faster (modes) | "
-        "recording | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "recording | s | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -255,7 +266,8 @@ def runs_table(rows: list[dict]) -> list[str]:
             f"{fmt(r.get('removed'))} | {fmt(r.get('precision'))} | {fmt(r.get('recall'))} | {fmt(r.get('f1'))} | "
             f"{fmt(r['best_epoch'])} | {_number(r['lr'], 'g')} | {_number(r['trainable_parameters'], ',')} | "
             f"{r['backdoor_first_joint']}/{r['backdoor_first_separate']} | {r.get('speed_first_widths', '–')} | "
-            f"{r.get('speed_first_modes', '–')} | {_number(r['recording_share'], '.1%')} | {fmt(r['seconds'])} |"
+            f"{r.get('speed_first_modes', '–')} | {_number(r['recording_share'], '.1%')} | {fmt(r['seconds'])} | "
+            f"{fmt(r.get('device'))} |"
         )
     return lines
 
@@ -310,7 +322,9 @@ def write_table(rows: list[dict], args, command: str, seconds: float, failures: 
         f"# SST-2, all-MiniLM-L6-v2: defenses side by side ({args.budget} budget)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
+        f"Tabulated on: {machine()}  ",
+        f"Runs made on: {', '.join(sorted({str(r.get('device')) for r in rows if r.get('device')})) or '–'} "
+        "(the device column; – = a run of a freqlens that did not record its device)  ",
         f"Wall time of the benchmark: {seconds / 60:.1f} min ({args.parallel} runs at a time).",
         "",
         "net = ASR − false-trigger rate; clean = clean examples the defense used (its reference set); removed, "

@@ -10,6 +10,7 @@ the part from recording to writing, is shared with ``freqlens demo``.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -216,7 +217,8 @@ def record_and_analyse(setup: Setup, out: Path, sections, *, fit: Callable | Non
                **({"defense": defense} if defense is not None else {}),
                **({"detectors": detected} if detected else {}),
                "steps": trained.steps, "snapshots": int(analysis.steps.size), "widths": analysis.widths.tolist(),
-               "analysis": analysis.to_dict(), "timings": timings, "probes": probing, "warnings": warnings}
+               "analysis": analysis.to_dict(), "timings": timings, "probes": probing,
+               "environment": environment(model), "warnings": warnings}
     if trajectory.meta.get("resumed"):  # the steps a killed run was resumed at (freqlens run --resume)
         results["resumed_at_steps"] = [entry["step"] for entry in trajectory.meta["resumed"]]
     warnings += write_run_outputs(out, title=setup.title, analysis=analysis, metrics=metrics,
@@ -225,6 +227,24 @@ def record_and_analyse(setup: Setup, out: Path, sections, *, fit: Callable | Non
     results["timings"]["total_seconds"] = round(time.perf_counter() - began, 3)
     write_json(out / "results.json", results)
     return results
+
+
+def environment(model: torch.nn.Module) -> dict:
+    """Where a run ran, for ``results.json`` (``environment``): ``device`` (the model's device, with
+    the GPU's name, e.g. ``"cuda:0 (NVIDIA H200)"``, or ``"cpu"``), ``processor`` (CPU architecture),
+    the versions of torch, transformers and peft, Python's version and the platform string. Numbers
+    from different devices differ in their last digits (other kernels), so tables that gather runs
+    made elsewhere say which device made each."""
+    import peft
+    import transformers
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    name = str(device)
+    if device.type == "cuda":
+        name += f" ({torch.cuda.get_device_name(device)})"
+    return {"device": name, "processor": platform.machine(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def _train(model, encodings, labels, train_config, **options):

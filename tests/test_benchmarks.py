@@ -115,6 +115,25 @@ def test_no_run_tabulates_the_result_folders_already_there_old_and_new(bench, tm
     assert csv_text[0].split(",")[7:14] == ["frr", "far", "clean_examples", "removed", "precision", "recall", "f1"]
 
 
+def test_each_row_says_the_device_its_run_recorded_and_the_header_lists_them(bench, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    for name, device in (("badnets-vanilla-s0", "cuda:0 (NVIDIA H200)"), ("badnets-vanilla-s1", "cpu"),
+                         ("badnets-vanilla-s2", None)):  # the last: a freqlens that did not record it
+        (out / name).mkdir(parents=True)
+        results = {**_results(), **({"environment": {"device": device}} if device else {})}
+        (out / name / "results.json").write_text(json.dumps(results))
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "machine", lambda: "the tabulating machine")
+    monkeypatch.setattr(sys, "argv", ["sst2_defenses.py", "--no-run", "--attacks", "badnets", "--out", str(out),
+                                      "--defenses", "vanilla", "--seeds", "0", "1", "2"])
+    assert bench.main() == 0
+    md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
+    assert "Tabulated on: the tabulating machine" in md and "Runs made on: CPU, NVIDIA H200 (" in md
+    lines = {int(line.split("|")[3]): line for line in md.splitlines() if line.startswith("| badnets | vanilla |")}
+    assert lines[0].rstrip().endswith("| NVIDIA H200 |") and lines[1].rstrip().endswith("| CPU |")
+    assert lines[2].rstrip().endswith("| – |")
+
+
 def test_each_run_is_kept_in_the_repository_and_the_table_rebuilds_from_it_alone(bench, tmp_path, monkeypatch):
     out = tmp_path / "runs"
     (out / "badnets-vanilla-s1").mkdir(parents=True)

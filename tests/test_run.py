@@ -42,6 +42,8 @@ def _check_results(out: Path) -> dict:
         assert key in results
     for key in ("train_seconds", "recording_seconds", "analysis_seconds", "recording_share"):
         assert results["timings"][key] is not None
+    import torch  # where it ran: the model's device and the versions (benchmark tables gather runs from elsewhere)
+    assert results["environment"]["device"] == "cpu" and results["environment"]["torch"] == torch.__version__
     assert results["analysis"]["summary"]["joint"]["statement"]
     assert set(results["analysis"]["convergence_steps"]["separate"]) == {"clean", "backdoor", "control"}
     for name in ("report.html", "heatmap.png", "heatmap_separate.png", "curves.png", "speed_spectrum.png",
