@@ -14,8 +14,13 @@ The defenses are every registered one (:data:`freqlens.defenses.DEFENSES`, in
 registration order): a new defense is benchmarked without editing this file.
 
 Writes ``benchmarks/results/sst2_defenses_<budget>.md`` and ``.csv`` with the
-command and the machine. A run whose ``results.json`` exists is not run again
-(delete its folder to redo it), so an interrupted benchmark resumes. Each
+command, the machine that tabulated it and the device each run recorded. Run
+folders live in ``runs/bench-sst2-defenses-<budget><suffix>/`` (``--out``). A
+run whose ``results.json`` exists is not run again (delete its folder to redo
+it), so an interrupted benchmark resumes; a stored run counts only if its
+recorded config agrees with the table's settings (budget, ``--set``, seed,
+defense and its ``@`` settings: :func:`mismatch`), else it is neither
+tabulated nor archived, and the table says why. Each
 run's ``results.json`` (about 70 KB) is also copied to
 ``benchmarks/results/runs/<budget><suffix>/<attack>-<defense>-s<seed>.json``,
 which is committed: a run found there is not run again either (delete both
@@ -74,7 +79,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("badnets", "addsent", "synbkd", "stylebkd")
 BUDGETS = {
     "paper": ["data.max_train=100000", "data.max_eval=100000", "train.epochs=10", "train.lr=2e-5"],
-    "cpu": [],
+    # the example configs' own values, stated so that a stored run of other settings is told apart
+    "cpu": ["data.max_train=2000", "data.max_eval=400", "train.epochs=2", "train.lr=4e-5"],
 }
 COLUMNS = ("attack", "defense", "seed", "cacc", "asr", "false_trigger_rate", "net_backdoor_effect", "frr", "far",
            "clean_examples", "removed", "precision", "recall", "f1", "best_epoch", "lr", "trainable_parameters",
@@ -111,8 +117,19 @@ def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str
     results = out / "results.json"
     kept = archived(args) / f"{out.name}.json"  # committed: rebuilds the table
     failed = kept.parent / f"{out.name}.failed.txt"  # committed too: why the last try of it failed
-    found = results if results.is_file() else kept if kept.is_file() else None
-    stored = json.loads(found.read_text()) if found is not None else None
+    expected = settings_of(defense, seed, args)
+    found, stored, refused = None, None, []
+    for candidate in (results, kept):  # a stored run counts only if it was made with this table's settings
+        if not candidate.is_file():
+            continue
+        content = json.loads(candidate.read_text())
+        differs = mismatch(content, expected)
+        if differs is None:
+            found, stored = candidate, content
+            break
+        refused.append(f"{candidate} {differs} (not used)")
+    for why in refused:
+        print(f"{attack} {defense} seed {seed}: {why}", file=sys.stderr)
     if stored is not None:
         missing = missing_detectors(stored, args.detectors)
         if args.no_run or not missing:
@@ -124,10 +141,10 @@ def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str
                 why = f"its results.json has no {', '.join(missing)} (the run was made without it)"
             return rows_of(attack, defense, seed, stored, args.detectors), why
     if args.no_run:
-        return [], failed.read_text().strip() if failed.is_file() else None
+        why = failed.read_text().strip() if failed.is_file() else None
+        return [], "; ".join([*refused, *([why] if why else [])]) or None
     out.mkdir(parents=True, exist_ok=True)
-    overrides = [*BUDGETS[args.budget], f"defense.name={name}", f"train.seed={seed}", *args.set]
-    overrides += [f"defense.{item}" for item in settings.split(",") if item]
+    overrides = list(expected)
     if args.detectors:
         overrides.append(f"detector.name={','.join(args.detectors)}")
     if args.model:
@@ -154,6 +171,41 @@ def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str
     shutil.copyfile(results, kept)
     failed.unlink(missing_ok=True)
     return rows_of(attack, defense, seed, json.loads(results.read_text()), args.detectors), None
+
+
+def settings_of(defense: str, seed: int, args) -> list[str]:
+    """The ``key=value`` settings a run of this table is made with (the budget's, the defense and its
+    ``@`` settings, the seed, ``--set``; later ones win), which a stored run must have been made with
+    to count (:func:`mismatch`). ``model.name`` and ``data.path`` are not among them: the same weights
+    and data sit at other paths on another machine."""
+    name, _, settings = defense.partition("@")
+    return [*BUDGETS[args.budget], f"defense.name={name}", f"train.seed={seed}", *args.set,
+            *(f"defense.{item}" for item in settings.split(",") if item)]
+
+
+def mismatch(results: dict, expected: list[str]) -> str | None:
+    """Why a stored ``results.json`` was not made with the settings ``expected`` (``key=value``, the
+    last of a key winning), e.g. ``"has train.epochs=2, not 10"``; None where every key it recorded
+    agrees (a key its freqlens did not record cannot disagree). Numbers compare as numbers
+    (``4e-5`` = ``4e-05``), everything else case-insensitively as text (``true`` = ``True``)."""
+    wanted = dict(item.partition("=")[::2] for item in expected)
+    for key, text in wanted.items():
+        value = results.get("config") or {}
+        for part in key.split("."):
+            value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            continue
+        want = _parsed(text)
+        if isinstance(want, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            same = bool(np.isclose(float(value), float(want), rtol=1e-9, atol=0.0))
+        else:
+            same = str(value).lower() == str(text).lower()
+        if not same:
+            return f"has {key}={value}, not {text}"
+    return None
+
+
+_MISSING = object()
 
 
 def missing_detectors(results: dict, detectors: list[str]) -> list[str]:
@@ -393,7 +445,8 @@ def main() -> int:
     parser.add_argument("--model", default="", help="model.name override (e.g. .device/minilm)")
     parser.add_argument("--data", default="", help="folder holding <attack>/ (default: the configs' data.path)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
-    parser.add_argument("--out", default=str(ROOT / "runs" / "bench-sst2-defenses"))
+    parser.add_argument("--out", default="",
+                        help="folder of the run folders (default: runs/bench-sst2-defenses-<budget><suffix>)")
     parser.add_argument("--suffix", default="", help="appended to the result file names")
     parser.add_argument("--no-run", action="store_true", help="only tabulate the runs already finished")
     parser.add_argument("--detectors", nargs="+", default=[], choices=list(DETECTORS),
@@ -401,6 +454,7 @@ def main() -> int:
     parser.add_argument("--include", nargs="+", default=[], metavar="CSV",
                         help="earlier tables (this script's .csv) whose rows fill in runs not found here")
     args = parser.parse_args()
+    args.out = args.out or str(ROOT / "runs" / f"bench-sst2-defenses-{args.budget}{args.suffix}")
     command = "python benchmarks/sst2_defenses.py " + " ".join(sys.argv[1:])
     jobs = [(a, d, s) for s in args.seeds for a in args.attacks for d in args.defenses]
     began = time.perf_counter()

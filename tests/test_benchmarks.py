@@ -244,3 +244,73 @@ def test_only_the_detectors_asked_for_get_rows_and_a_run_without_one_says_so(ben
     assert "| badnets | vanilla + strip | 0 | 0.790 | – | 0.100 | – |" in runs  # None and NaN shown as –
     assert "| vanilla + strip | – | 2 | 0.790 ± 0.000 / 0.250 (n=1) / 0.150 (n=1) |" in paper
     assert "Not run: badnets early-loss seed 0: its results.json has no strip" in md
+
+
+def _config(*, epochs=2, max_train=2000, seed=0, name="vanilla", reference_size=None, pure=False) -> dict:
+    """The part of a results.json's ``config`` that the benchmark checks, as freqlens writes it."""
+    return {"data": {"max_train": max_train, "max_eval": 400, "path": "/elsewhere/badnets"},
+            "train": {"epochs": epochs, "lr": 4e-05, "seed": seed},
+            "defense": {"name": name, "reference_size": reference_size, "ga": {"pure": pure}}}
+
+
+# a stored run of other settings than the table's: (the table's arguments, the stored run's config)
+OTHER_SETTINGS = {
+    "budget": (["--budget", "paper"], _config(epochs=2)),  # a cpu-budget run where the paper table looks
+    "--set": (["--suffix", "_full", "--set", "data.max_train=100000"], _config()),
+    "seed": ([], _config(seed=1)),
+    "defense setting": (["--defenses", "muscle@reference_size=32,ga.pure=true"],
+                        _config(name="muscle", reference_size=32, pure=False)),
+    "defense": (["--defenses", "cube"], _config(name="early-loss")),
+}
+
+
+@pytest.mark.parametrize("where", ["run folder", "archive"])
+@pytest.mark.parametrize("kind", sorted(OTHER_SETTINGS))
+def test_a_stored_run_of_other_settings_is_neither_tabulated_nor_archived(bench, tmp_path, monkeypatch, kind, where):
+    """The fault this guards: a paper-budget table rebuilt with --no-run took the cpu-budget run of the
+    same name from the shared run folder, and copied it over the paper run in the archive."""
+    extra, config = OTHER_SETTINGS[kind]
+    argv = ["sst2_defenses.py", "--attacks", "badnets", "--defenses", "vanilla", "--out", str(tmp_path / "runs"),
+            *extra]
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "machine", lambda: "test machine")
+    monkeypatch.setattr(sys, "argv", argv)
+    args_budget = "paper" if "paper" in extra else "cpu"
+    suffix = "_full" if "_full" in extra else ""
+    defense = extra[extra.index("--defenses") + 1] if "--defenses" in extra else "vanilla"
+    name = f"badnets-{bench.run_name(defense)}-s0"
+    wrong = {**_results(cacc=0.5), "config": config}
+    stored = (tmp_path / "runs" / name / "results.json" if where == "run folder"
+              else tmp_path / "benchmarks" / "results" / "runs" / f"{args_budget}{suffix}" / f"{name}.json")
+    stored.parent.mkdir(parents=True)
+    stored.write_text(json.dumps(wrong))
+    monkeypatch.setattr(sys, "argv", [*argv, "--no-run"])
+    assert bench.main() == 0
+    md = (tmp_path / "benchmarks" / "results" / f"sst2_defenses_{args_budget}{suffix}.md").read_text()
+    assert "| 0.500 |" not in md  # not tabulated
+    assert f"Not run: badnets {defense} seed 0: {stored} has " in md  # and the table says why
+    kept = tmp_path / "benchmarks" / "results" / "runs" / f"{args_budget}{suffix}" / f"{name}.json"
+    assert not kept.is_file() or json.loads(kept.read_text()) == wrong  # nothing copied over the archive
+
+    def rerun(command, stdout, **kwargs):  # the run is made again, with the table's settings
+        out = Path(command[command.index("--out") + 1])
+        settings = dict(item.partition("=")[::2] for item in command if "=" in item)
+        config = {"train": {"epochs": int(settings["train.epochs"]), "seed": int(settings["train.seed"])},
+                  "defense": {"name": settings["defense.name"]}}
+        (out / "results.json").write_text(json.dumps({**_results(cacc=0.9), "config": config}))
+        return 0
+
+    monkeypatch.setattr(bench.subprocess, "call", rerun)
+    monkeypatch.setattr(sys, "argv", argv)
+    assert bench.main() == 0
+    assert json.loads(kept.read_text())["cacc"] == 0.9
+
+
+def test_settings_compare_as_numbers_or_text_and_unrecorded_keys_cannot_disagree(bench):
+    results = {"config": {"train": {"lr": 4e-05, "epochs": 10}, "defense": {"ga": {"pure": True}}}}
+    assert bench.mismatch(results, ["train.lr=4e-5", "train.epochs=10", "defense.ga.pure=true"]) is None
+    assert bench.mismatch(results, ["train.epochs=2", "train.epochs=10"]) is None  # the last of a key wins
+    assert bench.mismatch(results, ["defense.options.rate=0.3", "model.dtype=bfloat16"]) is None  # not recorded
+    assert bench.mismatch(results, ["train.lr=2e-5"]) == "has train.lr=4e-05, not 2e-5"
+    assert bench.mismatch(results, ["defense.ga.pure=false"]) == "has defense.ga.pure=True, not false"
+    assert bench.mismatch({}, ["train.epochs=10"]) is None  # a freqlens that recorded no config
