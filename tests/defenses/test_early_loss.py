@@ -12,7 +12,8 @@ import torch
 
 from freqlens.defenses import DefenseConfig, make_defense
 from freqlens.defenses.abl import per_example_losses
-from freqlens.defenses.early_loss import EarlyLossOptions, lowest
+from freqlens.defenses.early_loss import EarlyLossOptions, first_phase_rows, lowest
+from freqlens.defenses.filtering import subset
 from freqlens.training import TrainConfig, train
 
 from .helpers import FAMILIES, build
@@ -67,6 +68,8 @@ def test_the_poisoned_rows_are_flagged_and_the_final_model_never_sees_them(famil
     ({"rate": 1.5}, r"`defense.options.rate` in \(0, 1\)"),
     ({"rate": True}, r"`defense.options.rate`"),
     ({"first_epochs": 0}, r"`defense.options.first_epochs`"),
+    ({"first_size": 0}, r"`defense.options.first_size`"),
+    ({"first_size": 2.5}, r"`defense.options.first_size`"),
     ({"restart": "yes"}, r"`defense.options.restart` to be true or false"),
 ])
 def test_bad_options_name_their_key(options, match):
@@ -74,3 +77,37 @@ def test_bad_options_name_their_key(options, match):
         EarlyLossOptions(**options)
     with pytest.raises(ValueError, match=match):
         DefenseConfig(name="early-loss", options=options)
+
+
+def test_first_phase_rows_are_all_rows_up_to_the_size_else_a_seeded_draw():
+    np.testing.assert_array_equal(first_phase_rows(50, 50, seed=3), np.arange(50))
+    np.testing.assert_array_equal(first_phase_rows(50, 1024, seed=3), np.arange(50))
+    rows = first_phase_rows(500, 64, seed=3)
+    np.testing.assert_array_equal(rows, np.sort(np.random.default_rng(3).choice(500, size=64, replace=False)))
+    assert len(set(rows.tolist())) == 64 and not np.array_equal(rows, first_phase_rows(500, 64, seed=4))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_first_phase_on_a_subset_flags_the_poisoned_rows_it_never_saw(family):
+    """The first phase trains on ``first_size`` rows; every row is scored, and the poisoned rows it did
+    not train on are flagged too (the trigger rule generalises, the coin-flip clean labels do not)."""
+    encodings, labels, poison = backdoored_set(family, n=240)
+    config = TrainConfig(epochs=1, batch_size=16, lr=5e-3, seed=0)
+    options = {"rate": 0.1, "first_epochs": 6, "first_size": 120}
+    torch.manual_seed(0)
+    model = build(family)
+    defense = make_defense(DefenseConfig(name="early-loss", options=options))
+    defense.prepare(model)
+    _, info = defense.fit(model, encodings, labels, config, poison=poison, progress=False)
+    assert info["first_phase_examples"] == 120 and info["detection"]["recall"] >= 0.9, info["detection"]
+
+    rows = first_phase_rows(240, 120, seed=0)  # an independent first phase on the same rows
+    torch.manual_seed(0)
+    reference = build(family)
+    train(reference, subset(encodings, rows), labels[rows], TrainConfig(epochs=6, batch_size=16, lr=5e-3, seed=0),
+          progress=False)
+    expected = lowest(per_example_losses(reference, encodings, labels), 0.1)
+    assert info["detection"]["precision"] == pytest.approx((expected & poison).sum() / poison.sum())
+    unseen = np.ones(240, bool)
+    unseen[rows] = False
+    assert (unseen & poison).sum() >= 5 and (expected & poison & unseen).sum() >= 0.9 * (unseen & poison).sum()
