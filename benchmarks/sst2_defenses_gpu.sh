@@ -49,7 +49,8 @@ while [ $((SECONDS - began)) -lt "$limit" ]; do
   alive=0
   for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
   [ "$alive" = 0 ] && break
-  sleep 20
+  left=$((limit - (SECONDS - began)))
+  sleep $((left < 20 ? (left > 0 ? left : 1) : 20))  # the last snapshot lands inside LIMIT
   snapshot
 done
 snapshot
