@@ -52,10 +52,9 @@ class EarlyLossOptions:
 
     rate: float = 0.2  # share of training examples flagged (lowest loss after the first phase), in (0, 1)
     first_epochs: int = 1  # epochs of plain fine-tuning before the losses are taken
-    # the first phase trains on at most this many training examples (a seeded random subset): the
-    # backdoor is learned from a few hundred poisoned examples, while a longer first phase lets the clean
-    # mapping catch up (on SST-2's 6,920 examples a whole epoch cut recall from 0.94-1.00 to 0.76)
-    first_size: int = 1024
+    # A fixed size: the backdoor is learned from a few hundred poisoned examples, while a longer first
+    # phase lets the clean mapping catch up (SST-2's 6,920 examples in one epoch: recall 0.76, not 0.94-1.00).
+    first_size: int = 1024  # the first phase trains on at most this many training examples (a seeded random subset)
     restart: bool = True  # train the final model from the initial weights (false: go on from the first phase)
 
     def __post_init__(self) -> None:
