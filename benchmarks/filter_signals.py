@@ -41,15 +41,16 @@ OUT = ROOT / "benchmarks" / "results" / "filter_signals"
 ATTACKS = ("badnets", "addsent", "stylebkd", "synbkd")
 
 
-def record(attack: str, data: str | None, epochs: int, seed: int) -> Path:
+def example_setup(attack: str, data: str | None, seed: int, overrides: tuple[str, ...] = ()):
+    """The example config ``analysis/sst2-<attack>.toml`` (with ``overrides``, the seed and ``data``'s
+    folder), seeded: ``(config, dataset, model, encodings, labels)``, the training set tokenised."""
     from freqlens.config import ExperimentConfig
     from freqlens.data.experiment import load_experiment
     from freqlens.data.splits import encode
-    from freqlens.defenses.abl import per_example_losses
     from freqlens.models.loading import load_model
-    from freqlens.training import seed_everything, train
+    from freqlens.training import seed_everything
 
-    overrides = [f"train.seed={seed}"]
+    overrides = [*overrides, f"train.seed={seed}"]
     if data:
         overrides.append(f"data.path={Path(data) / attack}")
     config = ExperimentConfig.from_toml(ROOT / "analysis" / f"sst2-{attack}.toml", overrides)
@@ -57,7 +58,14 @@ def record(attack: str, data: str | None, epochs: int, seed: int) -> Path:
     dataset = load_experiment(config.data, config.attack, seed=seed)
     tokenizer, model = load_model(config.model, num_classes=config.data.num_classes)
     encodings = encode(tokenizer, dataset.train, config.model.max_length)
-    labels = np.asarray(dataset.train.labels)
+    return config, dataset, model, encodings, np.asarray(dataset.train.labels)
+
+
+def record(attack: str, data: str | None, epochs: int, seed: int) -> Path:
+    from freqlens.defenses.abl import per_example_losses
+    from freqlens.training import train
+
+    config, dataset, model, encodings, labels = example_setup(attack, data, seed)
     n = len(labels)
     passes = np.full((epochs, n), np.nan)
     evals = np.full((epochs, n), np.nan)

@@ -41,24 +41,14 @@ RATES = (0.1, 0.15, 0.2, 0.3)
 
 
 def measure(attack: str, size: int, max_train: int, data: str | None, seed: int) -> dict:
-    from freqlens.config import ExperimentConfig
-    from freqlens.data.experiment import load_experiment
-    from freqlens.data.splits import encode
+    from filter_signals import example_setup  # benchmarks/, beside this script
+
     from freqlens.defenses.abl import per_example_losses
     from freqlens.defenses.early_loss import first_phase_rows, lowest
     from freqlens.defenses.filtering import detection_metrics, subset
-    from freqlens.models.loading import load_model
-    from freqlens.training import seed_everything, train
+    from freqlens.training import train
 
-    overrides = [f"data.max_train={max_train}", f"train.seed={seed}"]
-    if data:
-        overrides.append(f"data.path={Path(data) / attack}")
-    config = ExperimentConfig.from_toml(ROOT / "analysis" / f"sst2-{attack}.toml", overrides)
-    seed_everything(seed)
-    dataset = load_experiment(config.data, config.attack, seed=seed)
-    tokenizer, model = load_model(config.model, num_classes=config.data.num_classes)
-    encodings = encode(tokenizer, dataset.train, config.model.max_length)
-    labels = np.asarray(dataset.train.labels)
+    config, dataset, model, encodings, labels = example_setup(attack, data, seed, (f"data.max_train={max_train}",))
     poison = np.asarray(dataset.train.poison, dtype=bool)
     rows = first_phase_rows(len(labels), size, seed)
     began = time.perf_counter()
