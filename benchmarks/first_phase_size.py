@@ -4,7 +4,7 @@
 first phase. On the 2,000-example CPU budget one epoch over every example
 found 94-100% of the poisoned ones; on SST-2's whole training set (6,920) one
 epoch found 76-77% (``benchmarks/results/sst2_defenses_cpu_full_train_2ep.md``,
-rows ``early-loss@options.first_size=100000``): by then the clean mapping is
+rows ``early-loss@options.first_size=all``): by then the clean mapping is
 learned too. This measures the first phase on a random subset of
 ``first_size`` examples (``freqlens.defenses.early_loss.first_phase_rows``),
 scoring every training example afterwards, as ``early-loss`` does, without the
@@ -84,7 +84,7 @@ def analyse() -> Path:
         "training examples (a seeded random subset), then every training example's eval-mode loss. Each rate "
         "cell: precision / recall of the lowest-loss share. seen / unseen: recall at rate 0.2 among the "
         "poisoned examples the first phase trained on / did not. A first phase over the whole set is in "
-        "`sst2_defenses_cpu_full_train_2ep.md` (rows `early-loss@options.first_size=100000`: recall 0.77 "
+        "`sst2_defenses_cpu_full_train_2ep.md` (rows `early-loss@options.first_size=all`: recall 0.77 "
         "BadNets, 0.76 AddSent on 6,920 examples) and `filter_signals.md` (eval 1: 0.94 / 1.00 on 2,000).",
         "",
         "| attack | training examples | first size | " + " | ".join(f"rate {r}" for r in RATES)

@@ -130,19 +130,23 @@ class ExperimentConfig:
         today's JSON form: the defense's flat keys nested
         (:func:`~freqlens.defenses.registry.nest_flat_keys`) and each section that still builds
         completed with today's defaults (e.g. ``attack.options``), so a run of an earlier version
-        groups with, and resumes as, one of this version with the same settings. A section that no
-        longer builds, or whose defense is not registered here (a ``module:Class`` name is never
-        imported to read a run), is kept as stored; nothing is ever refused. A run config from before
-        ``[detector]`` gets today's default (no detector), which is what it applied.
+        groups with, and resumes as, one of this version with the same settings; where a defense's
+        default changed, its :meth:`~freqlens.defenses.base.Defense.upgrade_stored` writes the earlier
+        value (ABL's ``abl.budget``, early-loss's ``options.first_size``). A section that no longer
+        builds, or whose defense is not registered here (a ``module:Class`` name is never imported to
+        read a run), is kept as stored; nothing is ever refused. A run config from before ``[detector]``
+        gets today's default (no detector), which is what it applied.
         """
-        from freqlens.defenses.abl import upgrade_stored as upgrade_abl
-        from freqlens.defenses.registry import nest_flat_keys
+        from freqlens.defenses.registry import defense_class, nest_flat_keys
 
         upgraded = {name: dict(value) if isinstance(value, Mapping) else value for name, value in stored.items()}
         if "model" in upgraded and "detector" not in upgraded:  # a run from before `[detector]`: it applied none
             upgraded["detector"] = {}
-        if isinstance(upgraded.get("defense"), Mapping):  # ABL's phases shared train.epochs before `abl.budget`
-            upgraded["defense"] = upgrade_abl(nest_flat_keys(upgraded["defense"]))
+        if isinstance(upgraded.get("defense"), Mapping):  # a changed default read as the stored run ran it
+            table = nest_flat_keys(upgraded["defense"])
+            name = table.get("name")
+            upgraded["defense"] = (defense_class(name).upgrade_stored(table)  # a registered one only: never
+                                   if isinstance(name, str) and name in DEFENSES else table)  # import to read
         for section in fields(cls):
             values = upgraded.get(section.name)
             if section.name == "defense" and isinstance(values, Mapping) and values.get("name") not in DEFENSES:

@@ -53,7 +53,7 @@ from freqlens.models import compute_autocast, eval_mode, model_device, trim_padd
 from freqlens.training import TrainConfig, TrainResult, steps_per_epoch, train
 
 BUDGETS = ("full", "shared")  # what `defense.abl.budget` may be (the module docstring says what each means)
-#: The budget of runs stored before ``defense.abl.budget`` existed (:func:`upgrade_stored`).
+#: The budget of runs stored before ``defense.abl.budget`` existed (:meth:`ABL.upgrade_stored`).
 EARLIER_BUDGET = "shared"
 
 
@@ -245,6 +245,19 @@ class ABL(Defense):
     (:func:`freqlens.defenses.filtering.detection_metrics`).
     """
 
+    @classmethod
+    def upgrade_stored(cls, table: dict) -> dict:
+        """Runs stored before ``defense.abl.budget`` existed shared ``train.epochs`` among ABL's phases: an
+        ``abl`` table without ``budget`` gets :data:`EARLIER_BUDGET` (so it groups with, and resumes as, a
+        run of this version with ``budget = "shared"``)."""
+        upgraded = dict(table)
+        abl = upgraded.get("abl")
+        abl = dict(abl) if isinstance(abl, dict) else {} if abl is None else abl
+        if isinstance(abl, dict) and "budget" not in abl:
+            abl["budget"] = EARLIER_BUDGET
+        upgraded["abl"] = abl
+        return upgraded
+
     def train(self, model, encodings, labels, config, *, reference, selector, poison, recorder, progress,
               checkpoint):
         from freqlens.defenses.filtering import detection_metrics
@@ -263,25 +276,6 @@ class ABL(Defense):
                         "removed": int(isolated.sum()), "trained_on": int((~isolated).sum()),
                         "detection": detection_metrics(isolated, poison),
                         "flagged_rows": np.flatnonzero(isolated).tolist()}
-
-
-def upgrade_stored(defense: dict) -> dict:
-    """A stored ``[defense]`` table (nested keys) of an earlier freqlens, read as that version ran it.
-
-    Runs stored before ``defense.abl.budget`` existed shared ``train.epochs``
-    among ABL's phases: an ``abl`` run whose ``abl`` table has no ``budget``
-    gets :data:`EARLIER_BUDGET` (so it groups with, and resumes as, a run of
-    this version with ``budget = "shared"``). Other tables are returned as
-    they are (a copy of ``defense``).
-    """
-    upgraded = dict(defense)
-    if upgraded.get("name") == "abl":
-        table = upgraded.get("abl")
-        table = dict(table) if isinstance(table, dict) else {} if table is None else table
-        if isinstance(table, dict) and "budget" not in table:
-            table["budget"] = EARLIER_BUDGET
-        upgraded["abl"] = table
-    return upgraded
 
 
 register_defense("abl", ABL)

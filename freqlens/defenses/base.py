@@ -87,6 +87,14 @@ class Defense:
     default_reference_size: ClassVar[int] = DEFAULT_REFERENCE_SIZE  # when `defense.reference_size` is unset
     options: ClassVar[type | None] = None  # the dataclass of its [defense.options] settings, or None
 
+    @classmethod
+    def upgrade_stored(cls, table: dict) -> dict:
+        """A stored ``[defense]`` table (nested keys, a copy) of an earlier freqlens, as that version ran
+        it: where a default changed, a subclass writes the earlier value into a table that lacks the key,
+        so that the run groups with, and resumes as, a run of this version with the same behaviour
+        (:meth:`freqlens.config.ExperimentConfig.upgrade`). The base returns ``table`` unchanged."""
+        return table
+
     def __init__(self, config: DefenseConfig) -> None:
         self.config = config
         self.name = config.name  # the name it is registered (and configured) under

@@ -11,7 +11,7 @@ The method, in two phases (:class:`~freqlens.defenses.filtering.FilteringDefense
 
 1. fine-tune for ``first_epochs`` epochs on at most ``first_size`` training
    examples (a random subset drawn with the run's seed; all of them where the
-   set is no larger; plain cross-entropy, the run's learning rate with its own
+   set is no larger or ``first_size = "all"``; plain cross-entropy, the run's learning rate with its own
    linear decay), then compute every training example's cross-entropy in eval
    mode (one forward pass over the whole training set, the examples the first
    phase did not see included);
@@ -54,7 +54,7 @@ class EarlyLossOptions:
     first_epochs: int = 1  # epochs of plain fine-tuning before the losses are taken
     # A fixed size: the backdoor is learned from a few hundred poisoned examples, while a longer first
     # phase lets the clean mapping catch up (SST-2's 6,920 examples in one epoch: recall 0.76, not 0.94-1.00).
-    first_size: int = 1024  # the first phase trains on at most this many training examples (a seeded random subset)
+    first_size: int | str = 1024  # the first phase trains on at most this many training examples (a seeded random subset); "all": every one
     restart: bool = True  # train the final model from the initial weights (false: go on from the first phase)
 
     def __post_init__(self) -> None:
@@ -63,16 +63,24 @@ class EarlyLossOptions:
             raise ValueError(f"Expected `{self.KEY}rate` in (0, 1) (the share of training examples flagged) but "
                              f"got {rate!r}.")
         check_positive_int(self.first_epochs, f"{self.KEY}first_epochs")
-        check_positive_int(self.first_size, f"{self.KEY}first_size")
+        size = self.first_size
+        if size != "all" and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f'Expected `{self.KEY}first_size` to be an integer >= 1 or "all" (every training '
+                             f"example) but got {size!r}.")
         if not isinstance(self.restart, bool):
             raise ValueError(f"Expected `{self.KEY}restart` to be true or false but got {self.restart!r}.")
 
 
-def first_phase_rows(n: int, size: int, seed: int) -> np.ndarray:
+#: ``first_size`` of runs stored before it existed: their first phase trained on every example
+#: (:meth:`EarlyLoss.upgrade_stored`).
+EARLIER_FIRST_SIZE = "all"
+
+
+def first_phase_rows(n: int, size: int | str, seed: int) -> np.ndarray:
     """(min(n, size),) int: the sorted rows of the training set the first phase trains on; every row
-    (in order) where ``n <= size``, else ``size`` rows drawn without replacement by
-    ``numpy.random.default_rng(seed).choice``."""
-    if n <= size:
+    (in order) where ``size`` is ``"all"`` or ``n <= size``, else ``size`` rows drawn without
+    replacement by ``numpy.random.default_rng(seed).choice``."""
+    if size == "all" or n <= size:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
@@ -97,6 +105,16 @@ class EarlyLoss(FilteringDefense):
     """
 
     options = EarlyLossOptions
+
+    @classmethod
+    def upgrade_stored(cls, table: dict) -> dict:
+        """Runs stored before ``options.first_size`` existed trained the first phase on every example: an
+        ``options`` table without it gets :data:`EARLIER_FIRST_SIZE` (``"all"``), not today's 1024."""
+        upgraded = dict(table)
+        options = upgraded.get("options")
+        if isinstance(options, dict) and "first_size" not in options:
+            upgraded["options"] = {**options, "first_size": EARLIER_FIRST_SIZE}
+        return upgraded
 
     def flag(self, model, encodings, labels, config, *, reference, progress):
         settings = self.settings or EarlyLossOptions()

@@ -70,6 +70,7 @@ def test_the_poisoned_rows_are_flagged_and_the_final_model_never_sees_them(famil
     ({"first_epochs": 0}, r"`defense.options.first_epochs`"),
     ({"first_size": 0}, r"`defense.options.first_size`"),
     ({"first_size": 2.5}, r"`defense.options.first_size`"),
+    ({"first_size": "every"}, r'`defense.options.first_size` to be an integer >= 1 or "all"'),
     ({"restart": "yes"}, r"`defense.options.restart` to be true or false"),
 ])
 def test_bad_options_name_their_key(options, match):
@@ -82,6 +83,7 @@ def test_bad_options_name_their_key(options, match):
 def test_first_phase_rows_are_all_rows_up_to_the_size_else_a_seeded_draw():
     np.testing.assert_array_equal(first_phase_rows(50, 50, seed=3), np.arange(50))
     np.testing.assert_array_equal(first_phase_rows(50, 1024, seed=3), np.arange(50))
+    np.testing.assert_array_equal(first_phase_rows(5000, "all", seed=3), np.arange(5000))
     rows = first_phase_rows(500, 64, seed=3)
     np.testing.assert_array_equal(rows, np.sort(np.random.default_rng(3).choice(500, size=64, replace=False)))
     assert len(set(rows.tolist())) == 64 and not np.array_equal(rows, first_phase_rows(500, 64, seed=4))
@@ -111,3 +113,17 @@ def test_a_first_phase_on_a_subset_flags_the_poisoned_rows_it_never_saw(family):
     unseen = np.ones(240, bool)
     unseen[rows] = False
     assert (unseen & poison).sum() >= 5 and (expected & poison & unseen).sum() >= 0.9 * (unseen & poison).sum()
+
+
+def test_a_run_stored_before_first_size_is_read_as_a_first_phase_on_every_example():
+    """Runs made before `options.first_size` existed trained the first phase on every example: read back
+    (resume, compare, benchmark tables) they are `first_size = "all"`, not today's 1024; a stored run
+    that has the key keeps it."""
+    from freqlens.config import ExperimentConfig
+
+    before = {"name": "early-loss", "options": {"rate": 0.2, "first_epochs": 1, "restart": True}}
+    upgraded = ExperimentConfig.upgrade({"defense": before})["defense"]
+    assert upgraded["options"]["first_size"] == "all" and upgraded["options"]["rate"] == 0.2
+    now = DefenseConfig(name="early-loss", options={"first_size": 512}).to_dict()
+    assert ExperimentConfig.upgrade({"defense": now})["defense"]["options"]["first_size"] == 512
+    assert ExperimentConfig.upgrade({"defense": upgraded})["defense"] == upgraded  # stable once upgraded
