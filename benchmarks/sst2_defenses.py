@@ -25,8 +25,9 @@ run's ``results.json`` (about 70 KB) is also copied to
 ``benchmarks/results/runs/<budget><suffix>/<attack>-<defense>-s<seed>.json``,
 which is committed: a run found there is not run again either (delete both
 to redo it), and the tables can be rebuilt on a fresh clone with
-``--no-run``. Runs with other settings (``--set``, ``--model``) belong under
-their own ``--suffix``; with
+``--no-run``. Runs with other settings (``--set``) belong under their own
+``--suffix``: a stored run of other settings is never run over (the table
+lists it under "Not run" and says so); with
 ``--no-run`` the table is made from the ``results.json`` files already there
 (those of earlier freqlens versions too: a field they lack is "–"). The
 Markdown file holds two tables: one row per run (CACC, ASR, false-trigger rate,
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import platform
 import shutil
@@ -143,6 +145,9 @@ def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str
     if args.no_run:
         why = failed.read_text().strip() if failed.is_file() else None
         return [], "; ".join([*refused, *([why] if why else [])]) or None
+    if refused:  # running would write over a stored run of other settings (in the archive: a committed one)
+        return [], ("; ".join(refused) + ": not run over it; give a table of other settings its own --suffix, "
+                    "or delete the stored run to redo it")
     out.mkdir(parents=True, exist_ok=True)
     overrides = list(expected)
     if args.detectors:
@@ -184,25 +189,72 @@ def settings_of(defense: str, seed: int, args) -> list[str]:
 
 
 def mismatch(results: dict, expected: list[str]) -> str | None:
-    """Why a stored ``results.json`` was not made with the settings ``expected`` (``key=value``, the
-    last of a key winning), e.g. ``"has train.epochs=2, not 10"``; None where every key it recorded
-    agrees (a key its freqlens did not record cannot disagree). Numbers compare as numbers
-    (``4e-5`` = ``4e-05``), everything else case-insensitively as text (``true`` = ``True``)."""
-    wanted = dict(item.partition("=")[::2] for item in expected)
-    for key, text in wanted.items():
-        value = results.get("config") or {}
-        for part in key.split("."):
-            value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
-        if value is _MISSING:
-            continue
-        want = _parsed(text)
-        if isinstance(want, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            same = bool(np.isclose(float(value), float(want), rtol=1e-9, atol=0.0))
-        else:
-            same = str(value).lower() == str(text).lower()
-        if not same:
-            return f"has {key}={value}, not {text}"
+    """Why a stored ``results.json`` was not made with the settings ``expected`` (``key=value`` as
+    ``--set`` takes them, the last of a key winning), e.g. ``"has train.epochs=2, not 10"``; None where
+    it agrees. The stored config is first read as its freqlens ran it
+    (:meth:`freqlens.config.ExperimentConfig.upgrade`: flat keys nested, a default that changed since
+    written in as it was then); ``expected`` is parsed as ``--set`` parses it
+    (:func:`freqlens.settings.apply_override`: TOML values, keys stripped, flat defense keys nested).
+    Each key of ``expected`` must agree, and so must every setting of the stored ``[defense]`` that
+    ``expected`` leaves at today's default (a run made before a default changed is not today's
+    default). A key the stored run did not record is read at today's default (where the defense says
+    its default changed, at the earlier one); a section it did not record at all cannot disagree.
+    Numbers compare as numbers (``4e-5`` = ``4e-05``), everything else exactly (``"All"`` is not
+    ``"all"``)."""
+    from freqlens.config import ExperimentConfig
+    from freqlens.defenses.registry import DefenseConfig, nest_flat_keys
+    from freqlens.settings import apply_override, build, format_value
+
+    stored = ExperimentConfig.upgrade(results.get("config") or {})
+    wanted: dict = {}
+    for item in expected:
+        apply_override(wanted, item)
+    if isinstance(wanted.get("defense"), dict):
+        wanted["defense"] = nest_flat_keys(wanted["defense"])
+    for key, want in _leaves(wanted):
+        value = _at(stored, key)
+        if value is not _MISSING and not _same(value, want):
+            return f"has {key}={format_value(value)}, not {format_value(want)}"
+    defense = stored.get("defense")
+    if isinstance(defense, dict) and defense.get("name") in DEFENSES and "defense" in wanted:
+        try:  # today's defaults for what `expected` leaves unset
+            today = json.loads(json.dumps(dataclasses.asdict(build(DefenseConfig, wanted["defense"], "defense")),
+                                          default=str))
+        except (ValueError, TypeError) as error:
+            return f"cannot be compared: {error}"
+        for key, want in _leaves({"defense": today}):
+            value = _at(stored, key)
+            if value is not _MISSING and not _same(value, want):
+                return f"has {key}={format_value(value)}, not today's default {format_value(want)}"
     return None
+
+
+def _leaves(table: dict, prefix: str = ""):
+    """``(dotted key, value)`` for every value of the nested ``table`` that is not a table."""
+    for key, value in table.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _at(config: dict, key: str):
+    """The value at dotted ``key`` of ``config``, or ``_MISSING``."""
+    value = config
+    for part in key.split("."):
+        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+    return value
+
+
+def _same(value, want) -> bool:
+    """Numbers as numbers (not booleans), lists item by item, everything else exactly."""
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+    if number(value) and number(want):
+        return bool(np.isclose(float(value), float(want), rtol=1e-9, atol=0.0))
+    if isinstance(value, (list, tuple)) and isinstance(want, (list, tuple)):
+        return len(value) == len(want) and all(_same(a, b) for a, b in zip(value, want))
+    return value == want
 
 
 _MISSING = object()
@@ -267,11 +319,14 @@ def row(attack: str, defense: str, seed: int, r: dict) -> dict:
 def _device(r: dict) -> str | None:
     """The device a run's results.json says it ran on, shortened (``cuda:0 (NVIDIA H200)`` -> ``NVIDIA
     H200``, ``cpu`` -> ``CPU``); None for a run of a freqlens that did not record it."""
-    device = (r.get("environment") or {}).get("device")
-    if not device:
+    environment = r.get("environment")
+    device = environment.get("device") if isinstance(environment, dict) else None
+    if not device or not isinstance(device, str):
         return None
-    named = device.partition("(")[2].rstrip(")")
-    return named or device.upper()
+    kind, bracket, named = device.partition("(")
+    if bracket and named.endswith(")"):  # only the outer bracket: "cuda:0 (GPU (MIG 1g))" -> "GPU (MIG 1g)"
+        named = named[:-1]
+    return (named.strip() if bracket else kind.strip().upper()) or device
 
 
 def _speed_first(summary: dict, family: str) -> str:
@@ -289,11 +344,12 @@ def machine() -> str:
 
 
 def fmt(value) -> str:
+    """A Markdown table cell: floats to 3 decimals, "–" for a missing value, ``|`` escaped in text."""
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "–"
     if isinstance(value, float):
         return f"{value:.3f}"
-    return str(value)
+    return str(value).replace("|", "\\|")
 
 
 def _number(value, spec: str) -> str:
@@ -311,7 +367,8 @@ def runs_table(rows: list[dict]) -> list[str]:
     ]
     for r in rows:
         lines.append(
-            f"| {r['attack']} | {r['defense']}{' †' if r.get('source') else ''} | {r['seed']} | {fmt(r['cacc'])} | "
+            f"| {fmt(r['attack'])} | {fmt(r['defense'])}{' †' if r.get('source') else ''} | {r['seed']} | "
+            f"{fmt(r['cacc'])} | "
             f"{fmt(r['asr'])} | "
             f"{fmt(r['false_trigger_rate'])} | {fmt(r['net_backdoor_effect'])} | {fmt(r.get('frr'))} | "
             f"{fmt(r.get('far'))} | {fmt(r.get('clean_examples'))} | "
@@ -345,7 +402,7 @@ def paper_table(rows: list[dict]) -> list[str]:
     attacks = [a for a in ATTACKS if any(r["attack"] == a for r in rows)]
     attacks += list(dict.fromkeys(r["attack"] for r in rows if r["attack"] not in attacks))
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
-    lines = ["| defense | clean | seeds | " + " | ".join(attacks) + " |", "|---" * (3 + len(attacks)) + "|"]
+    lines = ["| defense | clean | seeds | " + " | ".join(map(fmt, attacks)) + " |", "|---" * (3 + len(attacks)) + "|"]
     for defense in defenses:
         mine = [r for r in rows if r["defense"] == defense]
         clean = sorted({r["clean_examples"] for r in mine if r.get("clean_examples") is not None})
@@ -357,7 +414,7 @@ def paper_table(rows: list[dict]) -> list[str]:
                          if runs else "–")
         run = {c for c in counts if c != "0"}  # one count for every attack run: said once
         seeds = run.pop() if len(run) == 1 else "/".join(counts)
-        lines.append(f"| {defense} | {', '.join(f'{c:g}' for c in clean) or '–'} | {seeds} | "
+        lines.append(f"| {fmt(defense)} | {', '.join(f'{c:g}' for c in clean) or '–'} | {seeds} | "
                      + " | ".join(cells) + " |")
     return lines
 
@@ -375,7 +432,7 @@ def write_table(rows: list[dict], args, command: str, seconds: float, failures: 
         "",
         f"Command: `{command}`  ",
         f"Tabulated on: {machine()}  ",
-        f"Runs made on: {', '.join(sorted({str(r.get('device')) for r in rows if r.get('device')})) or '–'} "
+        f"Runs made on: {', '.join(sorted({fmt(r.get('device')) for r in rows if r.get('device')})) or '–'} "
         "(the device column; – = a run of a freqlens that did not record its device)  ",
         f"Wall time of the benchmark: {seconds / 60:.1f} min ({args.parallel} runs at a time).",
         "",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -261,6 +263,9 @@ OTHER_SETTINGS = {
     "defense setting": (["--defenses", "muscle@reference_size=32,ga.pure=true"],
                         _config(name="muscle", reference_size=32, pure=False)),
     "defense": (["--defenses", "cube"], _config(name="early-loss")),
+    # a default changed since the run: early-loss's first phase took every example before `first_size`
+    "changed default": (["--defenses", "early-loss"],
+                        {**_config(), "defense": {"name": "early-loss", "options": {"rate": 0.2, "restart": True}}}),
 }
 
 
@@ -292,7 +297,7 @@ def test_a_stored_run_of_other_settings_is_neither_tabulated_nor_archived(bench,
     kept = tmp_path / "benchmarks" / "results" / "runs" / f"{args_budget}{suffix}" / f"{name}.json"
     assert not kept.is_file() or json.loads(kept.read_text()) == wrong  # nothing copied over the archive
 
-    def rerun(command, stdout, **kwargs):  # the run is made again, with the table's settings
+    def rerun(command, stdout, **kwargs):  # the run made again, with the table's settings
         out = Path(command[command.index("--out") + 1])
         settings = dict(item.partition("=")[::2] for item in command if "=" in item)
         config = {"train": {"epochs": int(settings["train.epochs"]), "seed": int(settings["train.seed"])},
@@ -302,6 +307,11 @@ def test_a_stored_run_of_other_settings_is_neither_tabulated_nor_archived(bench,
 
     monkeypatch.setattr(bench.subprocess, "call", rerun)
     monkeypatch.setattr(sys, "argv", argv)
+    assert bench.main() == 1  # a run would write over the stored one: refused (a failure), the table says so
+    assert json.loads(stored.read_text()) == wrong
+    md = (tmp_path / "benchmarks" / "results" / f"sst2_defenses_{args_budget}{suffix}.md").read_text()
+    assert "not run over it; give a table of other settings its own --suffix" in md
+    stored.unlink()  # deleted by hand: now it is run again
     assert bench.main() == 0
     assert json.loads(kept.read_text())["cacc"] == 0.9
 
@@ -311,6 +321,76 @@ def test_settings_compare_as_numbers_or_text_and_unrecorded_keys_cannot_disagree
     assert bench.mismatch(results, ["train.lr=4e-5", "train.epochs=10", "defense.ga.pure=true"]) is None
     assert bench.mismatch(results, ["train.epochs=2", "train.epochs=10"]) is None  # the last of a key wins
     assert bench.mismatch(results, ["defense.options.rate=0.3", "model.dtype=bfloat16"]) is None  # not recorded
-    assert bench.mismatch(results, ["train.lr=2e-5"]) == "has train.lr=4e-05, not 2e-5"
-    assert bench.mismatch(results, ["defense.ga.pure=false"]) == "has defense.ga.pure=True, not false"
+    assert bench.mismatch(results, ["train.lr=2e-5"]) == "has train.lr=4e-05, not 2e-05"
+    assert bench.mismatch(results, ["defense.ga.pure=false"]) == "has defense.ga.pure=true, not false"
     assert bench.mismatch({}, ["train.epochs=10"]) is None  # a freqlens that recorded no config
+
+
+def test_expected_settings_are_parsed_as_set_parses_them(bench):
+    """Keys stripped, TOML values, the flat defense keys of earlier versions nested, text compared exactly."""
+    results = {"config": {"train": {"lr": 4e-05}, "defense": {"name": "abl", "abl": {"budget": "shared"}}}}
+    assert bench.mismatch(results, [" train.lr = 4e-5 ", "defense.name=abl", "defense.abl.budget=shared"]) is None
+    shared = "defense.abl.budget=shared"
+    assert bench.mismatch(results, ["defense.name=abl", shared, "defense.abl_gamma=0.5"]) is None  # flat, nested
+    assert bench.mismatch(results, ["defense.name=abl", shared, "defense.abl_gamma=0.7"]) == (
+        "has defense.abl.gamma=0.5, not 0.7")  # the stored run recorded no gamma: read at its default
+    assert bench.mismatch(results, ["defense.name=abl", "defense.abl.budget=Shared"]) == (
+        'has defense.abl.budget="shared", not "Shared"')
+    assert bench.mismatch(results, ["train.lr=\"4e-5\""]) == 'has train.lr=4e-05, not "4e-5"'  # text is not a number
+
+
+@pytest.mark.parametrize("name", list(DEFENSES))
+def test_a_run_of_every_defense_at_todays_defaults_agrees_and_one_changed_setting_does_not(bench, name):
+    """Every registered defense: a run stored with today's defaults counts for the plain name; the same
+    run with one of its defense settings changed (as a run made before that default changed) does not."""
+    from freqlens.defenses.registry import DefenseConfig
+    from freqlens.settings import build
+
+    class Args:
+        budget, set = "cpu", []
+
+    config = json.loads(json.dumps(dataclasses.asdict(build(DefenseConfig, {"name": name}, "defense")), default=str))
+    stored = {"config": {"train": {"epochs": 2, "lr": 4e-05, "seed": 0}, "defense": config}}
+    assert bench.mismatch(stored, bench.settings_of(name, 0, Args)) is None
+    changed = json.loads(json.dumps(stored))
+    changed["config"]["defense"]["select"] = "last" if config["select"] != "last" else "best-dev"
+    assert "not today's default" in bench.mismatch(changed, bench.settings_of(name, 0, Args))
+    chosen = "last" if config["select"] != "last" else "best-dev"
+    assert bench.mismatch(changed, bench.settings_of(f"{name}@select={chosen}", 0, Args)) is None
+
+
+def test_an_early_loss_or_abl_run_of_before_a_default_changed_is_read_as_it_ran(bench):
+    """early-loss's first phase took every example before `options.first_size` (today 1024); ABL's phases
+    shared train.epochs before `abl.budget` (today "full")."""
+    class Args:
+        budget, set = "cpu", []
+
+    early = {"config": {"defense": {"name": "early-loss", "options": {"rate": 0.2, "first_epochs": 1}}}}
+    assert "first_size=\"all\", not today's default 1024" in bench.mismatch(
+        early, bench.settings_of("early-loss", 0, Args))
+    assert bench.mismatch(early, bench.settings_of("early-loss@options.first_size=all", 0, Args)) is None
+    abl = {"config": {"defense": {"name": "abl", "abl": {"isolation_rate": 0.01}}}}
+    assert "budget=\"shared\"" in bench.mismatch(abl, bench.settings_of("abl", 0, Args))
+    assert bench.mismatch(abl, bench.settings_of("abl@abl.budget=shared", 0, Args)) is None
+
+
+@pytest.mark.parametrize("environment, shown", [
+    ({"device": "cuda:0 (NVIDIA H200)"}, "NVIDIA H200"),
+    ({"device": "cuda:0 (NVIDIA A100 (MIG 1g.10gb))"}, "NVIDIA A100 (MIG 1g.10gb)"),  # only the outer bracket
+    ({"device": "cpu"}, "CPU"),
+    ({"device": "mps"}, "MPS"),
+    ({}, None), ("cpu", None), ({"device": 3}, None), (None, None),  # not recorded, or not as freqlens writes it
+])
+def test_the_device_column_shortens_what_the_run_recorded(bench, environment, shown):
+    assert bench._device({"environment": environment}) == shown
+
+
+def test_a_bar_in_a_name_does_not_break_the_markdown_tables(bench):
+    rows = [bench.row("badnets", "my|defense", 0, {**_results(), "environment": {"device": "cuda:0 (a|b)"}})]
+    def cells(line):  # the column separators: bars not escaped
+        return len(re.findall(r"(?<!\\)\|", line))
+
+    for table in (bench.runs_table(rows), bench.paper_table(rows)):
+        assert cells(table[2]) == cells(table[0])
+    assert "my\\|defense" in bench.runs_table(rows)[2] and "a\\|b" in bench.runs_table(rows)[2]
+    assert bench.paper_table(rows)[2].startswith("| my\\|defense |")

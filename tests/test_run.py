@@ -43,7 +43,11 @@ def _check_results(out: Path) -> dict:
     for key in ("train_seconds", "recording_seconds", "analysis_seconds", "recording_share"):
         assert results["timings"][key] is not None
     import torch  # where it ran: the model's device and the versions (benchmark tables gather runs from elsewhere)
-    assert results["environment"]["device"] == "cpu" and results["environment"]["torch"] == torch.__version__
+
+    from freqlens.models.loading import resolve_device
+    device = resolve_device(results["config"]["model"].get("device", "auto"))  # the device this machine resolves
+    assert torch.device(results["environment"]["device"].split(" ")[0]).type == device.type
+    assert results["environment"]["torch"] == torch.__version__
     assert results["analysis"]["summary"]["joint"]["statement"]
     assert set(results["analysis"]["convergence_steps"]["separate"]) == {"clean", "backdoor", "control"}
     for name in ("report.html", "heatmap.png", "heatmap_separate.png", "curves.png", "speed_spectrum.png",
