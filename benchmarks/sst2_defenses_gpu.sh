@@ -16,10 +16,17 @@
 # tables go into $OUT/results.tgz, and each unfinished run's last log lines into
 # $OUT/unfinished.txt, so a run cut short loses none of what finished. Unpack
 # the archive elsewhere and copy benchmarks/results/runs/* back, then rebuild
-# the tables here with --no-run.
+# the tables here with --no-run. At LIMIT the invocations still running are
+# stopped with every run they started (each has its own process group); an
+# invocation that exits with an error (a bad argument: at once) is reported
+# with its log's last lines.
 set -u
 out=${OUT:-runs/gpu-defenses-out}
 limit=${LIMIT:-540}
+case "$limit" in
+  ''|*[!0-9]*) echo "LIMIT must be a whole number of seconds, got '$limit'" >&2; exit 2 ;;
+esac
+[ "$#" -gt 0 ] || { echo "give at least one benchmark invocation's arguments, e.g. \"--budget cpu --defenses vanilla\"" >&2; exit 2; }
 mkdir -p "$out"
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -35,25 +42,55 @@ snapshot() {
     [ -f "$log" ] && [ ! -f "$(dirname "$log")/results.json" ] && tail -n 3 "$log" | sed "s|^|$log: |"
   done > "$out/unfinished.txt" 2>/dev/null
 }
-i=0
-pids=()
-for spec in "$@"; do
-  i=$((i + 1))
-  # shellcheck disable=SC2086  # each spec is a list of arguments
-  python3 benchmarks/sst2_defenses.py --model .device/minilm --data .device/sst-2 --out "runs/gpu-$i" $spec \
-    > "$out/bench-$i.log" 2>&1 &
-  pids+=($!)
-done
+report() {  # invocation $1 (pid $2) has ended: say how, with its log's end where it failed
+  wait "$2"
+  local code=$?
+  codes[$1]=$code
+  if [ "$code" != 0 ]; then
+    echo "invocation $1 (${specs[$1]}) exited with $code after $((SECONDS - began)) s; its log ends:"
+    tail -n 5 "$out/bench-$1.log" | sed 's/^/    /'
+  fi
+}
+specs=("" "$@")
+pids=("")
+codes=("")
 began=$SECONDS
+set -f  # a spec's words are arguments, never file patterns
+for i in $(seq 1 $#); do
+  # shellcheck disable=SC2086  # each spec is a list of arguments
+  setsid python3 benchmarks/sst2_defenses.py --model .device/minilm --data .device/sst-2 --out "runs/gpu-$i" \
+    ${specs[$i]} > "$out/bench-$i.log" 2>&1 &
+  pids[$i]=$!
+  codes[$i]=""
+done
+set +f
 while [ $((SECONDS - began)) -lt "$limit" ]; do
   alive=0
-  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+  for i in $(seq 1 $#); do
+    if kill -0 "${pids[$i]}" 2>/dev/null; then alive=1
+    elif [ -z "${codes[$i]}" ]; then report "$i" "${pids[$i]}"  # said at once, not at LIMIT
+    fi
+  done
   [ "$alive" = 0 ] && break
   left=$((limit - (SECONDS - began)))
-  sleep $((left < 20 ? (left > 0 ? left : 1) : 20))  # the last snapshot lands inside LIMIT
+  nap=$(( SECONDS - began < 20 ? 5 : 20 ))  # short naps at first: a bad argument is reported within seconds
+  sleep $((left < nap ? (left > 0 ? left : 1) : nap))  # the last snapshot lands inside LIMIT
   snapshot
+done
+for i in $(seq 1 $#); do  # past LIMIT: stop the invocation and every run it started (its process group)
+  if kill -0 "${pids[$i]}" 2>/dev/null; then
+    echo "invocation $i (${specs[$i]}) stopped at LIMIT ($limit s)"
+    kill -TERM -- "-${pids[$i]}" 2>/dev/null
+    sleep 2
+    kill -0 "${pids[$i]}" 2>/dev/null && kill -KILL -- "-${pids[$i]}" 2>/dev/null
+    wait "${pids[$i]}" 2>/dev/null
+    codes[$i]=stopped
+  elif [ -z "${codes[$i]}" ]; then
+    report "$i" "${pids[$i]}"
+  fi
 done
 snapshot
 echo "after $((SECONDS - began)) s: $(tr '\n' ' ' < runs/.gpu-files | wc -w) files in results.tgz"
 grep -h -E "exit [0-9]+ after" "$out"/bench-*.log
+for i in $(seq 1 $#); do [ "${codes[$i]}" = 0 ] || exit 1; done
 exit 0
