@@ -14,7 +14,6 @@ this script only chooses them.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -105,7 +104,12 @@ def main() -> int:
               "| `sst2-vanilla-gpu/<attack>-heatmap.png` | `benchmarks/sst2_vanilla_gpu.sh` on an H200 "
               "(all-MiniLM-L6-v2, full SST-2 training set, 10 epochs; see "
               "`benchmarks/results/sst2_vanilla_gpu.md`), `heatmap.png` of each run | "
-              "`sst2-vanilla-gpu/<attack>-results.json` |"]
+              "`sst2-vanilla-gpu/<attack>-results.json` |",
+              "", "Folders with their own script, command and README:", "",
+              "- `spectrum/`: the instrument's figures (learning-speed spectra, static spectra, eigenmode heat "
+              "maps), `figures/make_spectrum_figures.py`;",
+              "- `defenses/`: each defense's learning-speed spectrum beside vanilla's, per attack, "
+              "`figures/make_defense_figures.py`."]
     (HERE / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return 0
