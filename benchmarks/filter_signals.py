@@ -61,6 +61,15 @@ def example_setup(attack: str, data: str | None, seed: int, overrides: tuple[str
     return config, dataset, model, encodings, np.asarray(dataset.train.labels)
 
 
+def append_records(path: Path, records) -> None:
+    """Append each record of the iterable ``records`` (dicts) to the JSON-lines file ``path`` as soon as it
+    is measured, and print it: a benchmark killed midway keeps every measurement it finished."""
+    for record in records:
+        print(json.dumps(record), flush=True)
+        with open(path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+
 def record(attack: str, data: str | None, epochs: int, seed: int) -> Path:
     from freqlens.defenses.abl import per_example_losses
     from freqlens.training import train

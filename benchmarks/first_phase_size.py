@@ -111,12 +111,10 @@ def main() -> None:
     parser.add_argument("--analyse", action="store_true", help="only tabulate the recorded measurements")
     args = parser.parse_args()
     if not args.analyse:
-        for attack in args.attacks:
-            for size in args.sizes:
-                record = measure(attack, size, args.max_train, args.data or None, args.seed)
-                print(json.dumps(record), flush=True)
-                with open(RECORDS, "a") as file:
-                    file.write(json.dumps(record) + "\n")
+        from filter_signals import append_records  # benchmarks/, beside this script
+
+        append_records(RECORDS, (measure(attack, size, args.max_train, args.data or None, args.seed)
+                                 for attack in args.attacks for size in args.sizes))
     print(analyse().read_text())
 
 

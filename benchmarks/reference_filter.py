@@ -131,11 +131,10 @@ def main() -> None:
     parser.add_argument("--analyse", action="store_true", help="only tabulate the recorded measurements")
     args = parser.parse_args()
     if not args.analyse:
-        for attack in args.attacks:
-            record = measure(attack, args.data or None, args.seed, args.reference_size, args.reference_epochs)
-            print(json.dumps(record), flush=True)
-            with open(RECORDS, "a") as file:
-                file.write(json.dumps(record) + "\n")
+        from filter_signals import append_records
+
+        append_records(RECORDS, (measure(attack, args.data or None, args.seed, args.reference_size,
+                                         args.reference_epochs) for attack in args.attacks))
     print(analyse().read_text())
 
 
