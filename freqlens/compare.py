@@ -48,6 +48,7 @@ from freqlens.analysis import SpectralAnalysis, analyse
 from freqlens.config import AnalysisConfig, ExperimentConfig
 from freqlens.data.identity import FIELDS as identity_fields
 from freqlens.figures import FIGURES
+from freqlens.metrics import collapse_warning
 from freqlens.recording.storage import load_trajectory
 from freqlens.report import STYLE, _table, figure_to_data_uri, render_value
 
@@ -518,7 +519,10 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
     defense's own record (:data:`DEFENSE_FIELDS`: ``clean_examples``,
     ``removed``, ``detection_precision``, ``detection_recall``,
     ``detection_f1``) is None where the run did not record it. Each inference-time detector the run
-    applied adds ``detector_<name>_<metric>`` (:data:`DETECTOR_METRICS`).
+    applied adds ``detector_<name>_<metric>`` (:data:`DETECTOR_METRICS`). A run whose model predicts one
+    class for nearly every clean test input (:func:`freqlens.metrics.collapse_warning`; its
+    ``majority_prediction_share`` is a column) has ``status`` ending in ``(collapsed)``: its ASR and net
+    say nothing about a backdoor.
     """
     rows = []
     for group, members in groups(runs).items():
@@ -526,8 +530,12 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
         for run in members:
             base = baseline(run, members)
             base_bands = steps[id(base)] if base is not None else {}
-            row = {"group": group, "run": run.label, "defense": run.defense, "status": run.status,
-                   "baseline": None if base is None else base.label, "directory": str(run.directory)}
+            share = run.metric("majority_prediction_share")
+            row = {"group": group, "run": run.label, "defense": run.defense,
+                   "status": run.status + (" (collapsed)" if collapse_warning(
+                       {"majority_prediction_share": share}) else ""),
+                   "baseline": None if base is None else base.label, "directory": str(run.directory),
+                   "majority_prediction_share": share}
             for name in (*METRICS, *DEFENSE_FIELDS):
                 row[name] = run.metric(name)
             for name in ("clean_examples", "removed"):  # counts, as integers (runs.csv)
@@ -619,6 +627,10 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
         html_parts.append(f"<h2>{html.escape(group)}</h2>")
         md += [f"## {group}", ""]
         notes = [partial_details(m) for m in members if m.partial]
+        for member in members:  # a collapsed model's ASR and net are no backdoor: said where the table is
+            warning = collapse_warning({"majority_prediction_share": member.metric("majority_prediction_share")})
+            if warning:
+                notes.append(f"{member.label}: {warning}")
         if members[0].experiment.get("dataset.identity") == NOT_RECORDED:
             notes.append(f"{len(members)} run(s) in this group: {NOT_RECORDED_NOTE}")
         if baseline(members[0], members) is None:

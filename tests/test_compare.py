@@ -798,7 +798,7 @@ def test_a_group_without_a_filtering_defense_has_no_detection_columns(runs, tmp_
     _no_figures(monkeypatch)
     md = write_comparison(loaded, tmp_path / "report")["markdown"].read_text()
     assert "| clean examples |" in md and "detection" not in md
-    assert "| muscle | complete |" in md and "| 256 |" in md
+    assert "| muscle | complete" in md and "| 256 |" in md  # (collapsed: the tiny fixture model is)
 
 
 def test_a_plug_in_recording_a_list_or_a_string_where_the_report_reads_a_number_shows_a_dash(runs, tmp_path,
@@ -816,3 +816,29 @@ def test_a_plug_in_recording_a_list_or_a_string_where_the_report_reads_a_number_
     assert rows["fine"]["removed"] == 112
     _no_figures(monkeypatch)
     assert write_comparison(loaded, tmp_path / "report")["markdown"].is_file()
+
+
+@pytest.mark.parametrize("share, collapsed", [(1.0, True), (0.97, True), (0.95, False), (0.6, False), (None, False)])
+def test_a_collapsed_run_is_marked_where_its_metrics_are_read(runs, tmp_path, monkeypatch, share, collapsed):
+    """A model that predicts one class for nearly every clean input scores an ASR and a net with no backdoor
+    behind them; the report says so beside its row, in the status column and in runs.csv (None: a run of
+    a freqlens that did not record the share, never marked)."""
+    defended = _variant(runs, tmp_path, "d", _ob_config(seed=0, defense="early-loss"), asr=0.48, cacc=0.5)
+    results = json.loads((defended / "results.json").read_text())
+    results.pop("majority_prediction_share", None)
+    if share is not None:
+        results["majority_prediction_share"] = share
+    (defended / "results.json").write_text(json.dumps(results))
+    vanilla = _variant(runs, tmp_path, "v", _ob_config(seed=0), asr=1.0)
+    results = json.loads((vanilla / "results.json").read_text())
+    (vanilla / "results.json").write_text(json.dumps({**results, "majority_prediction_share": 0.52}))
+    loaded, _ = load_runs([vanilla, defended])
+    _no_figures(monkeypatch)
+    paths = write_comparison(loaded, tmp_path / "report")
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    rows = {r["run"]: r for r in csv.DictReader(paths["csv"].open())}
+    assert ("| early-loss | complete (collapsed) |" in md) == collapsed
+    assert ("early-loss: The model predicts one class" in md) == collapsed
+    assert ("early-loss: The model predicts one class" in page) == collapsed
+    assert rows["early-loss"]["status"] == ("complete (collapsed)" if collapsed else "complete")
+    assert rows["vanilla"]["status"] == "complete"
