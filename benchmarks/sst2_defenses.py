@@ -100,13 +100,30 @@ def defense_variant(text: str) -> str:
     return text
 
 
+def override(text: str) -> str:
+    """A ``--set`` item, checked as ``freqlens run --set`` reads it (``section.key=value``)."""
+    from freqlens.settings import apply_override
+
+    try:
+        apply_override({}, text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def run_name(defense: str) -> str:
     """The run folder's name for a defense variant: ``muscle@ga.subspace=4,ga.pure=true`` ->
     ``muscle_ga_subspace4_ga_puretrue`` (the dot of a nested key as an underscore, as the flat keys of
-    earlier versions were named, so that their results are found again)."""
+    earlier versions were named, so that their results are found again). Keys are stripped and values
+    parsed as ``--set`` parses them, so that ``first_size = "all"`` and ``first_size=all`` name one run."""
+    from freqlens.settings import format_value, parse_value
+
     name, _, settings = defense.partition("@")
     pairs = (item.partition("=") for item in settings.split(",") if item)
-    items = [key.replace(".", "_") + value for key, _, value in pairs]
+    items = []
+    for key, _, text in pairs:
+        value = parse_value(text)
+        items.append(key.strip().replace(".", "_") + (value if isinstance(value, str) else format_value(value)))
     return "_".join([name, *items])
 
 
@@ -127,21 +144,27 @@ def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str
         content = json.loads(candidate.read_text())
         differs = mismatch(content, expected)
         if differs is None:
-            found, stored = candidate, content
-            break
-        refused.append(f"{candidate} {differs} (not used)")
+            if found is None:
+                found, stored = candidate, content
+        else:
+            refused.append(f"{candidate} {differs} (not used)")
     for why in refused:
         print(f"{attack} {defense} seed {seed}: {why}", file=sys.stderr)
+    kept_refused = any(why.startswith(f"{kept} ") for why in refused)  # never copied over: committed
     if stored is not None:
         missing = missing_detectors(stored, args.detectors)
         if args.no_run or not missing:
-            if found == results:
+            if found == results and not kept_refused:
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(results, kept)
-            why = failed.read_text().strip() if (missing or args.no_run) and failed.is_file() else None
-            if missing and why is None:
-                why = f"its results.json has no {', '.join(missing)} (the run was made without it)"
-            return rows_of(attack, defense, seed, stored, args.detectors), why
+            notes = [why for why in refused if why.startswith(f"{kept} ")]
+            if notes:  # the run folder's run is tabulated; the archive keeps its own, and the table says so
+                notes = [notes[0] + ": the archive keeps it (not copied over); give this table its own --suffix"]
+            if missing and failed.is_file():
+                notes.append(failed.read_text().strip())
+            elif missing:
+                notes.append(f"its results.json has no {', '.join(missing)} (the run was made without it)")
+            return rows_of(attack, defense, seed, stored, args.detectors), "; ".join(notes) or None
     if args.no_run:
         why = failed.read_text().strip() if failed.is_file() else None
         return [], "; ".join([*refused, *([why] if why else [])]) or None
@@ -205,7 +228,8 @@ def mismatch(results: dict, expected: list[str]) -> str | None:
     from freqlens.defenses.registry import DefenseConfig, nest_flat_keys
     from freqlens.settings import apply_override, build, format_value
 
-    stored = ExperimentConfig.upgrade(results.get("config") or {})
+    config = results.get("config") if isinstance(results, dict) else None
+    stored = ExperimentConfig.upgrade(config if isinstance(config, dict) else {})
     wanted: dict = {}
     for item in expected:
         apply_override(wanted, item)
@@ -250,8 +274,10 @@ def _same(value, want) -> bool:
     """Numbers as numbers (not booleans), lists item by item, everything else exactly."""
     def number(x):
         return isinstance(x, (int, float)) and not isinstance(x, bool)
+    if isinstance(value, bool) or isinstance(want, bool):  # true is not 1
+        return isinstance(value, bool) and isinstance(want, bool) and value == want
     if number(value) and number(want):
-        return bool(np.isclose(float(value), float(want), rtol=1e-9, atol=0.0))
+        return bool(np.isclose(float(value), float(want), rtol=1e-9, atol=0.0, equal_nan=True))
     if isinstance(value, (list, tuple)) and isinstance(want, (list, tuple)):
         return len(value) == len(want) and all(_same(a, b) for a, b in zip(value, want))
     return value == want
@@ -501,7 +527,8 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
     parser.add_argument("--model", default="", help="model.name override (e.g. .device/minilm)")
     parser.add_argument("--data", default="", help="folder holding <attack>/ (default: the configs' data.path)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=override,
+                        help="more config overrides")
     parser.add_argument("--out", default="",
                         help="folder of the run folders (default: runs/bench-sst2-defenses-<budget><suffix>)")
     parser.add_argument("--suffix", default="", help="appended to the result file names")

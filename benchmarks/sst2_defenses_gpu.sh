@@ -6,8 +6,9 @@
 #   .device/sst-2/<attack>/    the files of ../shared/data/sst-2/<attack> the configs use
 #
 # Each argument is one benchmark invocation's own arguments (budget, attacks,
-# defenses, seeds, --parallel, --suffix, --set ...); the invocations run side by
-# side, each in its own runs/gpu-<i>/. Example:
+# defenses, seeds, --parallel, --suffix, --set ...), split at spaces (a value
+# cannot hold one); the invocations run side by side, each in its own
+# runs/gpu-<i>/. Example:
 #   LIMIT=500 OUT=$OUT bash benchmarks/sst2_defenses_gpu.sh \
 #     "--budget paper --parallel 8 --defenses vanilla cube" \
 #     "--budget cpu --parallel 4 --defenses bki --attacks stylebkd"
@@ -23,10 +24,14 @@
 set -u
 out=${OUT:-runs/gpu-defenses-out}
 limit=${LIMIT:-540}
-case "$limit" in
-  ''|*[!0-9]*) echo "LIMIT must be a whole number of seconds, got '$limit'" >&2; exit 2 ;;
-esac
+if ! [[ "$limit" =~ ^(0|[1-9][0-9]{0,5})$ ]]; then  # no leading zero (octal in $(( ))), at most 999999 s
+  echo "LIMIT must be a whole number of seconds from 0 to 999999 without a leading zero, got '$limit'" >&2
+  exit 2
+fi
 [ "$#" -gt 0 ] || { echo "give at least one benchmark invocation's arguments, e.g. \"--budget cpu --defenses vanilla\"" >&2; exit 2; }
+for spec in "$@"; do
+  [ -n "${spec// /}" ] || { echo "an invocation's arguments are empty (it would run the whole default benchmark)" >&2; exit 2; }
+done
 mkdir -p "$out"
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -77,18 +82,26 @@ while [ $((SECONDS - began)) -lt "$limit" ]; do
   sleep $((left < nap ? (left > 0 ? left : 1) : nap))  # the last snapshot lands inside LIMIT
   snapshot
 done
+stopped=0
 for i in $(seq 1 $#); do  # past LIMIT: stop the invocation and every run it started (its process group)
   if kill -0 "${pids[$i]}" 2>/dev/null; then
     echo "invocation $i (${specs[$i]}) stopped at LIMIT ($limit s)"
     kill -TERM -- "-${pids[$i]}" 2>/dev/null
-    sleep 2
-    kill -0 "${pids[$i]}" 2>/dev/null && kill -KILL -- "-${pids[$i]}" 2>/dev/null
-    wait "${pids[$i]}" 2>/dev/null
     codes[$i]=stopped
+    stopped=1
   elif [ -z "${codes[$i]}" ]; then
     report "$i" "${pids[$i]}"
   fi
 done
+if [ "$stopped" = 1 ]; then
+  sleep 2  # once for all: then whatever is left of any group (a run ignoring TERM) is killed
+  for i in $(seq 1 $#); do
+    if [ "${codes[$i]}" = stopped ]; then
+      kill -KILL -- "-${pids[$i]}" 2>/dev/null
+      wait "${pids[$i]}" 2>/dev/null
+    fi
+  done
+fi
 snapshot
 echo "after $((SECONDS - began)) s: $(tr '\n' ' ' < runs/.gpu-files | wc -w) files in results.tgz"
 grep -h -E "exit [0-9]+ after" "$out"/bench-*.log

@@ -149,7 +149,8 @@ class ExperimentConfig:
                                    if isinstance(name, str) and name in DEFENSES else table)  # import to read
         for section in fields(cls):
             values = upgraded.get(section.name)
-            if section.name == "defense" and isinstance(values, Mapping) and values.get("name") not in DEFENSES:
+            if (section.name == "defense" and isinstance(values, Mapping)
+                    and not (isinstance(values.get("name"), str) and values["name"] in DEFENSES)):
                 continue  # never import the code a stored `module:Class` names just to read a run
             if isinstance(values, Mapping):
                 try:

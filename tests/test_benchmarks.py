@@ -394,3 +394,48 @@ def test_a_bar_in_a_name_does_not_break_the_markdown_tables(bench):
         assert cells(table[2]) == cells(table[0])
     assert "my\\|defense" in bench.runs_table(rows)[2] and "a\\|b" in bench.runs_table(rows)[2]
     assert bench.paper_table(rows)[2].startswith("| my\\|defense |")
+
+
+@pytest.mark.parametrize("no_run", [True, False])
+def test_a_matching_run_folder_never_copies_over_an_archived_run_of_other_settings(bench, tmp_path, monkeypatch,
+                                                                                   no_run):
+    """The run folder holds today's run, the committed archive one of other settings (e.g. a GPU run
+    copied back while an older CPU run sits in runs/): the folder's run is tabulated, the archive kept."""
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "machine", lambda: "test machine")
+    local = tmp_path / "runs" / "badnets-vanilla-s0" / "results.json"
+    kept = tmp_path / "benchmarks" / "results" / "runs" / "cpu" / "badnets-vanilla-s0.json"
+    for path, content in ((local, {**_results(cacc=0.8), "config": _config()}),
+                          (kept, {**_results(cacc=0.5), "config": _config(epochs=3)})):
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(content))
+    archived = kept.read_text()
+    monkeypatch.setattr(bench.subprocess, "call", lambda *a, **k: pytest.fail("nothing is to be run"))
+    monkeypatch.setattr(sys, "argv", ["sst2_defenses.py", "--attacks", "badnets", "--defenses", "vanilla",
+                                      "--out", str(tmp_path / "runs"), *(["--no-run"] if no_run else [])])
+    bench.main()
+    assert kept.read_text() == archived
+    md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
+    assert "| badnets | vanilla | 0 | 0.800 |" in md
+    assert f"{kept} has train.epochs=3, not 2 (not used): the archive keeps it (not copied over)" in md
+
+
+def test_equivalent_defense_settings_name_one_run(bench):
+    names = {bench.run_name(d) for d in ('early-loss@options.first_size=all', 'early-loss@options.first_size="all"',
+                                         'early-loss@ options.first_size = all ')}
+    assert names == {"early-loss_options_first_sizeall"}
+    assert bench.run_name("muscle@ga.subspace=4,ga.pure=true") == "muscle_ga_subspace4_ga_puretrue"
+    assert bench.run_name("early-loss@options.rate=0.3") == "early-loss_options_rate0.3"
+
+
+@pytest.mark.parametrize("stored, given", [(True, "1"), (1, "true"), (False, "0"), ([True], "[1]")])
+def test_a_boolean_is_not_a_number(bench, stored, given):
+    assert bench.mismatch({"config": {"analysis": {"x": stored}}}, [f"analysis.x={given}"]) is not None
+
+
+def test_a_malformed_set_is_refused_before_anything_runs(bench, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["sst2_defenses.py", "--set", "train.epochs"])
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2
+    assert "argument --set: Expected an override like `section.key=value`" in capsys.readouterr().err

@@ -31,7 +31,7 @@ docs/defenses.md ("early-loss").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 import numpy as np
@@ -111,8 +111,9 @@ class EarlyLoss(FilteringDefense):
         """Runs stored before ``options.first_size`` existed trained the first phase on every example: an
         ``options`` table without it gets :data:`EARLIER_FIRST_SIZE` (``"all"``), not today's 1024."""
         upgraded = dict(table)
-        options = upgraded.get("options")
-        if isinstance(options, dict) and "first_size" not in options:
+        options = {} if upgraded.get("options") is None else upgraded["options"]
+        takes = cls.options is not None and "first_size" in {f.name for f in fields(cls.options)}
+        if takes and isinstance(options, dict) and "first_size" not in options:
             upgraded["options"] = {**options, "first_size": EARLIER_FIRST_SIZE}
         return upgraded
 

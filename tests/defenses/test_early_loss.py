@@ -127,3 +127,14 @@ def test_a_run_stored_before_first_size_is_read_as_a_first_phase_on_every_exampl
     now = DefenseConfig(name="early-loss", options={"first_size": 512}).to_dict()
     assert ExperimentConfig.upgrade({"defense": now})["defense"]["options"]["first_size"] == 512
     assert ExperimentConfig.upgrade({"defense": upgraded})["defense"] == upgraded  # stable once upgraded
+
+
+def test_upgrade_never_refuses_an_odd_stored_defense_table():
+    """A stored table that is not what freqlens writes is kept (or completed), never an exception: a
+    non-string name is kept as stored; an early-loss table without options reads as the earlier run."""
+    from freqlens.config import ExperimentConfig
+
+    assert ExperimentConfig.upgrade({"defense": {"name": ["x"]}})["defense"] == {"name": ["x"]}
+    for options in ({}, None):
+        table = ExperimentConfig.upgrade({"defense": {"name": "early-loss", "options": options}})["defense"]
+        assert table["options"]["first_size"] == "all"
