@@ -519,7 +519,9 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
     defense's own record (:data:`DEFENSE_FIELDS`: ``clean_examples``,
     ``removed``, ``detection_precision``, ``detection_recall``,
     ``detection_f1``) is None where the run did not record it. Each inference-time detector the run
-    applied adds ``detector_<name>_<metric>`` (:data:`DETECTOR_METRICS`). A run whose model predicts one
+    applied adds ``detector_<name>_<metric>`` (:data:`DETECTOR_METRICS`); each config key whose value
+    differs between the runs of the group adds ``config.<key>`` (lists and tables as JSON; empty for
+    the runs of other groups). A run whose model predicts one
     class for nearly every clean test input (:func:`freqlens.metrics.collapse_warning`; its
     ``majority_prediction_share`` is a column) has ``status`` ending in ``(collapsed)``: its ASR and net
     say nothing about a backdoor.
@@ -527,7 +529,8 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
     rows = []
     for group, members in groups(runs).items():
         steps = {id(m): _band_steps(m, view) for m in members}  # once per run, baselines included
-        for run in members:
+        differences = config_differences(members)
+        for index, run in enumerate(members):
             base = baseline(run, members)
             base_bands = steps[id(base)] if base is not None else {}
             share = run.metric("majority_prediction_share")
@@ -536,6 +539,9 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
                        {"majority_prediction_share": share}) else ""),
                    "baseline": None if base is None else base.label, "directory": str(run.directory),
                    "majority_prediction_share": share}
+            for key, values in differences.items():  # what sets the runs of the group apart
+                value = values[index]
+                row[f"config.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else value
             for name in (*METRICS, *DEFENSE_FIELDS):
                 row[name] = run.metric(name)
             for name in ("clean_examples", "removed"):  # counts, as integers (runs.csv)

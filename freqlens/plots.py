@@ -548,8 +548,8 @@ def plot_speed_spectrum(analyses, *, family: str = "modes", view: str = "joint",
         ax.set_xticks(np.arange(len(x_names)), x_names, rotation=45 if len(x_names) > 8 else 0, fontsize=7)
         ax.set_xlabel(x_label, fontsize=8)
         ax.grid(alpha=0.3)
-    scale = "; log below -0.5" if axes[0].get_yscale() == "symlog" else ""
-    axes[0].set_ylabel(f"learning speed ({method}; higher = learned faster{scale})"
+    scale = "\nlinear within ±0.5, log beyond" if axes[0].get_yscale() == "symlog" else ""
+    axes[0].set_ylabel(f"learning speed ({method})\nhigher = faster, < 0 = error grew{scale}"
                        if higher else f"learning speed: step ({method}; lower = faster)", fontsize=8)
     if any(ax.lines for ax in axes):
         axes[-1].legend(fontsize=7, loc="best")
@@ -653,8 +653,8 @@ def plot_speed_beside_baseline(configurations, *, family: str = "modes", view: s
     for ax in axes[-1]:
         ax.set_xticks(np.arange(len(names)), names, rotation=45 if len(names) > 8 else 0, fontsize=7)
         ax.set_xlabel(x_label, fontsize=8)
-    scale = "; log below -0.5" if axes[0, 0].get_yscale() == "symlog" else ""
-    fig.supylabel(f"learning speed ({method}; higher = learned faster{scale})" if higher
+    scale = "; linear within ±0.5, log beyond" if axes[0, 0].get_yscale() == "symlog" else ""
+    fig.supylabel(f"learning speed ({method}; higher = learned faster, < 0 = error grew{scale})" if higher
                   else f"learning speed: step ({method}; lower = faster)", fontsize=9)
     fig.suptitle(f"Learning-speed spectrum of each defense (colour) beside {base_label} (grey), {view} view",
                  fontsize=11)

@@ -842,3 +842,13 @@ def test_a_collapsed_run_is_marked_where_its_metrics_are_read(runs, tmp_path, mo
     assert ("early-loss: The model predicts one class" in page) == collapsed
     assert rows["early-loss"]["status"] == ("complete (collapsed)" if collapsed else "complete")
     assert rows["vanilla"]["status"] == "complete"
+
+
+def test_runs_csv_carries_the_config_keys_that_set_the_runs_of_a_group_apart(runs, tmp_path, monkeypatch):
+    dirs = [_variant(runs, tmp_path, "v", _ob_config(seed=0), asr=1.0),
+            _variant(runs, tmp_path, "e", _ob_config(seed=0, defense="early-loss"), asr=0.2)]
+    loaded, _ = load_runs(dirs)
+    _no_figures(monkeypatch)
+    rows = list(csv.DictReader(write_comparison(loaded, tmp_path / "report")["csv"].open()))
+    assert [r["config.defense.name"] for r in rows] == ["vanilla", "early-loss"]
+    assert not any(key.startswith("config.train.") for key in rows[0])  # the same in both: not a column
