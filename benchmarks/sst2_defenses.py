@@ -460,7 +460,10 @@ def write_table(rows: list[dict], args, command: str, seconds: float, failures: 
         f"Tabulated on: {machine()}  ",
         f"Runs made on: {', '.join(sorted({fmt(r.get('device')) for r in rows if r.get('device')})) or '–'} "
         "(the device column; – = a run of a freqlens that did not record its device)  ",
-        f"Wall time of the benchmark: {seconds / 60:.1f} min ({args.parallel} runs at a time).",
+        (f"Tabulated from the stored runs (`--no-run`): the same command without `--no-run` makes the runs "
+         "(with `--detectors` for the `<defense> + <detector>` rows); their times are the `s` column."
+         if args.no_run else
+         f"Wall time of the benchmark: {seconds / 60:.1f} min ({args.parallel} runs at a time)."),
         "",
         "net = ASR − false-trigger rate; clean = clean examples the defense used (its reference set); removed, "
         "precision, recall, F1 = training examples a filtering defense removed, and how well they match the "
