@@ -139,6 +139,12 @@ class Run:
     def status(self) -> str:
         return self.partial or "complete"
 
+    @property
+    def collapsed(self) -> bool:
+        """Whether its model predicts one class for nearly every clean test input
+        (:func:`freqlens.metrics.collapse_warning`): its ASR and net then say nothing about a backdoor."""
+        return collapse_warning({"majority_prediction_share": self.metric("majority_prediction_share")}) is not None
+
     def metric(self, name: str) -> float | None:
         """A metric from results.json, or a field of its ``defense`` (:data:`DEFENSE_FIELDS`); None where
         it was not measured or recorded (a partial run, an older freqlens, a defense that removes nothing)."""
@@ -438,12 +444,13 @@ def groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
 
 
 def baseline(run: Run, members: Sequence[Run]) -> Run | None:
-    """The run a member's shift is measured against: a complete vanilla run of its group.
+    """The run a member's shift is measured against: a complete vanilla run of its group whose model
+    has not collapsed to one class (:attr:`Run.collapsed`: a shift against it would read as a defense).
 
     The one with the same ``train.seed`` where there is one, else the first;
-    None when the group has no complete vanilla run.
+    None when the group has no such vanilla run.
     """
-    vanilla = [m for m in members if m.defense == UNDEFENDED and m.partial is None]
+    vanilla = [m for m in members if m.defense == UNDEFENDED and m.partial is None and not m.collapsed]
     return next((m for m in vanilla if m.seed == run.seed), vanilla[0] if vanilla else None)
 
 
@@ -496,7 +503,8 @@ def seed_summary(members: Sequence[Run]) -> list[dict]:
     where fewer than two seeds measured the value; means None where no seed recorded it."""
     rows = []
     for label, runs in configurations(members).items():
-        row = {"configuration": label, "defense": runs[0].defense, "seeds": [r.seed for r in runs]}
+        row = {"configuration": label, "defense": runs[0].defense, "seeds": [r.seed for r in runs],
+               "collapsed_seeds": [r.seed for r in runs if r.collapsed]}
         for name in (*METRICS, "clean_examples", *DETECTION):
             row[name], row[f"{name}_sd"], row[f"{name}_n"] = _mean_sd([r.metric(name) for r in runs])
         rows.append(row)
@@ -533,12 +541,10 @@ def comparison_rows(runs: Sequence[Run], view: str = "joint") -> list[dict]:
         for index, run in enumerate(members):
             base = baseline(run, members)
             base_bands = steps[id(base)] if base is not None else {}
-            share = run.metric("majority_prediction_share")
             row = {"group": group, "run": run.label, "defense": run.defense,
-                   "status": run.status + (" (collapsed)" if collapse_warning(
-                       {"majority_prediction_share": share}) else ""),
+                   "status": run.status + (" (collapsed)" if run.collapsed else ""),
                    "baseline": None if base is None else base.label, "directory": str(run.directory),
-                   "majority_prediction_share": share}
+                   "majority_prediction_share": run.metric("majority_prediction_share")}
             for key, values in differences.items():  # what sets the runs of the group apart
                 value = values[index]
                 row[f"config.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else value
@@ -634,13 +640,16 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
         md += [f"## {group}", ""]
         notes = [partial_details(m) for m in members if m.partial]
         for member in members:  # a collapsed model's ASR and net are no backdoor: said where the table is
-            warning = collapse_warning({"majority_prediction_share": member.metric("majority_prediction_share")})
-            if warning:
-                notes.append(f"{member.label}: {warning}")
+            if member.collapsed:
+                notes.append(f"{member.label}: "
+                             + collapse_warning({"majority_prediction_share": member.metric("majority_prediction_share")})
+                             + (" It is not used as the baseline of the shifts (Δ)." if member.defense == UNDEFENDED
+                                else ""))
         if members[0].experiment.get("dataset.identity") == NOT_RECORDED:
             notes.append(f"{len(members)} run(s) in this group: {NOT_RECORDED_NOTE}")
         if baseline(members[0], members) is None:
-            notes.append("No complete vanilla (undefended) run in this group: the shifts (Δ) are not computed. "
+            notes.append("No complete vanilla (undefended) run whose model has not collapsed in this group: the "
+                         "shifts (Δ) are not computed. "
                          "Runs of other experiments (another dataset, training file, attack, target label, cap "
                          "or model) are never used as the baseline.")
         for note in notes:
@@ -774,7 +783,8 @@ def _seed_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
     detection = [name for name in DETECTION if any(r[name] is not None for r in rows)]
     header = (["configuration", "seeds", "CACC", "ASR", "false-trigger", "net", "clean examples"]
               + [f"detection {name.removeprefix('detection_')}".replace("f1", "F1") for name in detection])
-    return header, [[r["configuration"], ", ".join(str(s) for s in r["seeds"])]
+    return header, [[r["configuration"], ", ".join(f"{s} (collapsed)" if s in r["collapsed_seeds"] else str(s)
+                                                   for s in r["seeds"])]
                     + [spread(r, name) for name in METRICS] + [clean(r)]
                     + [spread(r, name) for name in detection] for r in rows]
 

@@ -32,6 +32,9 @@ def runs(tmp_path_factory):
     """A quick demo run, a copy relabelled as a defense, and a copy that differs only in ``train.seed``."""
     root = tmp_path_factory.mktemp("runs")
     assert main(["demo", "--quick", "--seed", "0", "--out", str(root / "seed0"), "--no-progress"]) == 0
+    results = json.loads((root / "seed0" / "results.json").read_text())  # the quick demo's model may put every
+    results["majority_prediction_share"] = 0.55  # clean input in one class; these tests need a baseline
+    (root / "seed0" / "results.json").write_text(json.dumps(results))
     seed1 = root / "seed1"
     shutil.copytree(root / "seed0", seed1)
     results = json.loads((seed1 / "results.json").read_text())
@@ -207,7 +210,7 @@ def _variant(runs, root, name, config, *, asr, cacc=0.8, identity=None):
     results["config"] = config
     results["dataset"] = {"name": _ob_name(config), **({"identity": identity} if identity else {})}
     results.pop("defense", None)
-    results.update(asr=asr, cacc=cacc, false_trigger_rate=0.1)
+    results.update(asr=asr, cacc=cacc, false_trigger_rate=0.1, majority_prediction_share=0.55)  # not collapsed
     (target / "results.json").write_text(json.dumps(results))
     _set_meta_identity(target, identity)
     return target
@@ -506,7 +509,7 @@ def test_report_includes_a_partial_run_marked_everywhere(runs, tmp_path):
     assert "Left out" not in page
     for text in (page, markdown):
         assert note in text and "missing (–), not zero" in text
-        assert text.count("No complete vanilla (undefended) run in this group") == 1  # its own group: no config
+        assert text.count("No complete vanilla (undefended) run whose model has not collapsed in this group") == 1
     row = next(line for line in markdown.splitlines() if line.startswith("| unknown defense (partial) |"))
     assert row.split(" | ")[1:6] == [note, "–", "–", "–", "–"]
     with open(out / "runs.csv") as file:
@@ -852,3 +855,23 @@ def test_runs_csv_carries_the_config_keys_that_set_the_runs_of_a_group_apart(run
     rows = list(csv.DictReader(write_comparison(loaded, tmp_path / "report")["csv"].open()))
     assert [r["config.defense.name"] for r in rows] == ["vanilla", "early-loss"]
     assert not any(key.startswith("config.train.") for key in rows[0])  # the same in both: not a column
+
+
+def test_a_collapsed_vanilla_run_is_never_the_baseline_and_collapsed_seeds_are_named(runs, tmp_path, monkeypatch):
+    """A shift against a model that puts every input in one class reads as a defense (ASR 1.0 -> 0.2):
+    no Δ is computed against it, the note says why, and the seed table names the collapsed seeds."""
+    def variant(name, defense, seed, asr, share):
+        directory = _variant(runs, tmp_path, name, _ob_config(seed=seed, defense=defense), asr=asr)
+        results = json.loads((directory / "results.json").read_text())
+        (directory / "results.json").write_text(json.dumps({**results, "majority_prediction_share": share}))
+        return directory
+
+    loaded, _ = load_runs([variant("v0", "vanilla", 0, 1.0, 1.0), variant("m0", "muscle", 0, 0.2, 0.5),
+                           variant("m1", "muscle", 1, 1.0, 0.99)])
+    rows = {(r["defense"], r["directory"][-2:]): r for r in comparison_rows(loaded)}
+    assert rows[("muscle", "m0")]["baseline"] is None and rows[("muscle", "m0")]["shift_asr"] is None
+    _no_figures(monkeypatch)
+    md = write_comparison(loaded, tmp_path / "report")["markdown"].read_text()
+    assert "It is not used as the baseline of the shifts" in md
+    assert "No complete vanilla (undefended) run whose model has not collapsed" in md
+    assert "| muscle | 0, 1 (collapsed) |" in md
