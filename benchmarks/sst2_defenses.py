@@ -63,6 +63,7 @@ import csv
 import dataclasses
 import json
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,27 @@ def defense_variant(text: str) -> str:
     return text
 
 
+def variant_settings(defense: str) -> list[str]:
+    """The ``key=value`` items of a defense variant's ``@`` part, split at the commas outside brackets,
+    braces and quotes (``mslr@mslr.bands=[1,2],mslr.rank=2`` -> ``["mslr.bands=[1,2]", "mslr.rank=2"]``)."""
+    settings = defense.partition("@")[2]
+    items, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(settings):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(settings[start:i])
+            start = i + 1
+    items.append(settings[start:])
+    return [item for item in items if item.strip()]
+
+
 def override(text: str) -> str:
     """A ``--set`` item, checked as ``freqlens run --set`` reads it (``section.key=value``)."""
     from freqlens.settings import apply_override
@@ -114,17 +136,17 @@ def override(text: str) -> str:
 def run_name(defense: str) -> str:
     """The run folder's name for a defense variant: ``muscle@ga.subspace=4,ga.pure=true`` ->
     ``muscle_ga_subspace4_ga_puretrue`` (the dot of a nested key as an underscore, as the flat keys of
-    earlier versions were named, so that their results are found again). Keys are stripped and values
-    parsed as ``--set`` parses them, so that ``first_size = "all"`` and ``first_size=all`` name one run."""
-    from freqlens.settings import format_value, parse_value
+    earlier versions were named, so that their results are found again). Keys are stripped and a quoted
+    string is taken as its text, so that ``first_size = "all"`` and ``first_size=all`` name one run;
+    other values stay as written (``lr=5e-4``); a character that cannot be in a folder name becomes ``-``."""
+    from freqlens.settings import parse_value
 
-    name, _, settings = defense.partition("@")
-    pairs = (item.partition("=") for item in settings.split(",") if item)
+    name = defense.partition("@")[0]
     items = []
-    for key, _, text in pairs:
-        value = parse_value(text)
-        items.append(key.strip().replace(".", "_") + (value if isinstance(value, str) else format_value(value)))
-    return "_".join([name, *items])
+    for key, _, text in (item.partition("=") for item in variant_settings(defense)):
+        value = parse_value(text)  # a quoted string as its text; anything else as written
+        items.append(key.strip().replace(".", "_") + (value if isinstance(value, str) else text.strip()))
+    return re.sub(r"[^\w.+-]", "-", "_".join([name, *items]))  # a folder name, never a path
 
 
 def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str | None]:
@@ -142,6 +164,9 @@ def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str
         if not candidate.is_file():
             continue
         content = json.loads(candidate.read_text())
+        if not isinstance(content, dict) or not isinstance(content.get("config"), dict) or not content["config"]:
+            refused.append(f"{candidate} records no config, so its settings cannot be told (not used)")
+            continue
         differs = mismatch(content, expected)
         if differs is None:
             if found is None:
@@ -169,8 +194,9 @@ def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str
         why = failed.read_text().strip() if failed.is_file() else None
         return [], "; ".join([*refused, *([why] if why else [])]) or None
     if refused:  # running would write over a stored run of other settings (in the archive: a committed one)
-        return [], ("; ".join(refused) + ": not run over it; give a table of other settings its own --suffix, "
-                    "or delete the stored run to redo it")
+        why = ("; ".join(refused) + ": not run over it; give a table of other settings its own --suffix, "
+               "or delete the stored run to redo it")
+        return (rows_of(attack, defense, seed, stored, args.detectors) if stored is not None else []), why
     out.mkdir(parents=True, exist_ok=True)
     overrides = list(expected)
     if args.detectors:
@@ -206,9 +232,9 @@ def settings_of(defense: str, seed: int, args) -> list[str]:
     ``@`` settings, the seed, ``--set``; later ones win), which a stored run must have been made with
     to count (:func:`mismatch`). ``model.name`` and ``data.path`` are not among them: the same weights
     and data sit at other paths on another machine."""
-    name, _, settings = defense.partition("@")
+    name = defense.partition("@")[0]
     return [*BUDGETS[args.budget], f"defense.name={name}", f"train.seed={seed}", *args.set,
-            *(f"defense.{item}" for item in settings.split(",") if item)]
+            *(f"defense.{item.strip()}" for item in variant_settings(defense))]
 
 
 def mismatch(results: dict, expected: list[str]) -> str | None:
@@ -460,7 +486,7 @@ def write_table(rows: list[dict], args, command: str, seconds: float, failures: 
         f"Tabulated on: {machine()}  ",
         f"Runs made on: {', '.join(sorted({fmt(r.get('device')) for r in rows if r.get('device')})) or '–'} "
         "(the device column; – = a run of a freqlens that did not record its device)  ",
-        (f"Tabulated from the stored runs (`--no-run`): the same command without `--no-run` makes the runs "
+        ("Tabulated from the stored runs (`--no-run`): the same command without `--no-run` makes the runs "
          "(with `--detectors` for the `<defense> + <detector>` rows); their times are the `s` column."
          if args.no_run else
          f"Wall time of the benchmark: {seconds / 60:.1f} min ({args.parallel} runs at a time)."),
@@ -541,6 +567,20 @@ def main() -> int:
     parser.add_argument("--include", nargs="+", default=[], metavar="CSV",
                         help="earlier tables (this script's .csv) whose rows fill in runs not found here")
     args = parser.parse_args()
+    from freqlens.settings import apply_override
+
+    names: dict[str, str] = {}
+    for defense in args.defenses:  # every setting of a run together, as `freqlens run --set` will read them
+        try:
+            scratch: dict = {}
+            for item in settings_of(defense, 0, args):
+                apply_override(scratch, item)
+        except ValueError as error:
+            parser.error(f"argument --defenses / --set: {defense!r}: {error}")
+        other = names.setdefault(run_name(defense), defense)
+        if other != defense:
+            parser.error(f"argument --defenses: {other!r} and {defense!r} are the same run "
+                         f"({run_name(defense)}); give it once")
     args.out = args.out or str(ROOT / "runs" / f"bench-sst2-defenses-{args.budget}{args.suffix}")
     command = "python benchmarks/sst2_defenses.py " + " ".join(sys.argv[1:])
     jobs = [(a, d, s) for s in args.seeds for a in args.attacks for d in args.defenses]

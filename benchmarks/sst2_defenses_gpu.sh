@@ -30,7 +30,7 @@ if ! [[ "$limit" =~ ^(0|[1-9][0-9]{0,5})$ ]]; then  # no leading zero (octal in 
 fi
 [ "$#" -gt 0 ] || { echo "give at least one benchmark invocation's arguments, e.g. \"--budget cpu --defenses vanilla\"" >&2; exit 2; }
 for spec in "$@"; do
-  [ -n "${spec// /}" ] || { echo "an invocation's arguments are empty (it would run the whole default benchmark)" >&2; exit 2; }
+  [[ -n "${spec//[[:space:]]/}" ]] || { echo "an invocation's arguments are empty (it would run the whole default benchmark)" >&2; exit 2; }
 done
 mkdir -p "$out"
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1

@@ -33,7 +33,8 @@ def _results(*, cacc=0.8, asr=0.5, ftr=0.1, defense=None) -> dict:
             "analysis": {"summary": {"joint": {"counts": {"backdoor first": 7},
                                                "speed_counts": {"low": {"backdoor first": 3, "clean first": 8}}},
                                      "separate": {"counts": {"backdoor first": 11}}}},
-            "timings": {"recording_share": 0.0907, "total_seconds": 227.7}}
+            "timings": {"recording_share": 0.0907, "total_seconds": 227.7},
+            "config": {"model": {"name": "all-MiniLM-L6-v2"}}}  # freqlens records the whole config
 
 
 FILTER = {"name": "spectral-filter", "lr": 4e-5, "trainable_parameters": 22713986, "clean_examples": 0,
@@ -439,3 +440,57 @@ def test_a_malformed_set_is_refused_before_anything_runs(bench, monkeypatch, cap
         bench.main()
     assert exit_info.value.code == 2
     assert "argument --set: Expected an override like `section.key=value`" in capsys.readouterr().err
+
+
+def test_defense_settings_split_at_commas_outside_brackets_and_quotes(bench):
+    assert bench.variant_settings('mslr@mslr.bands=[1,2],mslr.rank=2') == ["mslr.bands=[1,2]", "mslr.rank=2"]
+    assert bench.variant_settings('x@a="b,c",d={e=1,f=2}') == ['a="b,c"', "d={e=1,f=2}"]
+    assert bench.variant_settings("vanilla") == []
+    assert "/" not in bench.run_name('x@a="a/b"') and " " not in bench.run_name("x@a={b=1}")
+    assert bench.run_name("lora@lr=5e-4") == "lora_lr5e-4"  # numbers as written: earlier run folders found
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--defenses", "muscle@reference_size"], "'muscle@reference_size'"),  # no value
+    (["--set", "train.lr=1", "--set", "train.lr.x=2"], "to be a table"),  # two settings that clash
+    (["--defenses", "early-loss@options.first_size=all", 'early-loss@options.first_size="all"'], "the same run"),
+])
+def test_settings_that_cannot_all_apply_or_name_one_run_twice_are_refused_before_anything_runs(
+        bench, monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(sys, "argv", ["sst2_defenses.py", *argv])
+    monkeypatch.setattr(bench.subprocess, "call", lambda *a, **k: pytest.fail("nothing is to be run"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [[], {"cacc": 0.9}, {**_results(), "config": {}}])
+def test_a_stored_file_that_records_no_config_is_not_used(bench, tmp_path, monkeypatch, content):
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "machine", lambda: "test machine")
+    stored = tmp_path / "runs" / "badnets-vanilla-s0" / "results.json"
+    stored.parent.mkdir(parents=True)
+    stored.write_text(json.dumps(content))
+    monkeypatch.setattr(sys, "argv", ["sst2_defenses.py", "--attacks", "badnets", "--defenses", "vanilla",
+                                      "--out", str(tmp_path / "runs"), "--no-run"])
+    assert bench.main() == 0
+    md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
+    assert "records no config, so its settings cannot be told (not used)" in md
+
+
+def test_a_matching_run_folder_run_keeps_its_row_when_the_archive_is_refused_and_a_detector_is_missing(
+        bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "machine", lambda: "test machine")
+    local = tmp_path / "runs" / "badnets-vanilla-s0" / "results.json"
+    kept = tmp_path / "benchmarks" / "results" / "runs" / "cpu" / "badnets-vanilla-s0.json"
+    for path, content in ((local, {**_results(cacc=0.8), "config": _config()}),
+                          (kept, {**_results(cacc=0.5), "config": _config(epochs=3)})):
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(content))
+    monkeypatch.setattr(bench.subprocess, "call", lambda *a, **k: pytest.fail("nothing is to be run"))
+    monkeypatch.setattr(sys, "argv", ["sst2_defenses.py", "--attacks", "badnets", "--defenses", "vanilla",
+                                      "--out", str(tmp_path / "runs"), "--detectors", "strip"])
+    assert bench.main() == 1  # the detector run was not made: a failure, said
+    md = (tmp_path / "benchmarks" / "results" / "sst2_defenses_cpu.md").read_text()
+    assert "| badnets | vanilla | 0 | 0.800 |" in md and "not run over it" in md
