@@ -884,11 +884,14 @@ def _group_input(row, group: str, members: Sequence[Run]) -> tuple[object, dict]
         by_configuration = {k: v for k, v in by_configuration.items() if v}
         fields = {}
         if row.compare == "baseline":  # the complete vanilla configuration first, then the others
-            vanilla = next((label for label, runs in found.items() if label in by_configuration
-                            and runs[0].defense == UNDEFENDED and runs[0].partial is None), None)
+            usable = {label: [m.analysis for m in runs if row.applies(m.analysis) and not m.collapsed]
+                      for label, runs in found.items()  # a collapsed seed is no baseline (see `baseline`)
+                      if runs[0].defense == UNDEFENDED and runs[0].partial is None}
+            vanilla = next((label for label, analyses in usable.items() if analyses), None)
             if vanilla is None or len(by_configuration) < 2:
                 return None  # nothing to draw beside (the note on the missing vanilla run says why)
-            by_configuration = {vanilla: by_configuration.pop(vanilla), **by_configuration}
+            by_configuration.pop(vanilla, None)
+            by_configuration = {vanilla: usable[vanilla], **by_configuration}
             fields["source"] = vanilla
         if not by_configuration:
             return None

@@ -875,3 +875,10 @@ def test_a_collapsed_vanilla_run_is_never_the_baseline_and_collapsed_seeds_are_n
     assert "It is not used as the baseline of the shifts" in md
     assert "No complete vanilla (undefended) run whose model has not collapsed" in md
     assert "| muscle | 0, 1 (collapsed) |" in md
+    from freqlens.figures import FIGURES
+
+    beside = FIGURES["speeds_vs_vanilla"]
+    assert compare_module._group_input(beside, "g", loaded) is None  # nor the grey line beside each defense
+    healthy, _ = load_runs([variant("v0h", "vanilla", 0, 1.0, 0.5), *(run.directory for run in loaded[1:])])
+    drawn, fields = compare_module._group_input(beside, "g", healthy)
+    assert fields["source"] == "vanilla" and list(drawn)[0] == "vanilla"
