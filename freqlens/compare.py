@@ -799,7 +799,8 @@ def _detector_table(members: Sequence[Run]) -> tuple[list[str], list[list]]:
     for label, runs in configurations(members).items():
         for detector in dict.fromkeys(d for run in runs for d in run.detectors):
             applied = [run for run in runs if detector in run.detectors]
-            line = [label, detector, ", ".join(str(run.seed) for run in applied)]
+            line = [label, detector, ", ".join(f"{run.seed} (collapsed)" if run.collapsed else str(run.seed)
+                                               for run in applied)]  # as the seed table names them
             for name in DETECTOR_METRICS:
                 mean, sd, n = _mean_sd([run.detector_metric(detector, name) for run in applied])
                 line.append(_spread(mean, sd) + (f" (n={n})" if 0 < n < len(applied) else ""))

@@ -863,7 +863,9 @@ def test_a_collapsed_vanilla_run_is_never_the_baseline_and_collapsed_seeds_are_n
     def variant(name, defense, seed, asr, share):
         directory = _variant(runs, tmp_path, name, _ob_config(seed=seed, defense=defense), asr=asr)
         results = json.loads((directory / "results.json").read_text())
-        (directory / "results.json").write_text(json.dumps({**results, "majority_prediction_share": share}))
+        strip = {"frr": 0.05, "far": 0.9, "cacc": 0.8, "asr": asr, "false_trigger_rate": 0.1}
+        (directory / "results.json").write_text(json.dumps({**results, "majority_prediction_share": share,
+                                                            "detectors": {"strip": strip}}))
         return directory
 
     loaded, _ = load_runs([variant("v0", "vanilla", 0, 1.0, 1.0), variant("m0", "muscle", 0, 0.2, 0.5),
@@ -875,6 +877,7 @@ def test_a_collapsed_vanilla_run_is_never_the_baseline_and_collapsed_seeds_are_n
     assert "It is not used as the baseline of the shifts" in md
     assert "No complete vanilla (undefended) run whose model has not collapsed" in md
     assert "| muscle | 0, 1 (collapsed) |" in md
+    assert "| muscle | strip | 0, 1 (collapsed) |" in md  # the detector table names them too
     from freqlens.figures import FIGURES
 
     beside = FIGURES["speeds_vs_vanilla"]
