@@ -43,7 +43,8 @@ ATTACKS = ("badnets", "addsent", "stylebkd", "synbkd")
 
 def example_setup(attack: str, data: str | None, seed: int, overrides: tuple[str, ...] = ()):
     """The example config ``analysis/sst2-<attack>.toml`` (with ``overrides``, the seed and ``data``'s
-    folder), seeded: ``(config, dataset, model, encodings, labels)``, the training set tokenised."""
+    folder), seeded: ``(config, dataset, model, encodings, labels, tokenizer)``, the training set
+    tokenised."""
     from freqlens.config import ExperimentConfig
     from freqlens.data.experiment import load_experiment
     from freqlens.data.splits import encode
@@ -58,7 +59,7 @@ def example_setup(attack: str, data: str | None, seed: int, overrides: tuple[str
     dataset = load_experiment(config.data, config.attack, seed=seed)
     tokenizer, model = load_model(config.model, num_classes=config.data.num_classes)
     encodings = encode(tokenizer, dataset.train, config.model.max_length)
-    return config, dataset, model, encodings, np.asarray(dataset.train.labels)
+    return config, dataset, model, encodings, np.asarray(dataset.train.labels), tokenizer
 
 
 def append_records(path: Path, records) -> None:
@@ -74,7 +75,7 @@ def record(attack: str, data: str | None, epochs: int, seed: int) -> Path:
     from freqlens.defenses.abl import per_example_losses
     from freqlens.training import train
 
-    config, dataset, model, encodings, labels = example_setup(attack, data, seed)
+    config, dataset, model, encodings, labels, _ = example_setup(attack, data, seed)
     n = len(labels)
     passes = np.full((epochs, n), np.nan)
     evals = np.full((epochs, n), np.nan)

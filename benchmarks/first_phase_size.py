@@ -48,7 +48,8 @@ def measure(attack: str, size: int, max_train: int, data: str | None, seed: int)
     from freqlens.defenses.filtering import detection_metrics, subset
     from freqlens.training import train
 
-    config, dataset, model, encodings, labels = example_setup(attack, data, seed, (f"data.max_train={max_train}",))
+    config, dataset, model, encodings, labels, _ = example_setup(attack, data, seed,
+                                                                 (f"data.max_train={max_train}",))
     poison = np.asarray(dataset.train.poison, dtype=bool)
     rows = first_phase_rows(len(labels), size, seed)
     began = time.perf_counter()

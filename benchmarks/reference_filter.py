@@ -57,12 +57,10 @@ def measure(attack: str, data: str | None, seed: int, reference_size: int, refer
     from freqlens.defenses.filtering import subset
     from freqlens.metrics import evaluate_backdoor
     from freqlens.models import predict_proba
-    from freqlens.models.loading import load_model
     from freqlens.training import train
 
     began = time.perf_counter()
-    config, dataset, model, encodings, labels = example_setup(attack, data, seed)
-    tokenizer, _ = load_model(config.model, num_classes=config.data.num_classes)
+    config, dataset, model, encodings, labels, tokenizer = example_setup(attack, data, seed)
     initial = copy.deepcopy(model.state_dict())
     _, reference = split_reference(dataset, reference_size, seed=0)
     train(model, encode(tokenizer, reference, config.model.max_length), np.asarray(reference.labels),

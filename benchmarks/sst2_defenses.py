@@ -159,32 +159,32 @@ def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str
     kept = archived(args) / f"{out.name}.json"  # committed: rebuilds the table
     failed = kept.parent / f"{out.name}.failed.txt"  # committed too: why the last try of it failed
     expected = settings_of(defense, seed, args)
-    found, stored, refused = None, None, []
+    found, stored, refused = None, None, {}  # refused: stored file -> why it does not count
     for candidate in (results, kept):  # a stored run counts only if it was made with this table's settings
         if not candidate.is_file():
             continue
         content = json.loads(candidate.read_text())
         if not isinstance(content, dict) or not isinstance(content.get("config"), dict) or not content["config"]:
-            refused.append(f"{candidate} records no config, so its settings cannot be told (not used)")
+            refused[candidate] = f"{candidate} records no config, so its settings cannot be told (not used)"
             continue
         differs = mismatch(content, expected)
         if differs is None:
             if found is None:
                 found, stored = candidate, content
         else:
-            refused.append(f"{candidate} {differs} (not used)")
-    for why in refused:
+            refused[candidate] = f"{candidate} {differs} (not used)"
+    for why in refused.values():
         print(f"{attack} {defense} seed {seed}: {why}", file=sys.stderr)
-    kept_refused = any(why.startswith(f"{kept} ") for why in refused)  # never copied over: committed
     if stored is not None:
         missing = missing_detectors(stored, args.detectors)
         if args.no_run or not missing:
-            if found == results and not kept_refused:
+            notes = []
+            if kept in refused:  # the run folder's run is tabulated; the archive (committed) keeps its own
+                notes.append(refused[kept] + ": the archive keeps it (not copied over); give this table its own "
+                             "--suffix")
+            elif found == results:
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(results, kept)
-            notes = [why for why in refused if why.startswith(f"{kept} ")]
-            if notes:  # the run folder's run is tabulated; the archive keeps its own, and the table says so
-                notes = [notes[0] + ": the archive keeps it (not copied over); give this table its own --suffix"]
             if missing and failed.is_file():
                 notes.append(failed.read_text().strip())
             elif missing:
@@ -192,10 +192,10 @@ def run_one(attack: str, defense: str, seed: int, args) -> tuple[list[dict], str
             return rows_of(attack, defense, seed, stored, args.detectors), "; ".join(notes) or None
     if args.no_run:
         why = failed.read_text().strip() if failed.is_file() else None
-        return [], "; ".join([*refused, *([why] if why else [])]) or None
+        return [], "; ".join([*refused.values(), *([why] if why else [])]) or None
     if refused:  # running would write over a stored run of other settings (in the archive: a committed one)
-        why = ("; ".join(refused) + ": not run over it; give a table of other settings its own --suffix, "
-               "or delete the stored run to redo it")
+        why = ("; ".join(refused.values()) + ": not run over it; give a table of other settings its own "
+               "--suffix, or delete the stored run to redo it")
         return (rows_of(attack, defense, seed, stored, args.detectors) if stored is not None else []), why
     out.mkdir(parents=True, exist_ok=True)
     overrides = list(expected)

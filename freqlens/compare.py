@@ -140,10 +140,15 @@ class Run:
         return self.partial or "complete"
 
     @property
+    def collapse_warning(self) -> str | None:
+        """The sentence of :func:`freqlens.metrics.collapse_warning` where its model predicts one class for
+        nearly every clean test input (its ASR and net then say nothing about a backdoor), else None."""
+        return collapse_warning({"majority_prediction_share": self.metric("majority_prediction_share")})
+
+    @property
     def collapsed(self) -> bool:
-        """Whether its model predicts one class for nearly every clean test input
-        (:func:`freqlens.metrics.collapse_warning`): its ASR and net then say nothing about a backdoor."""
-        return collapse_warning({"majority_prediction_share": self.metric("majority_prediction_share")}) is not None
+        """Whether its model collapsed to one class (:attr:`collapse_warning`)."""
+        return self.collapse_warning is not None
 
     def metric(self, name: str) -> float | None:
         """A metric from results.json, or a field of its ``defense`` (:data:`DEFENSE_FIELDS`); None where
@@ -641,8 +646,7 @@ def write_comparison(runs: Sequence[Run], out: str | Path, *, problems: Sequence
         notes = [partial_details(m) for m in members if m.partial]
         for member in members:  # a collapsed model's ASR and net are no backdoor: said where the table is
             if member.collapsed:
-                notes.append(f"{member.label}: "
-                             + collapse_warning({"majority_prediction_share": member.metric("majority_prediction_share")})
+                notes.append(f"{member.label}: {member.collapse_warning}"
                              + (" It is not used as the baseline of the shifts (Δ)." if member.defense == UNDEFENDED
                                 else ""))
         if members[0].experiment.get("dataset.identity") == NOT_RECORDED:
